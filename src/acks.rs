@@ -1,0 +1,262 @@
+//! Book-keeping of publishes waiting for acks.
+//!
+//! Each pending publish remembers which sockets it was delivered to and has not
+//! yet heard from, and the results that arrived. Only a socket the envelope was
+//! delivered to may ack it, and only once; everything else is ignored without
+//! keeping memory. The book is generic over the waiter `W` that is woken when a
+//! publish completes (a oneshot sender in the Durable Object, `()` in tests), so
+//! it stays free of runtime types.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// How long `/publish` waits for acks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckTimeout(Duration);
+
+impl AckTimeout {
+    pub const DEFAULT: AckTimeout = AckTimeout(Duration::from_millis(5_000));
+    pub const MIN_MS: u64 = 100;
+    pub const MAX_MS: u64 = 30_000;
+
+    /// Parses the `ACK_TIMEOUT_MS` setting; absent or empty means the default.
+    pub fn parse(setting: Option<&str>) -> Result<AckTimeout, InvalidAckTimeout> {
+        let Some(text) = setting.map(str::trim).filter(|t| !t.is_empty()) else {
+            return Ok(AckTimeout::DEFAULT);
+        };
+        match text.parse::<u64>() {
+            Ok(ms) if (Self::MIN_MS..=Self::MAX_MS).contains(&ms) => {
+                Ok(AckTimeout(Duration::from_millis(ms)))
+            }
+            _ => Err(InvalidAckTimeout(text.to_owned())),
+        }
+    }
+
+    pub fn duration(self) -> Duration {
+        self.0
+    }
+}
+
+/// `ACK_TIMEOUT_MS` is not a whole number of milliseconds in range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidAckTimeout(pub String);
+
+impl fmt::Display for InvalidAckTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ACK_TIMEOUT_MS must be a whole number of milliseconds in {}..={}, got {:?}",
+            AckTimeout::MIN_MS,
+            AckTimeout::MAX_MS,
+            self.0
+        )
+    }
+}
+
+/// One publish waiting for acks.
+#[derive(Debug)]
+struct Pending<W> {
+    /// Sockets the envelope was delivered to that have neither acked nor closed.
+    awaiting: HashSet<String>,
+    /// Ack results in arrival order.
+    results: Vec<Value>,
+    /// Woken once when `awaiting` becomes empty; `None` after that.
+    waiter: Option<W>,
+}
+
+/// What an ack did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckOutcome<W> {
+    /// Unknown or finished envelope, a socket it was not delivered to, or a repeat.
+    Ignored,
+    /// Counted; other sockets are still awaited.
+    Counted,
+    /// Counted, and it was the last one: wake this waiter.
+    Completed(W),
+}
+
+/// The envelope id is already pending; ids must be unique per publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateEnvelope;
+
+/// All publishes in flight for one Durable Object.
+#[derive(Debug)]
+pub struct AckBook<W> {
+    pending: HashMap<String, Pending<W>>,
+}
+
+impl<W> Default for AckBook<W> {
+    fn default() -> Self {
+        AckBook {
+            pending: HashMap::new(),
+        }
+    }
+}
+
+impl<W> AckBook<W> {
+    /// Starts waiting for acks of `envelope_id` from `sockets`.
+    pub fn begin(
+        &mut self,
+        envelope_id: String,
+        sockets: impl IntoIterator<Item = String>,
+        waiter: W,
+    ) -> Result<(), DuplicateEnvelope> {
+        if self.pending.contains_key(&envelope_id) {
+            return Err(DuplicateEnvelope);
+        }
+        self.pending.insert(
+            envelope_id,
+            Pending {
+                awaiting: sockets.into_iter().collect(),
+                results: Vec::new(),
+                waiter: Some(waiter),
+            },
+        );
+        Ok(())
+    }
+
+    /// Records an ack from `socket` for `envelope_id`.
+    pub fn ack(&mut self, envelope_id: &str, socket: &str, result: Value) -> AckOutcome<W> {
+        let Some(pending) = self.pending.get_mut(envelope_id) else {
+            return AckOutcome::Ignored;
+        };
+        if !pending.awaiting.remove(socket) {
+            return AckOutcome::Ignored;
+        }
+        pending.results.push(result);
+        match pending.wake_if_done() {
+            Some(waiter) => AckOutcome::Completed(waiter),
+            None => AckOutcome::Counted,
+        }
+    }
+
+    /// Stops waiting for a socket that closed; returns the waiters of publishes
+    /// that are complete because of it.
+    pub fn socket_gone(&mut self, socket: &str) -> Vec<W> {
+        self.pending
+            .values_mut()
+            .filter_map(|pending| {
+                if pending.awaiting.remove(socket) {
+                    pending.wake_if_done()
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Ends a publish (completed or timed out) and returns its results.
+    /// Later acks for it are ignored.
+    pub fn finish(&mut self, envelope_id: &str) -> Vec<Value> {
+        self.pending
+            .remove(envelope_id)
+            .map(|pending| pending.results)
+            .unwrap_or_default()
+    }
+
+    /// Publishes currently waiting for acks.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+impl<W> Pending<W> {
+    fn wake_if_done(&mut self) -> Option<W> {
+        if self.awaiting.is_empty() {
+            self.waiter.take()
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sockets(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn completes_when_every_socket_acked() {
+        let mut book = AckBook::default();
+        book.begin("e".into(), sockets(&["a", "b"]), 7).expect("new");
+        assert_eq!(book.ack("e", "a", json!(1)), AckOutcome::Counted);
+        assert_eq!(book.ack("e", "b", json!(2)), AckOutcome::Completed(7));
+        assert_eq!(book.finish("e"), vec![json!(1), json!(2)]);
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn ignores_unknown_spoofed_duplicate_and_late_acks() {
+        let mut book = AckBook::default();
+        book.begin("e".into(), sockets(&["a", "b"]), ()).expect("new");
+        assert_eq!(book.ack("other", "a", json!(0)), AckOutcome::Ignored);
+        assert_eq!(book.ack("e", "intruder", json!(0)), AckOutcome::Ignored);
+        assert_eq!(book.ack("e", "a", json!("first")), AckOutcome::Counted);
+        assert_eq!(book.ack("e", "a", json!("again")), AckOutcome::Ignored);
+        assert_eq!(book.finish("e"), vec![json!("first")]);
+        assert_eq!(book.ack("e", "b", json!("late")), AckOutcome::Ignored);
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn closed_socket_stops_being_awaited() {
+        let mut book = AckBook::default();
+        book.begin("e1".into(), sockets(&["a", "b"]), 1).expect("new");
+        book.begin("e2".into(), sockets(&["b", "c"]), 2).expect("new");
+        assert_eq!(book.ack("e1", "a", json!("a")), AckOutcome::Counted);
+        assert_eq!(book.socket_gone("b"), vec![1]);
+        assert_eq!(book.finish("e1"), vec![json!("a")]);
+        assert_eq!(book.ack("e2", "c", Value::Null), AckOutcome::Completed(2));
+        assert_eq!(book.finish("e2"), vec![Value::Null]);
+        assert!(book.socket_gone("b").is_empty());
+    }
+
+    #[test]
+    fn concurrent_publishes_keep_results_apart() {
+        let mut book = AckBook::default();
+        book.begin("e1".into(), sockets(&["a"]), 1).expect("new");
+        book.begin("e2".into(), sockets(&["a"]), 2).expect("new");
+        assert_eq!(book.ack("e2", "a", json!("two")), AckOutcome::Completed(2));
+        assert_eq!(book.ack("e1", "a", json!("one")), AckOutcome::Completed(1));
+        assert_eq!(book.finish("e1"), vec![json!("one")]);
+        assert_eq!(book.finish("e2"), vec![json!("two")]);
+    }
+
+    #[test]
+    fn duplicate_envelope_is_refused_and_timeout_leaves_nothing() {
+        let mut book = AckBook::default();
+        book.begin("e".into(), sockets(&["a"]), ()).expect("new");
+        assert_eq!(
+            book.begin("e".into(), sockets(&["b"]), ()),
+            Err(DuplicateEnvelope)
+        );
+        assert_eq!(book.len(), 1);
+        assert!(book.finish("e").is_empty());
+        assert!(book.finish("e").is_empty());
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn ack_timeout_setting() {
+        assert_eq!(AckTimeout::parse(None), Ok(AckTimeout::DEFAULT));
+        assert_eq!(AckTimeout::parse(Some(" ")), Ok(AckTimeout::DEFAULT));
+        assert_eq!(
+            AckTimeout::parse(Some("250")).map(AckTimeout::duration),
+            Ok(Duration::from_millis(250))
+        );
+        for bad in ["99", "30001", "-5", "1.5", "soon"] {
+            assert!(AckTimeout::parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}

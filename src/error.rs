@@ -1,0 +1,122 @@
+//! The closed set of HTTP errors and their one mapping to status, code and message.
+//!
+//! Messages are written for clients; internal causes are logged at the edge and
+//! never end up here.
+
+use std::fmt;
+
+use crate::auth::AuthError;
+use crate::protocol::PublishError;
+
+/// Everything an HTTP request can fail with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    Unauthorized(AuthError),
+    /// `JWT_SECRET` (or another required setting) is missing or invalid.
+    Misconfigured,
+    NotFound,
+    /// The path exists; `allow` lists the methods it answers.
+    MethodNotAllowed { allow: &'static str },
+    /// `GET /` without a WebSocket upgrade.
+    UpgradeRequired,
+    UnsupportedMediaType,
+    InvalidBody(PublishError),
+    PayloadTooLarge { limit: usize },
+    /// The user's Durable Object could not be reached or failed.
+    Unavailable,
+    /// A runtime call failed unexpectedly; details are only logged.
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::Unauthorized(_) => 401,
+            ApiError::Misconfigured | ApiError::Internal => 500,
+            ApiError::NotFound => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::UpgradeRequired => 426,
+            ApiError::UnsupportedMediaType => 415,
+            ApiError::InvalidBody(_) => 400,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::Unavailable => 503,
+        }
+    }
+
+    /// The stable `error` field of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(auth) => auth.code(),
+            ApiError::Misconfigured => "server_misconfigured",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::UpgradeRequired => "upgrade_required",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Unavailable => "unavailable",
+            ApiError::Internal => "internal_error",
+        }
+    }
+
+    /// Seconds a client should wait before retrying, when retrying makes sense.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        matches!(self, ApiError::Unavailable).then_some(1)
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Unauthorized(auth) => auth.fmt(f),
+            ApiError::Misconfigured => f.write_str("the server is not configured correctly"),
+            ApiError::NotFound => f.write_str("no such route"),
+            ApiError::MethodNotAllowed { allow } => {
+                write!(f, "method not allowed here; allowed: {allow}")
+            }
+            ApiError::UpgradeRequired => {
+                f.write_str("this endpoint only accepts WebSocket upgrades")
+            }
+            ApiError::UnsupportedMediaType => {
+                f.write_str("Content-Type must be application/json")
+            }
+            ApiError::InvalidBody(why) => why.fmt(f),
+            ApiError::PayloadTooLarge { limit } => {
+                write!(f, "request body is larger than {limit} bytes")
+            }
+            ApiError::Unavailable => {
+                f.write_str("the user's delivery object is unavailable; retry shortly")
+            }
+            ApiError::Internal => f.write_str("internal error"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_codes() {
+        let cases = [
+            (ApiError::Unauthorized(AuthError::MissingToken), 401, "missing_token"),
+            (ApiError::Unauthorized(AuthError::Expired), 401, "token_expired"),
+            (ApiError::Misconfigured, 500, "server_misconfigured"),
+            (ApiError::NotFound, 404, "not_found"),
+            (ApiError::MethodNotAllowed { allow: "GET" }, 405, "method_not_allowed"),
+            (ApiError::UpgradeRequired, 426, "upgrade_required"),
+            (ApiError::UnsupportedMediaType, 415, "unsupported_media_type"),
+            (ApiError::InvalidBody(PublishError::EmptyBody), 400, "invalid_body"),
+            (ApiError::PayloadTooLarge { limit: 1 }, 413, "payload_too_large"),
+            (ApiError::Unavailable, 503, "unavailable"),
+            (ApiError::Internal, 500, "internal_error"),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!(error.status(), status, "{error:?}");
+            assert_eq!(error.code(), code, "{error:?}");
+            assert!(!error.to_string().is_empty());
+        }
+        assert_eq!(ApiError::Unavailable.retry_after_secs(), Some(1));
+        assert_eq!(ApiError::NotFound.retry_after_secs(), None);
+    }
+}

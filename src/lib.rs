@@ -1,0 +1,200 @@
+//! HopeFlow Realtime: per-user WebSocket fan-out on Cloudflare Workers.
+//!
+//! # Layout
+//!
+//! Pure modules (no `worker` import, unit tested natively with `cargo test`):
+//!
+//! * [`auth`]: picks the token of a request and verifies HS256 JWTs; time is
+//!   passed in.
+//! * [`filter`]: subscription filters, parsing and matching.
+//! * [`protocol`]: client and server WebSocket frames, the delivered envelope,
+//!   the `/publish` body and response, error codes.
+//! * [`acks`]: publishes waiting for acks: who may ack what, completion, the
+//!   ack timeout setting.
+//! * [`session`]: the per-socket attachment that survives hibernation.
+//! * [`error`]: the closed set of HTTP errors and their statuses and codes.
+//!
+//! Runtime edge (thin adapters over the pure modules):
+//!
+//! * this file: the `#[event(fetch)]` entry, which routes and authenticates.
+//! * [`http`]: JSON responses, CORS, error → response.
+//! * [`durable_object`]: `HopeFlowRealtime`, one Durable Object per user that
+//!   holds the user's hibernatable sockets and collects acks.
+#![forbid(unsafe_code)]
+
+pub mod acks;
+pub mod auth;
+pub mod durable_object;
+pub mod error;
+pub mod filter;
+pub mod http;
+pub mod protocol;
+pub mod session;
+
+use worker::{
+    console_error, event, js_sys, Context, Date, Env, Headers, Method, Request, RequestInit,
+    Response, Result, Stub,
+};
+
+use crate::auth::{extract_token, AuthError, Claims, TokenVerifier};
+use crate::error::ApiError;
+use crate::protocol::{is_json_content_type, PublishRequest};
+
+/// The Durable Object namespace binding (see wrangler.toml).
+const BINDING: &str = "HOPEFLOW_REALTIME";
+/// `/publish` bodies larger than this are refused before parsing.
+pub const MAX_PUBLISH_BYTES: usize = 1024 * 1024;
+/// Header carrying the authenticated user to the Durable Object, URI-encoded
+/// because header values must be Latin-1 and user ids need not be.
+pub const USER_ID_HEADER: &str = "X-User-ID";
+/// Base of the Durable Object's internal routes; the host is never resolved.
+const INTERNAL_ORIGIN: &str = "https://hopeflow.internal";
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    console_error_panic_hook::set_once();
+    match route(req, &env).await {
+        Ok(response) => Ok(response),
+        Err(err) => http::error(&err),
+    }
+}
+
+async fn route(req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
+    let url = req.url()?;
+    let method = req.method();
+    match (url.path(), method) {
+        ("/health", Method::Get | Method::Head) => {
+            Ok(http::json(200, &serde_json::json!({ "ok": true }))?)
+        }
+        ("/health", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        ("/publish", Method::Post) => publish(req, env).await,
+        ("/publish", Method::Options) => Ok(http::preflight()?),
+        ("/publish", _) => Err(ApiError::MethodNotAllowed {
+            allow: "POST, OPTIONS",
+        }),
+        ("/", Method::Get) if is_websocket_upgrade(&req)? => connect(req, env).await,
+        ("/", Method::Get) => Err(ApiError::UpgradeRequired),
+        ("/", _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn is_websocket_upgrade(req: &Request) -> Result<bool> {
+    Ok(req
+        .headers()
+        .get("Upgrade")?
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket")))
+}
+
+/// Verifies the request's token. A missing secret refuses every token.
+fn authenticate(req: &Request, env: &Env) -> std::result::Result<Claims, ApiError> {
+    let secret = env
+        .secret("JWT_SECRET")
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    if secret.is_empty() {
+        console_error!("JWT_SECRET is not set: refusing all requests that need a token");
+        return Err(ApiError::Misconfigured);
+    }
+    let authorization = req.headers().get("Authorization")?;
+    let url = req.url()?;
+    let query_token = url
+        .query_pairs()
+        .find(|(key, _)| key == "token")
+        .map(|(_, value)| value.into_owned());
+    let token = extract_token(authorization.as_deref(), query_token.as_deref())
+        .ok_or(ApiError::Unauthorized(AuthError::MissingToken))?;
+    let now_secs = Date::now().as_millis() / 1000;
+    TokenVerifier::new(secret.as_bytes())
+        .verify(token, now_secs)
+        .map_err(ApiError::Unauthorized)
+}
+
+fn user_stub(env: &Env, user_id: &str) -> std::result::Result<Stub, ApiError> {
+    Ok(env.durable_object(BINDING)?.get_by_name(user_id)?)
+}
+
+/// WebSocket upgrade: hand the request to the user's Durable Object.
+async fn connect(req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
+    let claims = authenticate(&req, env)?;
+    let headers = Headers::new();
+    for (name, value) in req.headers().entries() {
+        // The client must not choose the user id the object sees.
+        if !name.eq_ignore_ascii_case(USER_ID_HEADER) {
+            headers.set(&name, &value)?;
+        }
+    }
+    let encoded_user: String = js_sys::encode_uri_component(&claims.user_id).into();
+    headers.set(USER_ID_HEADER, &encoded_user)?;
+    let forwarded = Request::new_with_init(
+        &format!("{INTERNAL_ORIGIN}/connect"),
+        RequestInit::new()
+            .with_method(Method::Get)
+            .with_headers(headers),
+    )?;
+    user_stub(env, &claims.user_id)?
+        .fetch_with_request(forwarded)
+        .await
+        .map_err(|err| {
+            console_error!("connect: durable object unreachable: {err}");
+            ApiError::Unavailable
+        })
+}
+
+/// `POST /publish`: validate, stamp an envelope id, and let the target user's
+/// Durable Object deliver it and collect acks.
+async fn publish(mut req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
+    // Any valid token may publish to any user (multi-tenant backends).
+    authenticate(&req, env)?;
+    let content_type = req.headers().get("Content-Type")?.unwrap_or_default();
+    if !is_json_content_type(&content_type) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let too_large = ApiError::PayloadTooLarge {
+        limit: MAX_PUBLISH_BYTES,
+    };
+    let declared_len = req
+        .headers()
+        .get("Content-Length")?
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared_len.is_some_and(|len| len > MAX_PUBLISH_BYTES) {
+        return Err(too_large);
+    }
+    let body = req.bytes().await?;
+    if body.len() > MAX_PUBLISH_BYTES {
+        return Err(too_large);
+    }
+    let request = PublishRequest::parse(&body).map_err(ApiError::InvalidBody)?;
+    let user_id = request.user_id.clone();
+    let envelope = request.into_envelope(uuid::Uuid::new_v4().to_string());
+
+    let headers = Headers::new();
+    headers.set("Content-Type", "application/json")?;
+    let deliver = Request::new_with_init(
+        &format!("{INTERNAL_ORIGIN}/deliver"),
+        RequestInit::new()
+            .with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(
+                serde_json::to_string(&envelope)
+                    .map_err(|_| ApiError::Internal)?
+                    .into(),
+            )),
+    )?;
+    let mut response = user_stub(env, &user_id)?
+        .fetch_with_request(deliver)
+        .await
+        .map_err(|err| {
+            console_error!("publish: durable object unreachable: {err}");
+            ApiError::Unavailable
+        })?;
+    if response.status_code() != 200 {
+        console_error!("publish: durable object answered {}", response.status_code());
+        return Err(ApiError::Unavailable);
+    }
+    let outcome = response.text().await.map_err(|err| {
+        console_error!("publish: reading the durable object's answer failed: {err}");
+        ApiError::Unavailable
+    })?;
+    Ok(http::json_text(200, outcome)?)
+}

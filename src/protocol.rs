@@ -1,0 +1,453 @@
+//! Wire formats: WebSocket frames in both directions, the delivered envelope,
+//! the `/publish` request body and the publish response.
+//!
+//! Parsing never panics: every input yields a value or a typed error whose
+//! [`ErrorCode`] is what the client sees.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::filter::InvalidFilter;
+
+/// Envelope type used when a publish does not name one.
+pub const DEFAULT_ENVELOPE_TYPE: &str = "message";
+
+/// Stable error codes sent to clients, in WebSocket error frames and in HTTP
+/// error bodies. One closed table so clients can switch on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A text frame that is not valid JSON.
+    InvalidJson,
+    /// Valid JSON, but not an object, no string `type`, or fields of the wrong shape.
+    InvalidFrame,
+    /// A frame whose `type` the server does not know.
+    UnknownType,
+    /// Binary frames are not part of the protocol.
+    BinaryNotSupported,
+    /// One or more entries of a `filters` array were rejected.
+    InvalidFilter,
+    /// A subscribe / unsubscribe carried more than 50 filters; the rest were ignored.
+    TooManyFilters,
+    /// The socket's subscriptions would not fit in its stored attachment.
+    SubscriptionLimit,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::InvalidFilter => "invalid_filter",
+            ErrorCode::TooManyFilters => "too_many_filters",
+            ErrorCode::SubscriptionLimit => "subscription_limit",
+        }
+    }
+}
+
+/// A frame sent by a client, after the `ping` text shortcut.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientFrame {
+    /// Text `ping` in any letter case; answered with `pong`.
+    #[serde(skip)]
+    Ping,
+    /// Add filters to this socket.
+    Subscribe { filters: Vec<Value> },
+    /// Remove filters equal to these from this socket.
+    Unsubscribe { filters: Vec<Value> },
+    /// Acknowledge a delivered envelope; `result` is returned to the publisher.
+    Ack {
+        #[serde(rename = "envelopeId")]
+        envelope_id: String,
+        #[serde(default)]
+        result: Value,
+    },
+}
+
+/// Why a client frame was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    InvalidJson,
+    NotAnObject,
+    MissingType,
+    UnknownType(String),
+    InvalidFields(String),
+}
+
+impl FrameError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::InvalidJson => ErrorCode::InvalidJson,
+            FrameError::UnknownType(_) => ErrorCode::UnknownType,
+            FrameError::NotAnObject | FrameError::MissingType | FrameError::InvalidFields(_) => {
+                ErrorCode::InvalidFrame
+            }
+        }
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::InvalidJson => f.write_str("frame is not valid JSON"),
+            FrameError::NotAnObject => f.write_str("frame must be a JSON object"),
+            FrameError::MissingType => f.write_str("frame must have a string \"type\""),
+            FrameError::UnknownType(t) => write!(
+                f,
+                "unknown frame type {t:?}; expected subscribe, unsubscribe or ack"
+            ),
+            FrameError::InvalidFields(detail) => write!(f, "malformed frame: {detail}"),
+        }
+    }
+}
+
+impl ClientFrame {
+    /// Parses one text frame.
+    pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        if text.eq_ignore_ascii_case("ping") {
+            return Ok(ClientFrame::Ping);
+        }
+        let value: Value = serde_json::from_str(text).map_err(|_| FrameError::InvalidJson)?;
+        let object = value.as_object().ok_or(FrameError::NotAnObject)?;
+        match object.get("type").and_then(Value::as_str) {
+            None => return Err(FrameError::MissingType),
+            Some("subscribe" | "unsubscribe" | "ack") => {}
+            Some(other) => return Err(FrameError::UnknownType(truncate(other, 64))),
+        }
+        ClientFrame::deserialize(value).map_err(|e| FrameError::InvalidFields(e.to_string()))
+    }
+}
+
+/// Keeps echoed client text short in error messages.
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+/// A frame sent by the server that is not a delivery. These never carry an
+/// `envelopeId`, so a client can tell them from envelopes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame {
+    /// Confirms a subscribe: `added` new filters, `total` on the socket now.
+    Subscribed { added: usize, total: usize },
+    /// Confirms an unsubscribe: `removed` filters, `total` left on the socket.
+    Unsubscribed { removed: usize, total: usize },
+    /// Something the client sent was rejected; the socket stays usable.
+    Error { code: ErrorCode, message: String },
+}
+
+impl ServerFrame {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+        ServerFrame::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The error frame reporting rejected entries of a `filters` array.
+    pub fn invalid_filters(invalid: &[(usize, InvalidFilter)]) -> ServerFrame {
+        let details: Vec<String> = invalid
+            .iter()
+            .map(|(index, reason)| format!("filters[{index}]: {reason}"))
+            .collect();
+        ServerFrame::error(
+            ErrorCode::InvalidFilter,
+            format!("skipped invalid filters: {}", details.join("; ")),
+        )
+    }
+
+    /// The error frame reporting entries past the per-message cap.
+    pub fn too_many_filters(ignored: usize) -> ServerFrame {
+        ServerFrame::error(
+            ErrorCode::TooManyFilters,
+            format!(
+                "only the first {} filters of a message are processed; {ignored} ignored",
+                crate::filter::MAX_FILTERS_PER_MESSAGE
+            ),
+        )
+    }
+
+    pub fn to_text(&self) -> String {
+        // Serializing these plain structs cannot fail; fall back to a fixed frame anyway.
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":""}"#.into())
+    }
+}
+
+/// What is delivered to each matching socket, and what the worker hands to the
+/// Durable Object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(rename = "envelopeId")]
+    pub envelope_id: String,
+    #[serde(rename = "type")]
+    pub envelope_type: String,
+    pub payload: Value,
+}
+
+/// The validated body of `POST /publish`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishRequest {
+    /// The user whose sockets receive the envelope.
+    pub user_id: String,
+    pub envelope_type: String,
+    pub payload: Value,
+}
+
+/// Why a `/publish` body was rejected (all map to 400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    EmptyBody,
+    InvalidJson,
+    NotAnObject,
+    InvalidUserId,
+    InvalidType,
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PublishError::EmptyBody => "request body is empty; expected a JSON object",
+            PublishError::InvalidJson => "request body is not valid JSON",
+            PublishError::NotAnObject => "request body must be a JSON object",
+            PublishError::InvalidUserId => "\"userId\" must be a non-empty string",
+            PublishError::InvalidType => "\"type\" must be a non-empty string when present",
+        })
+    }
+}
+
+impl PublishRequest {
+    /// Parses and validates a `/publish` body.
+    pub fn parse(body: &[u8]) -> Result<PublishRequest, PublishError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(PublishError::EmptyBody);
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|_| PublishError::InvalidJson)?;
+        let Value::Object(mut object) = value else {
+            return Err(PublishError::NotAnObject);
+        };
+        let user_id = match object.remove("userId") {
+            Some(Value::String(id)) if !id.trim().is_empty() => id,
+            _ => return Err(PublishError::InvalidUserId),
+        };
+        let envelope_type = match object.remove("type") {
+            None | Some(Value::Null) => DEFAULT_ENVELOPE_TYPE.to_owned(),
+            Some(Value::String(t)) if !t.is_empty() => t,
+            Some(_) => return Err(PublishError::InvalidType),
+        };
+        let payload = object.remove("payload").unwrap_or(Value::Null);
+        Ok(PublishRequest {
+            user_id,
+            envelope_type,
+            payload,
+        })
+    }
+
+    /// Turns the request into the envelope delivered to sockets.
+    pub fn into_envelope(self, envelope_id: String) -> Envelope {
+        Envelope {
+            envelope_id,
+            envelope_type: self.envelope_type,
+            payload: self.payload,
+        }
+    }
+}
+
+/// Whether a `Content-Type` header names JSON; parameters such as
+/// `; charset=utf-8` are allowed.
+pub fn is_json_content_type(header: &str) -> bool {
+    let media_type = header.split(';').next().unwrap_or_default().trim();
+    media_type.eq_ignore_ascii_case("application/json")
+}
+
+/// The answer to `/publish`: how many sockets were sent the envelope and the
+/// ack results that arrived, in arrival order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishOutcome {
+    #[serde(rename = "clientCount")]
+    pub client_count: usize,
+    pub results: Vec<Value>,
+}
+
+/// An HTTP error body: `{"error":"<code>","message":"<human text>"}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: &'a str,
+    pub message: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ping_in_any_case() {
+        for text in ["ping", "PING", "Ping", "pInG"] {
+            assert_eq!(ClientFrame::parse(text), Ok(ClientFrame::Ping));
+        }
+        assert_eq!(ClientFrame::parse(" ping"), Err(FrameError::InvalidJson));
+    }
+
+    #[test]
+    fn subscribe_and_unsubscribe() {
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"subscribe","filters":[{"type":"a"}]}"#),
+            Ok(ClientFrame::Subscribe {
+                filters: vec![json!({"type": "a"})]
+            })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"unsubscribe","filters":[]}"#),
+            Ok(ClientFrame::Unsubscribe { filters: vec![] })
+        );
+    }
+
+    #[test]
+    fn ack_with_and_without_result() {
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ack","envelopeId":"e1","result":{"ok":true}}"#),
+            Ok(ClientFrame::Ack {
+                envelope_id: "e1".into(),
+                result: json!({"ok": true})
+            })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ack","envelopeId":"e1"}"#),
+            Ok(ClientFrame::Ack {
+                envelope_id: "e1".into(),
+                result: Value::Null
+            })
+        );
+    }
+
+    #[test]
+    fn rejected_frames_have_stable_codes() {
+        let code = |text: &str| ClientFrame::parse(text).map_err(|e| e.code());
+        assert_eq!(code("{"), Err(ErrorCode::InvalidJson));
+        assert_eq!(code("hello"), Err(ErrorCode::InvalidJson));
+        assert_eq!(code("[1]"), Err(ErrorCode::InvalidFrame));
+        assert_eq!(code("{}"), Err(ErrorCode::InvalidFrame));
+        assert_eq!(code(r#"{"type":5}"#), Err(ErrorCode::InvalidFrame));
+        assert_eq!(code(r#"{"type":"nope"}"#), Err(ErrorCode::UnknownType));
+        assert_eq!(code(r#"{"type":"subscribe"}"#), Err(ErrorCode::InvalidFrame));
+        assert_eq!(
+            code(r#"{"type":"subscribe","filters":{}}"#),
+            Err(ErrorCode::InvalidFrame)
+        );
+        assert_eq!(code(r#"{"type":"ack"}"#), Err(ErrorCode::InvalidFrame));
+        assert_eq!(
+            code(r#"{"type":"ack","envelopeId":7}"#),
+            Err(ErrorCode::InvalidFrame)
+        );
+    }
+
+    #[test]
+    fn server_frames_never_carry_envelope_id() {
+        let frames = [
+            ServerFrame::Subscribed { added: 1, total: 2 },
+            ServerFrame::Unsubscribed {
+                removed: 1,
+                total: 1,
+            },
+            ServerFrame::error(ErrorCode::InvalidJson, "x"),
+        ];
+        for frame in frames {
+            let value: Value = serde_json::from_str(&frame.to_text()).expect("json");
+            assert!(value.get("envelopeId").is_none());
+            assert!(value.get("type").and_then(Value::as_str).is_some());
+        }
+        assert_eq!(
+            ServerFrame::Subscribed { added: 1, total: 2 }.to_text(),
+            r#"{"type":"subscribed","added":1,"total":2}"#
+        );
+        assert_eq!(
+            ServerFrame::error(ErrorCode::UnknownType, "m").to_text(),
+            r#"{"type":"error","code":"unknown_type","message":"m"}"#
+        );
+    }
+
+    #[test]
+    fn error_code_strings_match_serde_and_are_unique() {
+        let all = [
+            ErrorCode::InvalidJson,
+            ErrorCode::InvalidFrame,
+            ErrorCode::UnknownType,
+            ErrorCode::BinaryNotSupported,
+            ErrorCode::InvalidFilter,
+            ErrorCode::TooManyFilters,
+            ErrorCode::SubscriptionLimit,
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for code in all {
+            assert_eq!(
+                serde_json::to_value(code).expect("json"),
+                json!(code.as_str())
+            );
+            assert!(seen.insert(code.as_str()));
+        }
+    }
+
+    #[test]
+    fn envelope_wire_shape() {
+        let envelope = Envelope {
+            envelope_id: "id".into(),
+            envelope_type: "t".into(),
+            payload: json!({"a": 1}),
+        };
+        assert_eq!(
+            serde_json::to_string(&envelope).expect("json"),
+            r#"{"envelopeId":"id","type":"t","payload":{"a":1}}"#
+        );
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ok in ["application/json", "Application/JSON", "application/json; charset=utf-8"] {
+            assert!(is_json_content_type(ok), "{ok}");
+        }
+        for bad in ["", "text/plain", "application/jsonx", "application/x-www-form-urlencoded"] {
+            assert!(!is_json_content_type(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn publish_request_defaults() {
+        let req = PublishRequest::parse(br#"{"userId":"u"}"#).expect("valid");
+        assert_eq!(req.envelope_type, "message");
+        assert_eq!(req.payload, Value::Null);
+        let req = PublishRequest::parse(br#"{"userId":"u","type":"chat","payload":[1]}"#)
+            .expect("valid");
+        assert_eq!(req.envelope_type, "chat");
+        assert_eq!(req.payload, json!([1]));
+    }
+
+    #[test]
+    fn publish_request_rejections() {
+        let err = |body: &[u8]| PublishRequest::parse(body).err();
+        assert_eq!(err(b""), Some(PublishError::EmptyBody));
+        assert_eq!(err(b"  \n"), Some(PublishError::EmptyBody));
+        assert_eq!(err(b"{"), Some(PublishError::InvalidJson));
+        assert_eq!(err(b"[]"), Some(PublishError::NotAnObject));
+        assert_eq!(err(b"\"x\""), Some(PublishError::NotAnObject));
+        assert_eq!(err(b"{}"), Some(PublishError::InvalidUserId));
+        assert_eq!(err(br#"{"userId":""}"#), Some(PublishError::InvalidUserId));
+        assert_eq!(err(br#"{"userId":"  "}"#), Some(PublishError::InvalidUserId));
+        assert_eq!(err(br#"{"userId":5}"#), Some(PublishError::InvalidUserId));
+        assert_eq!(
+            err(br#"{"userId":"u","type":5}"#),
+            Some(PublishError::InvalidType)
+        );
+        assert_eq!(
+            err(br#"{"userId":"u","type":""}"#),
+            Some(PublishError::InvalidType)
+        );
+        assert_eq!(err(&[0xff, 0xfe]), Some(PublishError::InvalidJson));
+    }
+}
