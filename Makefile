@@ -1,0 +1,79 @@
+# The two commands of the README: `make dev` and `make test`. Both install what
+# is missing (and only that), so they are fast on a machine that has everything.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PORT ?= 8787
+WORKER_BUILD_VERSION := 0.8.7
+# worker-build and the wasm-bindgen library must agree: take the CLI version
+# from Cargo.lock (Cargo.toml pins the library with `=`).
+WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"/\1/p;}' Cargo.lock)
+
+CARGO_BIN := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
+export PATH := $(CARGO_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+# worker-build downloads these from the internet unless told where they are.
+export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
+export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
+export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
+export WRANGLER_SEND_METRICS := false
+export WRANGLER_SEND_ERROR_REPORTS := false
+export CLOUDFLARE_CF_FETCH_ENABLED := false
+
+SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+WORKER := build/worker/shim.mjs
+# wrangler.toml without [build]: starts the prebuilt worker in about a second.
+RUN_CONFIG := build/wrangler.toml
+
+.PHONY: help dev build test tools rust-tools node-tools clean
+
+help:
+	@echo "make dev    install what is missing, build, serve on 127.0.0.1:$(PORT)"
+	@echo "make test   fmt, clippy, unit tests, integration tests against wrangler dev"
+	@echo "make build  release build into build/ (what wrangler deploy uploads)"
+
+tools: rust-tools node-tools
+
+rust-tools:
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown \
+	  || rustup target add wasm32-unknown-unknown
+	@worker-build --version 2>/dev/null | grep -qF "$(WORKER_BUILD_VERSION)" \
+	  || cargo install worker-build --version $(WORKER_BUILD_VERSION) --locked
+	@# No --locked: the CLI's lockfile pins a webpki-roots the registry no longer has.
+	@"$(WASM_BINDGEN_BIN)" --version 2>/dev/null | grep -qF "$(WASM_BINDGEN_VERSION)" \
+	  || cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+
+node-tools: node_modules/.installed
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+build: $(WORKER) $(RUN_CONFIG)
+
+$(WORKER): $(SOURCES) | tools
+	worker-build --release
+	@touch $@
+
+$(RUN_CONFIG): wrangler.toml
+	@mkdir -p build
+	@awk '/^\[build\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' wrangler.toml \
+	  | sed 's|^main = "build/|main = "|' > $@
+
+.dev.vars:
+	cp .dev.vars.example .dev.vars
+
+dev: build .dev.vars
+	wrangler dev --config $(RUN_CONFIG) --env-file .dev.vars \
+	  --ip 127.0.0.1 --port $(PORT) --show-interactive-dev-session=false
+
+test: build
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
+	cargo test --lib
+	cargo test --test e2e
+
+clean:
+	rm -rf build target/wasm32-unknown-unknown

@@ -1,0 +1,136 @@
+//! Black-box tests against the real Workers runtime (`wrangler dev`).
+//!
+//! A small runner instead of libtest: it starts the servers once, runs every
+//! test concurrently against them, and stops the servers' process groups even
+//! when tests fail. `cargo test --test e2e -- <substring>` runs a subset.
+
+mod auth;
+mod delivery;
+mod frames;
+mod routes;
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::Server;
+
+/// The servers every test can use.
+pub struct Ctx {
+    /// Configured as documented (default 5 s ack timeout).
+    pub server: Server,
+    /// Started without `JWT_SECRET`.
+    pub unconfigured: Server,
+}
+
+pub type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub type Test = (&'static str, fn(Arc<Ctx>) -> TestFuture);
+
+/// Lists `module::function` async tests as (name, constructor) pairs.
+#[macro_export]
+macro_rules! tests {
+    ($($path:path),* $(,)?) => {
+        vec![$((
+            stringify!($path),
+            (|ctx| -> $crate::TestFuture { Box::pin($path(ctx)) }) as fn(std::sync::Arc<$crate::Ctx>) -> $crate::TestFuture,
+        )),*]
+    };
+}
+
+/// Runs no more than this many tests at once against the 2-core machine.
+const PARALLEL: usize = 8;
+/// A test taking longer than this has hung.
+const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn main() {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut all: Vec<Test> = Vec::new();
+    all.extend(routes::tests());
+    all.extend(auth::tests());
+    all.extend(frames::tests());
+    all.extend(delivery::tests());
+    let selected: Vec<Test> = all
+        .into_iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    if selected.is_empty() {
+        println!("no e2e tests match {filters:?}");
+        return;
+    }
+
+    let secret = format!("e2e-{}", uuid::Uuid::new_v4());
+    let started = Instant::now();
+    let ctx = Arc::new(Ctx {
+        server: Server::start("main", Some(&secret)),
+        unconfigured: Server::start("unconfigured", None),
+    });
+    println!(
+        "servers ready in {:.1}s; running {} tests",
+        started.elapsed().as_secs_f64(),
+        selected.len()
+    );
+
+    let failures = run(selected, ctx.clone());
+
+    let ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| panic!("tests still hold the servers"));
+    if !failures.is_empty() {
+        eprintln!("--- wrangler log (main) ---\n{}", ctx.server.log());
+    }
+    ctx.server.stop();
+    ctx.unconfigured.stop();
+
+    if failures.is_empty() {
+        println!("e2e: all passed");
+    } else {
+        eprintln!("e2e: {} failed:", failures.len());
+        for name in &failures {
+            eprintln!("  {name}");
+        }
+        std::process::exit(1);
+    }
+}
+
+/// Runs the tests, returning the names of those that failed.
+fn run(tests: Vec<Test>, ctx: Arc<Ctx>) -> Vec<&'static str> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let permits = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+        let mut handles = Vec::new();
+        for (name, test) in tests {
+            let ctx = ctx.clone();
+            let permits = permits.clone();
+            handles.push((
+                name,
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await.expect("semaphore");
+                    let started = Instant::now();
+                    let outcome = tokio::time::timeout(TEST_TIMEOUT, test(ctx)).await;
+                    (outcome.is_ok(), started.elapsed())
+                }),
+            ));
+        }
+        let mut failures = Vec::new();
+        for (name, handle) in handles {
+            match handle.await {
+                Ok((true, took)) => println!("ok   {name} ({:.1}s)", took.as_secs_f64()),
+                Ok((false, _)) => {
+                    println!("FAIL {name}: timed out after {TEST_TIMEOUT:?}");
+                    failures.push(name);
+                }
+                Err(_) => {
+                    println!("FAIL {name}: panicked (see above)");
+                    failures.push(name);
+                }
+            }
+        }
+        failures
+    })
+}

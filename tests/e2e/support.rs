@@ -1,0 +1,436 @@
+//! The one shared test helper: starts the prebuilt worker under `wrangler dev`
+//! on a free port (in its own process group, stopped as a group), mints
+//! tokens, connects sockets and publishes.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Longest any single wait in a test may take before it counts as a hang.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A running `wrangler dev` serving the prebuilt worker.
+pub struct Server {
+    child: Child,
+    dir: PathBuf,
+    pub port: u16,
+    /// The `JWT_SECRET` the server was started with, if any.
+    pub secret: Option<String>,
+}
+
+impl Server {
+    /// Starts a server; `secret` becomes `JWT_SECRET` (`None` leaves it unset).
+    pub fn start(name: &str, secret: Option<&str>) -> Server {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config = root.join("build/wrangler.toml");
+        assert!(
+            config.exists() && root.join("build/worker/shim.mjs").exists(),
+            "the worker is not built: run the tests with `make test`"
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "hopeflow-e2e-{}-{}-{name}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        let env_file = dir.join("test.env");
+        let vars = secret.map(|s| format!("JWT_SECRET={s}\n")).unwrap_or_default();
+        std::fs::write(&env_file, vars).expect("write env file");
+        let log = std::fs::File::create(dir.join("wrangler.log")).expect("create log");
+        let port = free_port();
+        let child = Command::new(root.join("node_modules/.bin/wrangler"))
+            .current_dir(root)
+            .args(["dev", "--config"])
+            .arg(&config)
+            .arg("--env-file")
+            .arg(&env_file)
+            .arg("--persist-to")
+            .arg(dir.join("state"))
+            .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--inspector-port", &free_port().to_string()])
+            .args(["--show-interactive-dev-session=false", "--log-level", "warn"])
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("WRANGLER_SEND_ERROR_REPORTS", "false")
+            .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            // Own process group, so stopping it also stops workerd.
+            .process_group(0)
+            .spawn()
+            .expect("spawn wrangler dev");
+        let mut server = Server {
+            child,
+            dir,
+            port,
+            secret: secret.map(str::to_owned),
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Waits for `/health` to answer 200; fails fast if wrangler exits.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let url = format!("{}/health", self.http());
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("wrangler dev exited ({status}):\n{}", self.log());
+            }
+            if probe::health_ok(&url) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("wrangler dev did not become ready:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.join("wrangler.log")) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}/", self.port)
+    }
+
+    /// A token for `user_id` signed with the server's secret.
+    pub fn token(&self, user_id: &str) -> String {
+        self.token_with(json!({ "userId": user_id }))
+    }
+
+    /// A token with arbitrary claims signed with the server's secret.
+    pub fn token_with(&self, claims: Value) -> String {
+        let secret = self.secret.as_deref().expect("server has a secret");
+        sign(secret, &claims)
+    }
+
+    /// Stops the whole process group and removes the temp dir.
+    pub fn stop(mut self) {
+        let group = self.child.id();
+        signal_group(group, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // workerd may outlive wrangler: make sure nothing of the group is left.
+        signal_group(group, "KILL");
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends a signal to a process group with bash's builtin `kill`: procps'
+/// /usr/bin/kill on this machine mis-parses `kill -TERM -<pgid>` and signals
+/// far more than the group.
+fn signal_group(group: u32, signal: &str) {
+    let _ = Command::new("bash")
+        .args(["-c", "kill -s \"$1\" -- \"-$2\" 2>/dev/null", "kill"])
+        .args([signal, &group.to_string()])
+        .status();
+}
+
+/// Signs `claims` with HS256.
+pub fn sign(secret: &str, claims: &Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A user id no other test uses.
+pub fn unique_user(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Minimal blocking health probe, so start-up needs no async runtime.
+mod probe {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    pub fn health_ok(url: &str) -> bool {
+        let Some(rest) = url.strip_prefix("http://") else {
+            return false;
+        };
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let Ok(mut stream) = TcpStream::connect(host) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.starts_with("HTTP/1.1 200")
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A connected test socket.
+pub struct Client {
+    ws: Ws,
+}
+
+impl Client {
+    /// Connects with `Authorization: Bearer <token>`.
+    pub async fn connect(server: &Server, token: &str) -> Client {
+        let mut request = server.ws().into_client_request().expect("request");
+        request.headers_mut().insert(
+            "Authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connect");
+        Client { ws }
+    }
+
+    /// Connects with `?token=<token>`.
+    pub async fn connect_query(server: &Server, token: &str) -> Client {
+        let url = format!("{}?token={token}", server.ws());
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connect");
+        Client { ws }
+    }
+
+    /// Connects as a fresh token holder for `user_id`.
+    pub async fn for_user(server: &Server, user_id: &str) -> Client {
+        Client::connect(server, &server.token(user_id)).await
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .expect("send text frame");
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws
+            .send(Message::binary(bytes))
+            .await
+            .expect("send binary frame");
+    }
+
+    /// The next text frame; fails on close, timeout or a non-text frame.
+    pub async fn recv_text(&mut self) -> String {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("socket ended")
+                .expect("socket error");
+            match message {
+                Message::Text(text) => return text.to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame parsed as JSON.
+    pub async fn recv_json(&mut self) -> Value {
+        let text = self.recv_text().await;
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("frame is not JSON: {text}"))
+    }
+
+    /// The next frame, which must be an error frame with `code`.
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        let frame = self.recv_json().await;
+        assert_eq!(frame["type"], "error", "expected an error frame: {frame}");
+        assert_eq!(frame["code"], code, "{frame}");
+        assert!(frame["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(frame.get("envelopeId").is_none());
+        frame
+    }
+
+    /// Subscribes and waits for the confirmation; returns it.
+    pub async fn subscribe(&mut self, filters: Value) -> Value {
+        self.send_json(json!({ "type": "subscribe", "filters": filters }))
+            .await;
+        let frame = self.recv_json().await;
+        assert_eq!(frame["type"], "subscribed", "{frame}");
+        frame
+    }
+
+    pub async fn unsubscribe(&mut self, filters: Value) -> Value {
+        self.send_json(json!({ "type": "unsubscribe", "filters": filters }))
+            .await;
+        let frame = self.recv_json().await;
+        assert_eq!(frame["type"], "unsubscribed", "{frame}");
+        frame
+    }
+
+    /// Sends `ping` and expects `pong` as the very next frame, which also
+    /// proves nothing else was queued for this socket before it.
+    pub async fn ping(&mut self) {
+        self.send_text("ping").await;
+        assert_eq!(self.recv_text().await, "pong");
+    }
+
+    /// The next frame, which must be a delivery.
+    pub async fn recv_envelope(&mut self) -> Value {
+        let frame = self.recv_json().await;
+        assert!(
+            frame["envelopeId"].as_str().is_some(),
+            "expected an envelope: {frame}"
+        );
+        frame
+    }
+
+    pub async fn ack(&mut self, envelope: &Value, result: Value) {
+        self.send_json(json!({
+            "type": "ack",
+            "envelopeId": envelope["envelopeId"],
+            "result": result,
+        }))
+        .await;
+    }
+
+    /// Receives the next envelope and acks it with `result`.
+    pub async fn ack_next(&mut self, result: Value) -> Value {
+        let envelope = self.recv_envelope().await;
+        self.ack(&envelope, result).await;
+        envelope
+    }
+
+    /// Closes the socket and waits for the server's close frame.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+    }
+}
+
+/// The answer to an HTTP request: status, headers and JSON body (if any).
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an error reply of the documented shape, with CORS.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        assert_eq!(self.body["error"], code, "body: {}", self.body);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "body: {}",
+            self.body
+        );
+        assert_eq!(self.header("access-control-allow-origin"), Some("*"));
+        assert!(self
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")));
+    }
+}
+
+pub async fn reply(response: reqwest::Response) -> Reply {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("response body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON: {text}"))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// `POST /publish` with a Bearer token and a JSON body.
+pub async fn publish_as(server: &Server, token: &str, body: Value) -> Reply {
+    let response = http()
+        .post(format!("{}/publish", server.http()))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("publish request");
+    reply(response).await
+}
+
+/// Publishes `payload` of `kind` to `user_id` and expects a 200.
+pub async fn publish(server: &Server, user_id: &str, kind: &str, payload: Value) -> Value {
+    let token = server.token("backend");
+    let reply = publish_as(
+        server,
+        &token,
+        json!({ "userId": user_id, "type": kind, "payload": payload }),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "publish failed: {}", reply.body);
+    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+    reply.body
+}
+
+/// A WebSocket upgrade request sent over plain HTTP, to see how the server
+/// refuses it (`query` is appended to `/`, `bearer` sent as a header).
+pub async fn refused_upgrade(server: &Server, query: &str, bearer: Option<&str>) -> Reply {
+    let mut request = http()
+        .get(format!("{}/{query}", server.http()))
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    reply(request.send().await.expect("upgrade request")).await
+}
