@@ -65,7 +65,7 @@ $(RUN_CONFIG): wrangler.toml
 	cp .dev.vars.example .dev.vars
 
 dev: build .dev.vars
-	wrangler dev --config $(RUN_CONFIG) --env-file .dev.vars \
+	wrangler dev --config $(RUN_CONFIG) --env-file $(CURDIR)/.dev.vars \
 	  --ip 127.0.0.1 --port $(PORT) --show-interactive-dev-session=false
 
 test: build

@@ -189,7 +189,8 @@ mod tests {
     #[test]
     fn completes_when_every_socket_acked() {
         let mut book = AckBook::default();
-        book.begin("e".into(), sockets(&["a", "b"]), 7).expect("new");
+        book.begin("e".into(), sockets(&["a", "b"]), 7)
+            .expect("new");
         assert_eq!(book.ack("e", "a", json!(1)), AckOutcome::Counted);
         assert_eq!(book.ack("e", "b", json!(2)), AckOutcome::Completed(7));
         assert_eq!(book.finish("e"), vec![json!(1), json!(2)]);
@@ -199,7 +200,8 @@ mod tests {
     #[test]
     fn ignores_unknown_spoofed_duplicate_and_late_acks() {
         let mut book = AckBook::default();
-        book.begin("e".into(), sockets(&["a", "b"]), ()).expect("new");
+        book.begin("e".into(), sockets(&["a", "b"]), ())
+            .expect("new");
         assert_eq!(book.ack("other", "a", json!(0)), AckOutcome::Ignored);
         assert_eq!(book.ack("e", "intruder", json!(0)), AckOutcome::Ignored);
         assert_eq!(book.ack("e", "a", json!("first")), AckOutcome::Counted);
@@ -212,8 +214,10 @@ mod tests {
     #[test]
     fn closed_socket_stops_being_awaited() {
         let mut book = AckBook::default();
-        book.begin("e1".into(), sockets(&["a", "b"]), 1).expect("new");
-        book.begin("e2".into(), sockets(&["b", "c"]), 2).expect("new");
+        book.begin("e1".into(), sockets(&["a", "b"]), 1)
+            .expect("new");
+        book.begin("e2".into(), sockets(&["b", "c"]), 2)
+            .expect("new");
         assert_eq!(book.ack("e1", "a", json!("a")), AckOutcome::Counted);
         assert_eq!(book.socket_gone("b"), vec![1]);
         assert_eq!(book.finish("e1"), vec![json!("a")]);

@@ -11,12 +11,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use futures::channel::oneshot;
-use futures::future::{select, Either};
-use worker::{
-    console_error, console_warn, durable_object, js_sys, DurableObject, Env, Method, Request,
-    Response, Result, State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
-};
+use futures::future::select;
 use worker::worker_sys::WebSocketRequestResponsePair;
+use worker::{
+    console_error, console_log, console_warn, durable_object, js_sys, DurableObject, Env, Method,
+    Request, Response, Result, State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
+};
 
 use crate::acks::{AckBook, AckOutcome, AckTimeout};
 use crate::error::ApiError;
@@ -76,7 +76,11 @@ impl DurableObject for HopeFlowRealtime {
         result.or_else(|err| http::error(&err))
     }
 
-    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
         let text = match message {
             WebSocketIncomingMessage::String(text) => text,
             WebSocketIncomingMessage::Binary(_) => {
@@ -211,17 +215,19 @@ impl HopeFlowRealtime {
             .borrow_mut()
             .begin(envelope.envelope_id.clone(), delivered, done_tx)
             .map_err(|_| ApiError::Internal)?;
+        let pending = PendingPublish {
+            book: &self.acks,
+            envelope_id: &envelope.envelope_id,
+        };
         let deadline = worker::Delay::from(timeout.duration());
         futures::pin_mut!(deadline);
-        match select(done_rx, deadline).await {
-            Either::Left(_) | Either::Right(_) => {}
-        }
-        let results = self.acks.borrow_mut().finish(&envelope.envelope_id);
+        // Woken by the last ack or close, or by the deadline: either way, answer.
+        let _ = select(done_rx, deadline).await;
         Ok(http::json(
             200,
             &PublishOutcome {
                 client_count,
-                results,
+                results: pending.finish(),
             },
         )?)
     }
@@ -326,7 +332,29 @@ impl HopeFlowRealtime {
                 }
             }
         }
+        console_log!("socket index rebuilt from {} attachment(s)", sockets.len());
         sockets
+    }
+}
+
+/// A publish registered in the ack book. Dropping it (also when the request is
+/// cancelled mid-wait) removes it, so nothing stays pending after `/deliver`.
+struct PendingPublish<'a> {
+    book: &'a RefCell<AckBook<oneshot::Sender<()>>>,
+    envelope_id: &'a str,
+}
+
+impl PendingPublish<'_> {
+    /// Ends the publish and returns the results that arrived.
+    fn finish(self) -> Vec<serde_json::Value> {
+        self.book.borrow_mut().finish(self.envelope_id)
+    }
+}
+
+impl Drop for PendingPublish<'_> {
+    fn drop(&mut self) {
+        // A no-op after `finish`; the cleanup when the wait was abandoned.
+        self.book.borrow_mut().finish(self.envelope_id);
     }
 }
 

@@ -16,12 +16,16 @@ pub enum ApiError {
     Misconfigured,
     NotFound,
     /// The path exists; `allow` lists the methods it answers.
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
     /// `GET /` without a WebSocket upgrade.
     UpgradeRequired,
     UnsupportedMediaType,
     InvalidBody(PublishError),
-    PayloadTooLarge { limit: usize },
+    PayloadTooLarge {
+        limit: usize,
+    },
     /// The user's Durable Object could not be reached or failed.
     Unavailable,
     /// A runtime call failed unexpectedly; details are only logged.
@@ -77,9 +81,7 @@ impl fmt::Display for ApiError {
             ApiError::UpgradeRequired => {
                 f.write_str("this endpoint only accepts WebSocket upgrades")
             }
-            ApiError::UnsupportedMediaType => {
-                f.write_str("Content-Type must be application/json")
-            }
+            ApiError::UnsupportedMediaType => f.write_str("Content-Type must be application/json"),
             ApiError::InvalidBody(why) => why.fmt(f),
             ApiError::PayloadTooLarge { limit } => {
                 write!(f, "request body is larger than {limit} bytes")
@@ -99,15 +101,39 @@ mod tests {
     #[test]
     fn statuses_and_codes() {
         let cases = [
-            (ApiError::Unauthorized(AuthError::MissingToken), 401, "missing_token"),
-            (ApiError::Unauthorized(AuthError::Expired), 401, "token_expired"),
+            (
+                ApiError::Unauthorized(AuthError::MissingToken),
+                401,
+                "missing_token",
+            ),
+            (
+                ApiError::Unauthorized(AuthError::Expired),
+                401,
+                "token_expired",
+            ),
             (ApiError::Misconfigured, 500, "server_misconfigured"),
             (ApiError::NotFound, 404, "not_found"),
-            (ApiError::MethodNotAllowed { allow: "GET" }, 405, "method_not_allowed"),
+            (
+                ApiError::MethodNotAllowed { allow: "GET" },
+                405,
+                "method_not_allowed",
+            ),
             (ApiError::UpgradeRequired, 426, "upgrade_required"),
-            (ApiError::UnsupportedMediaType, 415, "unsupported_media_type"),
-            (ApiError::InvalidBody(PublishError::EmptyBody), 400, "invalid_body"),
-            (ApiError::PayloadTooLarge { limit: 1 }, 413, "payload_too_large"),
+            (
+                ApiError::UnsupportedMediaType,
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                ApiError::InvalidBody(PublishError::EmptyBody),
+                400,
+                "invalid_body",
+            ),
+            (
+                ApiError::PayloadTooLarge { limit: 1 },
+                413,
+                "payload_too_large",
+            ),
             (ApiError::Unavailable, 503, "unavailable"),
             (ApiError::Internal, 500, "internal_error"),
         ];

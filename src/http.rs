@@ -20,7 +20,9 @@ pub fn json_text(status: u16, text: String) -> Result<Response> {
     let headers = Headers::new();
     headers.set("Content-Type", "application/json; charset=utf-8")?;
     headers.set("Access-Control-Allow-Origin", "*")?;
-    Ok(Response::ok(text)?.with_status(status).with_headers(headers))
+    Ok(Response::ok(text)?
+        .with_status(status)
+        .with_headers(headers))
 }
 
 /// The JSON error response for `err`.
@@ -47,7 +49,10 @@ pub fn preflight() -> Result<Response> {
     let headers = Headers::new();
     headers.set("Access-Control-Allow-Origin", "*")?;
     headers.set("Access-Control-Allow-Methods", "POST, OPTIONS")?;
-    headers.set("Access-Control-Allow-Headers", "Authorization, Content-Type")?;
+    headers.set(
+        "Access-Control-Allow-Headers",
+        "Authorization, Content-Type",
+    )?;
     headers.set("Access-Control-Max-Age", PREFLIGHT_MAX_AGE_SECS)?;
     Ok(Response::empty()?.with_status(204).with_headers(headers))
 }

@@ -189,7 +189,10 @@ async fn publish(mut req: Request, env: &Env) -> std::result::Result<Response, A
             ApiError::Unavailable
         })?;
     if response.status_code() != 200 {
-        console_error!("publish: durable object answered {}", response.status_code());
+        console_error!(
+            "publish: durable object answered {}",
+            response.status_code()
+        );
         return Err(ApiError::Unavailable);
     }
     let outcome = response.text().await.map_err(|err| {

@@ -336,7 +336,10 @@ mod tests {
         assert_eq!(code("{}"), Err(ErrorCode::InvalidFrame));
         assert_eq!(code(r#"{"type":5}"#), Err(ErrorCode::InvalidFrame));
         assert_eq!(code(r#"{"type":"nope"}"#), Err(ErrorCode::UnknownType));
-        assert_eq!(code(r#"{"type":"subscribe"}"#), Err(ErrorCode::InvalidFrame));
+        assert_eq!(
+            code(r#"{"type":"subscribe"}"#),
+            Err(ErrorCode::InvalidFrame)
+        );
         assert_eq!(
             code(r#"{"type":"subscribe","filters":{}}"#),
             Err(ErrorCode::InvalidFrame)
@@ -409,10 +412,19 @@ mod tests {
 
     #[test]
     fn json_content_types() {
-        for ok in ["application/json", "Application/JSON", "application/json; charset=utf-8"] {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+        ] {
             assert!(is_json_content_type(ok), "{ok}");
         }
-        for bad in ["", "text/plain", "application/jsonx", "application/x-www-form-urlencoded"] {
+        for bad in [
+            "",
+            "text/plain",
+            "application/jsonx",
+            "application/x-www-form-urlencoded",
+        ] {
             assert!(!is_json_content_type(bad), "{bad}");
         }
     }
@@ -422,8 +434,8 @@ mod tests {
         let req = PublishRequest::parse(br#"{"userId":"u"}"#).expect("valid");
         assert_eq!(req.envelope_type, "message");
         assert_eq!(req.payload, Value::Null);
-        let req = PublishRequest::parse(br#"{"userId":"u","type":"chat","payload":[1]}"#)
-            .expect("valid");
+        let req =
+            PublishRequest::parse(br#"{"userId":"u","type":"chat","payload":[1]}"#).expect("valid");
         assert_eq!(req.envelope_type, "chat");
         assert_eq!(req.payload, json!([1]));
     }
@@ -438,7 +450,10 @@ mod tests {
         assert_eq!(err(b"\"x\""), Some(PublishError::NotAnObject));
         assert_eq!(err(b"{}"), Some(PublishError::InvalidUserId));
         assert_eq!(err(br#"{"userId":""}"#), Some(PublishError::InvalidUserId));
-        assert_eq!(err(br#"{"userId":"  "}"#), Some(PublishError::InvalidUserId));
+        assert_eq!(
+            err(br#"{"userId":"  "}"#),
+            Some(PublishError::InvalidUserId)
+        );
         assert_eq!(err(br#"{"userId":5}"#), Some(PublishError::InvalidUserId));
         assert_eq!(
             err(br#"{"userId":"u","type":5}"#),

@@ -45,12 +45,17 @@ impl SocketAttachment {
     }
 
     /// This attachment with `filters`, if it still fits the runtime's limit.
-    pub fn with_filters(&self, filters: Vec<Filter>) -> Result<SocketAttachment, AttachmentTooLarge> {
+    pub fn with_filters(
+        &self,
+        filters: Vec<Filter>,
+    ) -> Result<SocketAttachment, AttachmentTooLarge> {
         let next = SocketAttachment {
             filters,
             ..self.clone()
         };
-        let bytes = serde_json::to_vec(&next).map(|v| v.len()).unwrap_or(usize::MAX);
+        let bytes = serde_json::to_vec(&next)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if bytes > MAX_ATTACHMENT_JSON_BYTES {
             return Err(AttachmentTooLarge { bytes });
         }
@@ -74,7 +79,10 @@ mod tests {
             .with_filters(vec![filter])
             .expect("fits");
         let text = serde_json::to_string(&a).expect("json");
-        assert_eq!(text, r#"{"v":1,"id":"s1","u":"alice","f":[{"type":"chat"}]}"#);
+        assert_eq!(
+            text,
+            r#"{"v":1,"id":"s1","u":"alice","f":[{"type":"chat"}]}"#
+        );
         let back: SocketAttachment = serde_json::from_str(&text).expect("json");
         assert_eq!(back, a);
         assert!(back.is_current());

@@ -135,7 +135,9 @@ async fn publish_with_query_token(ctx: Arc<Ctx>) {
 
 async fn token_without_exp_is_accepted(ctx: Arc<Ctx>) {
     let user = unique_user("noexp");
-    let fresh = ctx.server.token_with(json!({"userId": user, "exp": now() + 3600, "role": "any"}));
+    let fresh = ctx
+        .server
+        .token_with(json!({"userId": user, "exp": now() + 3600, "role": "any"}));
     let mut socket = Client::connect(&ctx.server, &fresh).await;
     socket.ping().await;
     // `Client::for_user` mints tokens without `exp`.

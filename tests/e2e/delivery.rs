@@ -56,8 +56,15 @@ async fn matching_filter_delivers_envelope(ctx: Arc<Ctx>) {
         .subscribe(json!([{"type": "chat_message", "questId": "q1", "nodeId": "n1"}]))
         .await;
     let payload = json!({"questId": "q1", "nodeId": "n1", "text": "hi"});
-    let (outcome, envelope) =
-        publish_acked(&ctx, &mut socket, &user, "chat_message", payload.clone(), json!("ok")).await;
+    let (outcome, envelope) = publish_acked(
+        &ctx,
+        &mut socket,
+        &user,
+        "chat_message",
+        payload.clone(),
+        json!("ok"),
+    )
+    .await;
     assert_eq!(outcome, json!({"clientCount": 1, "results": ["ok"]}));
     assert_eq!(envelope["type"], "chat_message");
     assert_eq!(envelope["payload"], payload);
@@ -68,7 +75,9 @@ async fn matching_filter_delivers_envelope(ctx: Arc<Ctx>) {
 async fn non_matching_filter_gets_nothing(ctx: Arc<Ctx>) {
     let user = unique_user("nomatch");
     let mut socket = Client::for_user(&ctx.server, &user).await;
-    socket.subscribe(json!([{"type": "chat_message", "questId": "q1"}])).await;
+    socket
+        .subscribe(json!([{"type": "chat_message", "questId": "q1"}]))
+        .await;
     for (kind, payload) in [
         ("chat_message", json!({"questId": "q2"})),
         ("other", json!({"questId": "q1"})),
@@ -88,7 +97,8 @@ async fn payload_number_does_not_match_string_filter(ctx: Arc<Ctx>) {
     let outcome = publish(&ctx.server, &user, "t", json!({"n": 1})).await;
     assert_eq!(outcome["clientCount"], 0);
     socket.ping().await;
-    let (outcome, _) = publish_acked(&ctx, &mut socket, &user, "t", json!({"n": "1"}), json!(1)).await;
+    let (outcome, _) =
+        publish_acked(&ctx, &mut socket, &user, "t", json!({"n": "1"}), json!(1)).await;
     assert_eq!(outcome["clientCount"], 1);
 }
 
@@ -96,7 +106,11 @@ async fn empty_filter_matches_everything(ctx: Arc<Ctx>) {
     let user = unique_user("empty");
     let mut socket = Client::for_user(&ctx.server, &user).await;
     socket.subscribe(json!([{}])).await;
-    for (kind, payload) in [("a", json!(null)), ("b", json!([1])), ("c", json!({"x": "y"}))] {
+    for (kind, payload) in [
+        ("a", json!(null)),
+        ("b", json!([1])),
+        ("c", json!({"x": "y"})),
+    ] {
         let (outcome, envelope) =
             publish_acked(&ctx, &mut socket, &user, kind, payload.clone(), json!(kind)).await;
         assert_eq!(outcome, json!({"clientCount": 1, "results": [kind]}));
@@ -107,7 +121,9 @@ async fn empty_filter_matches_everything(ctx: Arc<Ctx>) {
 async fn unsubscribed_socket_gets_nothing(ctx: Arc<Ctx>) {
     let user = unique_user("unsub");
     let mut socket = Client::for_user(&ctx.server, &user).await;
-    socket.subscribe(json!([{"type": "a"}, {"type": "b"}])).await;
+    socket
+        .subscribe(json!([{"type": "a"}, {"type": "b"}]))
+        .await;
     // Key order does not matter for equality.
     socket.unsubscribe(json!([{"type": "a"}])).await;
     let outcome = publish(&ctx.server, &user, "a", json!({})).await;
@@ -188,8 +204,14 @@ async fn one_of_two_acking_waits_for_timeout(ctx: Arc<Ctx>) {
         silent.recv_envelope(),
     );
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(4_500), "answered after {waited:?}");
-    assert!(waited < Duration::from_secs(12), "answered after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(4_500),
+        "answered after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(12),
+        "answered after {waited:?}"
+    );
     assert_eq!(outcome, json!({"clientCount": 2, "results": ["only"]}));
     // A late ack is ignored and does not break the socket.
     silent.ack(&silent_envelope, json!("late")).await;
@@ -256,7 +278,8 @@ async fn users_are_isolated(ctx: Arc<Ctx>) {
     let mut b = Client::for_user(&ctx.server, &bob).await;
     a.subscribe(json!([{}])).await;
     b.subscribe(json!([{}])).await;
-    let (outcome, _) = publish_acked(&ctx, &mut a, &alice, "t", json!("for alice"), json!("a")).await;
+    let (outcome, _) =
+        publish_acked(&ctx, &mut a, &alice, "t", json!("for alice"), json!("a")).await;
     assert_eq!(outcome, json!({"clientCount": 1, "results": ["a"]}));
     b.ping().await;
 }
@@ -268,7 +291,11 @@ async fn multi_tenant_publish(ctx: Arc<Ctx>) {
     // A token of a different user publishes to `target`.
     let other = ctx.server.token(&unique_user("tenant-backend"));
     let (reply, _) = tokio::join!(
-        publish_as(&ctx.server, &other, json!({"userId": target, "type": "t", "payload": 1})),
+        publish_as(
+            &ctx.server,
+            &other,
+            json!({"userId": target, "type": "t", "payload": 1})
+        ),
         socket.ack_next(json!("got it")),
     );
     assert_eq!(reply.status, 200);
@@ -308,10 +335,19 @@ async fn large_payload_is_delivered(ctx: Arc<Ctx>) {
     let user = unique_user("large");
     let mut socket = Client::for_user(&ctx.server, &user).await;
     socket.subscribe(json!([{"type": "blob"}])).await;
-    let blob: String = (0..256 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let blob: String = (0..256 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     let payload = json!({"blob": blob});
-    let (outcome, envelope) =
-        publish_acked(&ctx, &mut socket, &user, "blob", payload.clone(), json!("big")).await;
+    let (outcome, envelope) = publish_acked(
+        &ctx,
+        &mut socket,
+        &user,
+        "blob",
+        payload.clone(),
+        json!("big"),
+    )
+    .await;
     assert_eq!(outcome, json!({"clientCount": 1, "results": ["big"]}));
     assert_eq!(envelope["payload"], payload);
 }
@@ -319,7 +355,9 @@ async fn large_payload_is_delivered(ctx: Arc<Ctx>) {
 async fn unicode_payload_is_delivered(ctx: Arc<Ctx>) {
     let user = unique_user("unicode");
     let mut socket = Client::for_user(&ctx.server, &user).await;
-    socket.subscribe(json!([{"type": "ünï", "lang": "日本語"}])).await;
+    socket
+        .subscribe(json!([{"type": "ünï", "lang": "日本語"}]))
+        .await;
     let payload = json!({"lang": "日本語", "text": "こんにちは 🌍 «ça va» \u{0000} \u{FFFF}"});
     let (outcome, envelope) =
         publish_acked(&ctx, &mut socket, &user, "ünï", payload.clone(), json!("✓")).await;
@@ -338,8 +376,15 @@ async fn delivery_after_hibernation(ctx: Arc<Ctx>) {
     // Answered by the auto-response even while hibernated.
     socket.send_text("ping").await;
     assert_eq!(socket.recv_text().await, "pong");
-    let (outcome, envelope) =
-        publish_acked(&ctx, &mut socket, &user, "wake", json!({"k": "v"}), json!("awake")).await;
+    let (outcome, envelope) = publish_acked(
+        &ctx,
+        &mut socket,
+        &user,
+        "wake",
+        json!({"k": "v"}),
+        json!("awake"),
+    )
+    .await;
     assert_eq!(outcome, json!({"clientCount": 1, "results": ["awake"]}));
     assert_eq!(envelope["payload"], json!({"k": "v"}));
     let outcome = publish(&ctx.server, &user, "other", json!({})).await;

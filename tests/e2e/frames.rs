@@ -44,13 +44,20 @@ async fn ping_mixed_case_is_answered(ctx: Arc<Ctx>) {
 
 async fn subscribe_and_unsubscribe_are_confirmed(ctx: Arc<Ctx>) {
     let mut socket = Client::for_user(&ctx.server, &unique_user("confirm")).await;
-    let frame = socket.subscribe(json!([{"type": "a"}, {"type": "b"}])).await;
+    let frame = socket
+        .subscribe(json!([{"type": "a"}, {"type": "b"}]))
+        .await;
     assert_eq!(frame, json!({"type": "subscribed", "added": 2, "total": 2}));
     // Subscribing an equal filter again adds nothing.
     let frame = socket.subscribe(json!([{"type": "a"}])).await;
     assert_eq!(frame, json!({"type": "subscribed", "added": 0, "total": 2}));
-    let frame = socket.unsubscribe(json!([{"type": "a"}, {"type": "zzz"}])).await;
-    assert_eq!(frame, json!({"type": "unsubscribed", "removed": 1, "total": 1}));
+    let frame = socket
+        .unsubscribe(json!([{"type": "a"}, {"type": "zzz"}]))
+        .await;
+    assert_eq!(
+        frame,
+        json!({"type": "unsubscribed", "removed": 1, "total": 1})
+    );
 }
 
 async fn invalid_json_gets_error_frame(ctx: Arc<Ctx>) {
@@ -64,7 +71,9 @@ async fn invalid_json_gets_error_frame(ctx: Arc<Ctx>) {
 
 async fn unknown_type_gets_error_frame(ctx: Arc<Ctx>) {
     let mut socket = Client::for_user(&ctx.server, &unique_user("unknown")).await;
-    socket.send_json(json!({"type": "publish", "payload": 1})).await;
+    socket
+        .send_json(json!({"type": "publish", "payload": 1}))
+        .await;
     socket.expect_error("unknown_type").await;
     socket.ping().await;
 }
@@ -93,7 +102,9 @@ async fn malformed_frames_get_error_frame(ctx: Arc<Ctx>) {
 async fn binary_frame_gets_error_frame(ctx: Arc<Ctx>) {
     let user = unique_user("binary");
     let mut socket = Client::for_user(&ctx.server, &user).await;
-    socket.send_binary(b"{\"type\":\"subscribe\",\"filters\":[{}]}".to_vec()).await;
+    socket
+        .send_binary(b"{\"type\":\"subscribe\",\"filters\":[{}]}".to_vec())
+        .await;
     socket.expect_error("binary_not_supported").await;
     socket.ping().await;
     // The binary subscribe was not applied.
@@ -117,7 +128,10 @@ async fn invalid_filters_are_reported_and_valid_ones_apply(ctx: Arc<Ctx>) {
     }
     assert!(!message.contains("filters[0]"), "{message}");
     let confirmed = socket.recv_json().await;
-    assert_eq!(confirmed, json!({"type": "subscribed", "added": 1, "total": 1}));
+    assert_eq!(
+        confirmed,
+        json!({"type": "subscribed", "added": 1, "total": 1})
+    );
     let (outcome, _) = tokio::join!(
         publish(&ctx.server, &user, "ok", json!({})),
         socket.ack_next(json!(1)),
@@ -133,9 +147,15 @@ async fn only_first_fifty_filters_apply(ctx: Arc<Ctx>) {
         .send_json(json!({"type": "subscribe", "filters": filters}))
         .await;
     let error = socket.expect_error("too_many_filters").await;
-    assert!(error["message"].as_str().unwrap_or_default().contains("10"), "{error}");
+    assert!(
+        error["message"].as_str().unwrap_or_default().contains("10"),
+        "{error}"
+    );
     let confirmed = socket.recv_json().await;
-    assert_eq!(confirmed, json!({"type": "subscribed", "added": 50, "total": 50}));
+    assert_eq!(
+        confirmed,
+        json!({"type": "subscribed", "added": 50, "total": 50})
+    );
 
     let outcome = publish(&ctx.server, &user, "t50", json!({})).await;
     assert_eq!(outcome["clientCount"], 0, "filter 51 must be ignored");
@@ -152,5 +172,8 @@ async fn only_first_fifty_filters_apply(ctx: Arc<Ctx>) {
         .await;
     socket.expect_error("too_many_filters").await;
     let confirmed = socket.recv_json().await;
-    assert_eq!(confirmed, json!({"type": "unsubscribed", "removed": 50, "total": 0}));
+    assert_eq!(
+        confirmed,
+        json!({"type": "unsubscribed", "removed": 50, "total": 0})
+    );
 }

@@ -78,7 +78,7 @@ fn main() {
     let failures = run(selected, ctx.clone());
 
     let ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| panic!("tests still hold the servers"));
-    if !failures.is_empty() {
+    if !failures.is_empty() || std::env::var_os("E2E_SHOW_LOG").is_some() {
         eprintln!("--- wrangler log (main) ---\n{}", ctx.server.log());
     }
     ctx.server.stop();

@@ -25,7 +25,14 @@ pub fn tests() -> Vec<Test> {
 }
 
 async fn health_needs_no_auth(ctx: Arc<Ctx>) {
-    let r = reply(http().get(format!("{}/health", ctx.server.http())).send().await.expect("get")).await;
+    let r = reply(
+        http()
+            .get(format!("{}/health", ctx.server.http()))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, json!({"ok": true}));
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
@@ -33,7 +40,14 @@ async fn health_needs_no_auth(ctx: Arc<Ctx>) {
 
 async fn unknown_path_is_404(ctx: Arc<Ctx>) {
     for path in ["/nope", "/connect", "/deliver", "/publish/x"] {
-        let r = reply(http().get(format!("{}{path}", ctx.server.http())).send().await.expect("get")).await;
+        let r = reply(
+            http()
+                .get(format!("{}{path}", ctx.server.http()))
+                .send()
+                .await
+                .expect("get"),
+        )
+        .await;
         r.assert_error(404, "not_found");
     }
 }
@@ -51,9 +65,23 @@ async fn wrong_method_is_405(ctx: Arc<Ctx>) {
     .await;
     r.assert_error(405, "method_not_allowed");
     assert_eq!(r.header("allow"), Some("POST, OPTIONS"));
-    let r = reply(http().post(format!("{}/", ctx.server.http())).send().await.expect("post")).await;
+    let r = reply(
+        http()
+            .post(format!("{}/", ctx.server.http()))
+            .send()
+            .await
+            .expect("post"),
+    )
+    .await;
     r.assert_error(405, "method_not_allowed");
-    let r = reply(http().delete(format!("{}/health", ctx.server.http())).send().await.expect("delete")).await;
+    let r = reply(
+        http()
+            .delete(format!("{}/health", ctx.server.http()))
+            .send()
+            .await
+            .expect("delete"),
+    )
+    .await;
     r.assert_error(405, "method_not_allowed");
 }
 
@@ -73,20 +101,37 @@ async fn plain_get_root_is_426(ctx: Arc<Ctx>) {
 
 async fn preflight_allows_post_with_auth_headers(ctx: Arc<Ctx>) {
     let response = http()
-        .request(reqwest::Method::OPTIONS, format!("{}/publish", ctx.server.http()))
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/publish", ctx.server.http()),
+        )
         .header("Origin", "https://dashboard.example")
         .header("Access-Control-Request-Method", "POST")
-        .header("Access-Control-Request-Headers", "authorization, content-type")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
         .send()
         .await
         .expect("options");
     let r = reply(response).await;
     assert_eq!(r.status, 204);
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
-    assert_eq!(r.header("access-control-allow-methods"), Some("POST, OPTIONS"));
-    let allowed = r.header("access-control-allow-headers").unwrap_or_default().to_ascii_lowercase();
-    assert!(allowed.contains("authorization") && allowed.contains("content-type"), "{allowed}");
-    assert!(r.header("access-control-max-age").is_some_and(|v| v.parse::<u32>().is_ok()));
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("POST, OPTIONS")
+    );
+    let allowed = r
+        .header("access-control-allow-headers")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("content-type"),
+        "{allowed}"
+    );
+    assert!(r
+        .header("access-control-max-age")
+        .is_some_and(|v| v.parse::<u32>().is_ok()));
 }
 
 async fn publish_success_carries_cors(ctx: Arc<Ctx>) {
@@ -97,7 +142,11 @@ async fn publish_success_carries_cors(ctx: Arc<Ctx>) {
 async fn publish_without_json_content_type_is_415(ctx: Arc<Ctx>) {
     let token = ctx.server.token("backend");
     let body = json!({"userId": unique_user("ct"), "payload": 1}).to_string();
-    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
         let mut request = http()
             .post(format!("{}/publish", ctx.server.http()))
             .bearer_auth(&token)
@@ -173,7 +222,10 @@ async fn publish_type_defaults_to_message_and_payload_to_null(ctx: Arc<Ctx>) {
     assert_eq!(envelope["type"], "message");
     assert_eq!(envelope["payload"], json!(null));
     let id = envelope["envelopeId"].as_str().expect("id");
-    assert!(uuid::Uuid::parse_str(id).is_ok_and(|u| u.get_version_num() == 4), "{id}");
+    assert!(
+        uuid::Uuid::parse_str(id).is_ok_and(|u| u.get_version_num() == 4),
+        "{id}"
+    );
     let keys: Vec<&String> = envelope.as_object().expect("object").keys().collect();
     assert_eq!(keys.len(), 3, "{envelope}");
 }
@@ -201,7 +253,11 @@ async fn missing_secret_is_500_for_publish_and_upgrade(ctx: Arc<Ctx>) {
     let server = &ctx.unconfigured;
     let r = publish_as(server, &token, json!({"userId": "u", "payload": 1})).await;
     r.assert_error(500, "server_misconfigured");
-    assert!(!r.body.to_string().contains("JWT_SECRET"), "no internals: {}", r.body);
+    assert!(
+        !r.body.to_string().contains("JWT_SECRET"),
+        "no internals: {}",
+        r.body
+    );
     let r = refused_upgrade(server, "", Some(&token)).await;
     r.assert_error(500, "server_misconfigured");
 }

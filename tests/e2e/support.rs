@@ -48,7 +48,9 @@ impl Server {
         ));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         let env_file = dir.join("test.env");
-        let vars = secret.map(|s| format!("JWT_SECRET={s}\n")).unwrap_or_default();
+        let vars = secret
+            .map(|s| format!("JWT_SECRET={s}\n"))
+            .unwrap_or_default();
         std::fs::write(&env_file, vars).expect("write env file");
         let log = std::fs::File::create(dir.join("wrangler.log")).expect("create log");
         let port = free_port();
@@ -62,14 +64,17 @@ impl Server {
             .arg(dir.join("state"))
             .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
             .args(["--inspector-port", &free_port().to_string()])
-            .args(["--show-interactive-dev-session=false", "--log-level", "warn"])
+            .arg("--show-interactive-dev-session=false")
+            // E2E_LOG_LEVEL=log puts the worker's console output in the log.
+            .arg("--log-level")
+            .arg(std::env::var("E2E_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
             .env("WRANGLER_SEND_METRICS", "false")
             .env("WRANGLER_SEND_ERROR_REPORTS", "false")
             .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
-            // Own process group, so stopping it also stops workerd.
+            // Own process group, so stopping the group also stops workerd.
             .process_group(0)
             .spawn()
             .expect("spawn wrangler dev");
