@@ -184,6 +184,14 @@ mod tests {
         TokenVerifier::new(SECRET).verify(token, NOW)
     }
 
+    fn assert_invalid(claims: Value) {
+        let outcome = verify(&token(claims.clone()));
+        assert!(
+            matches!(outcome, Err(AuthError::InvalidToken(_))),
+            "{claims}: {outcome:?}"
+        );
+    }
+
     #[test]
     fn accepts_user_id_with_and_without_exp() {
         let ok = Ok(Claims {
@@ -221,13 +229,7 @@ mod tests {
             json!({"userId": null}),
             json!({"sub": "alice"}),
         ] {
-            assert!(
-                matches!(
-                    verify(&token(claims.clone())),
-                    Err(AuthError::InvalidToken(_))
-                ),
-                "{claims}"
-            );
+            assert_invalid(claims);
         }
     }
 
@@ -239,13 +241,7 @@ mod tests {
             json!({"userId": "a", "nbf": "0"}),
             json!({"userId": "a", "nbf": NOW + 3600}),
         ] {
-            assert!(
-                matches!(
-                    verify(&token(claims.clone())),
-                    Err(AuthError::InvalidToken(_))
-                ),
-                "{claims}"
-            );
+            assert_invalid(claims);
         }
     }
 

@@ -18,7 +18,7 @@ use worker::{
     Request, Response, Result, State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
 };
 
-use crate::acks::{AckBook, AckOutcome, AckTimeout};
+use crate::acks::{AckBook, AckOutcome, AckTimeout, InvalidAckTimeout};
 use crate::error::ApiError;
 use crate::filter::{add_filters, any_matches, remove_filters, Filter};
 use crate::http;
@@ -39,8 +39,8 @@ struct Socket {
 #[durable_object]
 pub struct HopeFlowRealtime {
     state: State,
-    /// How long a publish waits for acks; `Err` holds a bad `ACK_TIMEOUT_MS`.
-    ack_timeout: std::result::Result<AckTimeout, String>,
+    /// How long a publish waits for acks; `Err` when `ACK_TIMEOUT_MS` is invalid.
+    ack_timeout: std::result::Result<AckTimeout, InvalidAckTimeout>,
     /// Socket id → socket; `None` until first built after (re)start.
     sockets: RefCell<Option<HashMap<String, Socket>>>,
     /// Publishes waiting for acks, each with the sender that wakes its `/deliver`.
@@ -55,7 +55,7 @@ impl DurableObject for HopeFlowRealtime {
             Err(err) => console_warn!("could not register the ping auto-response: {err:?}"),
         }
         let setting = env.var("ACK_TIMEOUT_MS").ok().map(|v| v.to_string());
-        let ack_timeout = AckTimeout::parse(setting.as_deref()).map_err(|e| e.to_string());
+        let ack_timeout = AckTimeout::parse(setting.as_deref());
         if let Err(why) = &ack_timeout {
             console_error!("{why}");
         }
@@ -179,7 +179,7 @@ impl HopeFlowRealtime {
     async fn deliver(&self, mut req: Request) -> std::result::Result<Response, ApiError> {
         let timeout = self
             .ack_timeout
-            .clone()
+            .as_ref()
             .map_err(|_| ApiError::Misconfigured)?;
         let envelope: Envelope = req.json().await?;
         let text = serde_json::to_string(&envelope).map_err(|_| ApiError::Internal)?;

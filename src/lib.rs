@@ -188,16 +188,21 @@ async fn publish(mut req: Request, env: &Env) -> std::result::Result<Response, A
             console_error!("publish: durable object unreachable: {err}");
             ApiError::Unavailable
         })?;
-    if response.status_code() != 200 {
-        console_error!(
-            "publish: durable object answered {}",
-            response.status_code()
-        );
-        return Err(ApiError::Unavailable);
-    }
-    let outcome = response.text().await.map_err(|err| {
+    let status = response.status_code();
+    let answer = response.text().await.map_err(|err| {
         console_error!("publish: reading the durable object's answer failed: {err}");
         ApiError::Unavailable
     })?;
-    Ok(http::json_text(200, outcome)?)
+    // The object answers in our API's shapes (the outcome, or an error body
+    // such as `server_misconfigured`): pass those through. Anything else is
+    // the runtime failing the object.
+    let is_api_error = || {
+        serde_json::from_str::<serde_json::Value>(&answer)
+            .is_ok_and(|body| body.get("error").is_some_and(serde_json::Value::is_string))
+    };
+    if status != 200 && !is_api_error() {
+        console_error!("publish: durable object failed with status {status}");
+        return Err(ApiError::Unavailable);
+    }
+    Ok(http::json_text(status, answer)?)
 }

@@ -98,13 +98,14 @@ async fn header_token_wins_over_query_token(ctx: Arc<Ctx>) {
 }
 
 async fn publish_as_query(ctx: &Ctx, query: &str, bearer: Option<&str>) -> crate::support::Reply {
-    let mut request = crate::support::http()
-        .post(format!("{}/publish{query}", ctx.server.http()))
+    let mut request = ctx
+        .server
+        .request(reqwest::Method::POST, &format!("/publish{query}"))
         .json(&json!({"userId": unique_user("pq"), "payload": 1}));
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
     }
-    crate::support::reply(request.send().await.expect("publish")).await
+    crate::support::send(request).await
 }
 
 async fn publish_without_token_is_401(ctx: Arc<Ctx>) {

@@ -120,6 +120,11 @@ impl Server {
         format!("ws://127.0.0.1:{}/", self.port)
     }
 
+    /// A request to `path` on this server.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        http().request(method, format!("{}{path}", self.http()))
+    }
+
     /// A token for `user_id` signed with the server's secret.
     pub fn token(&self, user_id: &str) -> String {
         self.token_with(json!({ "userId": user_id }))
@@ -374,6 +379,11 @@ impl Reply {
             .header("content-type")
             .is_some_and(|c| c.starts_with("application/json")));
     }
+}
+
+/// Sends `request` and reads the reply.
+pub async fn send(request: reqwest::RequestBuilder) -> Reply {
+    reply(request.send().await.expect("http request")).await
 }
 
 pub async fn reply(response: reqwest::Response) -> Reply {
