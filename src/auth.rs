@@ -11,9 +11,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-/// Clock skew tolerated on `exp` and `nbf`, in seconds.
-pub const LEEWAY_SECS: u64 = 30;
-
 /// Tokens longer than this are rejected before any parsing or crypto.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -22,6 +19,41 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub struct Claims {
     /// Whose sockets this token may open (the Durable Object is named after it).
     pub user_id: String,
+    /// The space-separated `scope` claim, if the token has a string one.
+    pub scope: Option<String>,
+}
+
+impl Claims {
+    /// Whether the `scope` claim lists `wanted`.
+    pub fn has_scope(&self, wanted: &str) -> bool {
+        self.scope
+            .as_deref()
+            .is_some_and(|scope| scope.split_ascii_whitespace().any(|s| s == wanted))
+    }
+}
+
+/// What a valid token must look like beyond its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
+    /// When set, `aud` must contain it.
+    pub audience: Option<String>,
+    /// When set, `iss` must equal it.
+    pub issuer: Option<String>,
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        AuthPolicy {
+            leeway_secs: 30,
+            require_exp: false,
+            audience: None,
+            issuer: None,
+        }
+    }
 }
 
 /// Why a request was not authenticated. Every variant answers 401.
@@ -71,25 +103,42 @@ pub fn extract_token<'a>(
     from_header.or(query).filter(|token| !token.is_empty())
 }
 
-/// Verifies tokens signed with the shared secret.
+/// Compares two secrets in time that depends only on their lengths.
+pub fn secrets_match(expected: &[u8], given: &[u8]) -> bool {
+    expected.len() == given.len()
+        && expected
+            .iter()
+            .zip(given)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+/// Verifies tokens signed with the shared secret(s).
 pub struct TokenVerifier {
-    key: DecodingKey,
+    /// The current secret first; a previous one is tried only when the
+    /// signature does not match the current one (key rotation).
+    keys: Vec<DecodingKey>,
     validation: Validation,
+    policy: AuthPolicy,
 }
 
 impl TokenVerifier {
-    /// A verifier for `secret`; callers refuse to build one from an empty secret.
-    pub fn new(secret: &[u8]) -> TokenVerifier {
+    /// A verifier for `secrets`; callers refuse to build one without a secret.
+    pub fn new(secrets: &[String], policy: &AuthPolicy) -> TokenVerifier {
         let mut validation = Validation::new(Algorithm::HS256);
-        // Time claims are checked in `check_time` with the caller's clock; no
-        // claim is mandatory (a token without `exp` is accepted).
+        // Claims are checked in `check_claims`, with the caller's clock and
+        // strict types (jsonwebtoken skips claims it cannot parse).
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
         TokenVerifier {
-            key: DecodingKey::from_secret(secret),
+            keys: secrets
+                .iter()
+                .map(|s| DecodingKey::from_secret(s.as_bytes()))
+                .collect(),
             validation,
+            policy: policy.clone(),
         }
     }
 
@@ -98,16 +147,36 @@ impl TokenVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::InvalidToken("token is too long"));
         }
-        let raw = jsonwebtoken::decode::<RawClaims>(token, &self.key, &self.validation)
-            .map_err(|e| AuthError::InvalidToken(describe(e.kind())))?
-            .claims;
-        check_time(&raw, now)?;
-        match raw.user_id {
-            Some(Value::String(id)) if !id.trim().is_empty() => Ok(Claims { user_id: id }),
-            _ => Err(AuthError::InvalidToken(
-                "payload must carry a non-empty string userId",
-            )),
+        let raw = self.decode(token)?;
+        check_time(&raw, &self.policy, now)?;
+        check_audience_and_issuer(&raw, &self.policy)?;
+        let user_id = match raw.user_id {
+            Some(Value::String(id)) if !id.trim().is_empty() => id,
+            _ => {
+                return Err(AuthError::InvalidToken(
+                    "payload must carry a non-empty string userId",
+                ))
+            }
+        };
+        let scope = match raw.scope {
+            Some(Value::String(scope)) => Some(scope),
+            _ => None,
+        };
+        Ok(Claims { user_id, scope })
+    }
+
+    fn decode(&self, token: &str) -> Result<RawClaims, AuthError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let mut outcome = Err(ErrorKind::InvalidSignature);
+        for key in &self.keys {
+            outcome = jsonwebtoken::decode::<RawClaims>(token, key, &self.validation)
+                .map(|data| data.claims)
+                .map_err(|e| e.into_kind());
+            if !matches!(outcome, Err(ErrorKind::InvalidSignature)) {
+                break;
+            }
         }
+        outcome.map_err(|kind| AuthError::InvalidToken(describe(&kind)))
     }
 }
 
@@ -122,6 +191,12 @@ struct RawClaims {
     exp: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     nbf: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    iss: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    aud: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    scope: Option<Value>,
 }
 
 /// Keeps an explicit `null` as `Some(Value::Null)` so it is rejected as a wrong
@@ -130,9 +205,12 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, 
     Value::deserialize(deserializer).map(Some)
 }
 
-fn check_time(raw: &RawClaims, now: u64) -> Result<(), AuthError> {
+fn check_time(raw: &RawClaims, policy: &AuthPolicy, now: u64) -> Result<(), AuthError> {
     let now = now as f64;
-    let leeway = LEEWAY_SECS as f64;
+    let leeway = policy.leeway_secs as f64;
+    if policy.require_exp && raw.exp.is_none() {
+        return Err(AuthError::InvalidToken("exp is required"));
+    }
     if let Some(exp) = &raw.exp {
         let exp = exp
             .as_f64()
@@ -147,6 +225,25 @@ fn check_time(raw: &RawClaims, now: u64) -> Result<(), AuthError> {
             .ok_or(AuthError::InvalidToken("nbf must be a number"))?;
         if nbf > now + leeway {
             return Err(AuthError::InvalidToken("token is not valid yet (nbf)"));
+        }
+    }
+    Ok(())
+}
+
+fn check_audience_and_issuer(raw: &RawClaims, policy: &AuthPolicy) -> Result<(), AuthError> {
+    if let Some(issuer) = &policy.issuer {
+        if raw.iss.as_ref().and_then(Value::as_str) != Some(issuer.as_str()) {
+            return Err(AuthError::InvalidToken("iss does not match"));
+        }
+    }
+    if let Some(audience) = &policy.audience {
+        let listed = match &raw.aud {
+            Some(Value::String(aud)) => aud == audience,
+            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
+            _ => false,
+        };
+        if !listed {
+            return Err(AuthError::InvalidToken("aud does not match"));
         }
     }
     Ok(())
@@ -181,7 +278,12 @@ mod tests {
     }
 
     fn verify(token: &str) -> Result<Claims, AuthError> {
-        TokenVerifier::new(SECRET).verify(token, NOW)
+        verify_with(token, &AuthPolicy::default())
+    }
+
+    fn verify_with(token: &str, policy: &AuthPolicy) -> Result<Claims, AuthError> {
+        let secrets = [String::from_utf8(SECRET.to_vec()).expect("utf8")];
+        TokenVerifier::new(&secrets, policy).verify(token, NOW)
     }
 
     fn assert_invalid(claims: Value) {
@@ -196,6 +298,7 @@ mod tests {
     fn accepts_user_id_with_and_without_exp() {
         let ok = Ok(Claims {
             user_id: "alice".into(),
+            scope: None,
         });
         assert_eq!(verify(&token(json!({"userId": "alice"}))), ok);
         assert_eq!(
@@ -303,6 +406,87 @@ mod tests {
             verify(&format!("{message}.{signature}")),
             Err(AuthError::InvalidToken(_))
         ));
+    }
+
+    #[test]
+    fn policy_knobs() {
+        let strict = AuthPolicy {
+            leeway_secs: 0,
+            require_exp: true,
+            audience: Some("hopeflow".into()),
+            issuer: Some("auth.example".into()),
+        };
+        let good =
+            json!({"userId": "a", "exp": NOW + 60, "aud": "hopeflow", "iss": "auth.example"});
+        assert!(verify_with(&token(good.clone()), &strict).is_ok());
+        let mut listed = good.clone();
+        listed["aud"] = json!(["other", "hopeflow"]);
+        assert!(verify_with(&token(listed), &strict).is_ok());
+        for (key, value) in [
+            ("exp", Value::Null),
+            ("aud", json!("other")),
+            ("aud", json!(["other"])),
+            ("aud", json!(5)),
+            ("iss", json!("evil.example")),
+            ("iss", json!(1)),
+        ] {
+            let mut claims = good.clone();
+            claims[key] = value;
+            if claims[key].is_null() {
+                claims.as_object_mut().expect("object").remove(key);
+            }
+            assert!(
+                verify_with(&token(claims.clone()), &strict).is_err(),
+                "{claims}"
+            );
+        }
+        let mut missing = good.clone();
+        missing.as_object_mut().expect("object").remove("iss");
+        assert!(verify_with(&token(missing), &strict).is_err());
+        // No leeway: one second past `exp` is expired.
+        let late = json!({"userId": "a", "exp": NOW - 1, "aud": "hopeflow", "iss": "auth.example"});
+        assert_eq!(verify_with(&token(late), &strict), Err(AuthError::Expired));
+        // Without an audience policy, tokens with any `aud` are accepted.
+        assert!(verify(&token(json!({"userId": "a", "aud": "x"}))).is_ok());
+    }
+
+    #[test]
+    fn previous_secret_is_accepted_during_rotation() {
+        let secrets = ["new".to_string(), "old".to_string()];
+        let verifier = TokenVerifier::new(&secrets, &AuthPolicy::default());
+        for secret in ["new", "old"] {
+            let token = encode(
+                &Header::new(Algorithm::HS256),
+                &json!({"userId": "a"}),
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .expect("encode");
+            assert!(verifier.verify(&token, NOW).is_ok(), "{secret}");
+        }
+        let stranger = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"userId": "a"}),
+            &EncodingKey::from_secret(b"other"),
+        )
+        .expect("encode");
+        assert!(verifier.verify(&stranger, NOW).is_err());
+    }
+
+    #[test]
+    fn scope_claim() {
+        let claims = verify(&token(json!({"userId": "a", "scope": "read publish"}))).expect("ok");
+        assert!(claims.has_scope("publish"));
+        assert!(!claims.has_scope("pub"));
+        let claims = verify(&token(json!({"userId": "a", "scope": ["publish"]}))).expect("ok");
+        assert!(!claims.has_scope("publish"));
+    }
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(secrets_match(b"abc", b"abc"));
+        assert!(!secrets_match(b"abc", b"abd"));
+        assert!(!secrets_match(b"abc", b"ab"));
+        assert!(!secrets_match(b"abc", b""));
     }
 
     #[test]

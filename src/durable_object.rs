@@ -14,33 +14,35 @@ use futures::channel::oneshot;
 use futures::future::select;
 use worker::worker_sys::WebSocketRequestResponsePair;
 use worker::{
-    console_error, console_log, console_warn, durable_object, js_sys, DurableObject, Env, Method,
-    Request, Response, Result, State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
+    console_error, console_log, console_warn, durable_object, js_sys, Date, DurableObject, Env,
+    Method, Request, Response, Result, State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
 };
 
-use crate::acks::{AckBook, AckOutcome, AckTimeout, InvalidAckTimeout};
+use crate::acks::{AckBook, AckOutcome};
+use crate::config::{Config, ConfigError, DEFAULT_MAX_FRAME_BYTES};
 use crate::error::ApiError;
-use crate::filter::{add_filters, any_matches, remove_filters, Filter};
+use crate::filter::{
+    add_filters, any_matches, remove_filters, Filter, TooManyFilters, MAX_FILTERS_PER_SOCKET,
+};
 use crate::http;
-use crate::protocol::{ClientFrame, Envelope, ErrorCode, PublishOutcome, ServerFrame};
+use crate::limits::{SocketLimits, Verdict};
+use crate::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, PublishOutcome, ServerFrame};
 use crate::session::SocketAttachment;
 use crate::USER_ID_HEADER;
 
-/// Close code asking a client to reconnect: its stored socket state could not be
-/// read (e.g. written by an older layout).
-const CLOSE_RECONNECT: u16 = 1012;
-
-/// A live socket and its decoded attachment.
+/// A live socket, its decoded attachment and its abuse limits.
 struct Socket {
     ws: WebSocket,
     attachment: SocketAttachment,
+    limits: SocketLimits,
 }
 
 #[durable_object]
 pub struct HopeFlowRealtime {
     state: State,
-    /// How long a publish waits for acks; `Err` when `ACK_TIMEOUT_MS` is invalid.
-    ack_timeout: std::result::Result<AckTimeout, InvalidAckTimeout>,
+    /// The settings; `Err` when one is invalid (the worker then refuses
+    /// requests before they get here, and `/deliver` refuses too).
+    config: std::result::Result<Config, ConfigError>,
     /// Socket id → socket; `None` until first built after (re)start.
     sockets: RefCell<Option<HashMap<String, Socket>>>,
     /// Publishes waiting for acks, each with the sender that wakes its `/deliver`.
@@ -54,14 +56,13 @@ impl DurableObject for HopeFlowRealtime {
             Ok(pair) => state.set_websocket_auto_response(&pair),
             Err(err) => console_warn!("could not register the ping auto-response: {err:?}"),
         }
-        let setting = env.var("ACK_TIMEOUT_MS").ok().map(|v| v.to_string());
-        let ack_timeout = AckTimeout::parse(setting.as_deref());
-        if let Err(why) = &ack_timeout {
-            console_error!("{why}");
+        let config = Config::load(|name| env.var(name).ok().map(|v| v.to_string()));
+        if let Err(err) = &config {
+            console_error!("configuration error: {err}");
         }
         HopeFlowRealtime {
             state,
-            ack_timeout,
+            config,
             sockets: RefCell::new(None),
             acks: RefCell::new(AckBook::default()),
         }
@@ -71,6 +72,7 @@ impl DurableObject for HopeFlowRealtime {
         let result = match (req.path().as_str(), req.method()) {
             ("/connect", Method::Get) => self.accept_socket(&req),
             ("/deliver", Method::Post) => self.deliver(req).await,
+            ("/stats", Method::Get) => self.stats(),
             _ => Err(ApiError::NotFound),
         };
         result.or_else(|err| http::error(&err))
@@ -81,43 +83,65 @@ impl DurableObject for HopeFlowRealtime {
         ws: WebSocket,
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
+        let Some(socket_id) = self.socket_id(&ws) else {
+            return Ok(());
+        };
+        let size = match &message {
+            WebSocketIncomingMessage::String(text) => text.len(),
+            WebSocketIncomingMessage::Binary(bytes) => bytes.len(),
+        };
+        if size > self.max_frame_bytes() {
+            self.close_socket(&ws, CloseCode::MessageTooBig);
+            return Ok(());
+        }
+        let now_ms = Date::now().as_millis() as f64;
         let text = match message {
             WebSocketIncomingMessage::String(text) => text,
             WebSocketIncomingMessage::Binary(_) => {
-                send_frame(
-                    &ws,
-                    &ServerFrame::error(
-                        ErrorCode::BinaryNotSupported,
-                        "binary frames are not supported; send JSON text frames",
-                    ),
+                let frame = ServerFrame::error(
+                    ErrorCode::BinaryNotSupported,
+                    "binary frames are not supported; send JSON text frames",
                 );
+                self.reject(&ws, &socket_id, frame, now_ms);
                 return Ok(());
             }
         };
         let frame = match ClientFrame::parse(&text) {
             Ok(frame) => frame,
             Err(err) => {
-                send_frame(&ws, &ServerFrame::error(err.code(), err.to_string()));
+                let frame = ServerFrame::error(err.code(), err.to_string());
+                self.reject(&ws, &socket_id, frame, now_ms);
                 return Ok(());
             }
         };
+        if let ClientFrame::Ack {
+            envelope_id,
+            result,
+        } = frame
+        {
+            let outcome = self.acks.borrow_mut().ack(&envelope_id, &socket_id, result);
+            match outcome {
+                // The publish may have timed out meanwhile; nothing to wake then.
+                AckOutcome::Completed(waiter) => drop(waiter.send(())),
+                AckOutcome::Counted => {}
+                // Ignored acks are silent, but they still cost rate.
+                AckOutcome::Ignored => {
+                    if !self.take_message(&socket_id, now_ms) {
+                        self.reject(&ws, &socket_id, rate_limited(), now_ms);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if !self.take_message(&socket_id, now_ms) {
+            self.reject(&ws, &socket_id, rate_limited(), now_ms);
+            return Ok(());
+        }
         match frame {
             ClientFrame::Ping => send_text(&ws, "pong"),
             ClientFrame::Subscribe { filters } => self.change_filters(&ws, &filters, true),
             ClientFrame::Unsubscribe { filters } => self.change_filters(&ws, &filters, false),
-            ClientFrame::Ack {
-                envelope_id,
-                result,
-            } => {
-                let Some(socket_id) = self.socket_id(&ws) else {
-                    return Ok(());
-                };
-                let outcome = self.acks.borrow_mut().ack(&envelope_id, &socket_id, result);
-                if let AckOutcome::Completed(waiter) = outcome {
-                    // The publish may have timed out meanwhile; nothing to wake then.
-                    let _ = waiter.send(());
-                }
-            }
+            ClientFrame::Ack { .. } => {}
         }
         Ok(())
     }
@@ -168,6 +192,7 @@ impl HopeFlowRealtime {
                 Socket {
                     ws: pair.server.clone(),
                     attachment,
+                    limits: SocketLimits::new(Date::now().as_millis() as f64),
                 },
             );
         });
@@ -178,9 +203,10 @@ impl HopeFlowRealtime {
     /// their acks, a close, or the timeout, whichever comes first.
     async fn deliver(&self, mut req: Request) -> std::result::Result<Response, ApiError> {
         let timeout = self
-            .ack_timeout
+            .config
             .as_ref()
-            .map_err(|_| ApiError::Misconfigured)?;
+            .map_err(|_| ApiError::Misconfigured)?
+            .ack_timeout();
         let envelope: Envelope = req.json().await?;
         let text = serde_json::to_string(&envelope).map_err(|_| ApiError::Internal)?;
 
@@ -219,7 +245,7 @@ impl HopeFlowRealtime {
             book: &self.acks,
             envelope_id: &envelope.envelope_id,
         };
-        let deadline = worker::Delay::from(timeout.duration());
+        let deadline = worker::Delay::from(timeout);
         futures::pin_mut!(deadline);
         // Woken by the last ack or close, or by the deadline: either way, answer.
         let _ = select(done_rx, deadline).await;
@@ -249,7 +275,17 @@ impl HopeFlowRealtime {
             let socket = sockets.get_mut(&socket_id)?;
             let mut filters = socket.attachment.filters.clone();
             let changed = if add {
-                add_filters(&mut filters, parsed.valid)
+                match add_filters(&mut filters, parsed.valid) {
+                    Ok(added) => added,
+                    Err(TooManyFilters) => {
+                        return Some(ServerFrame::error(
+                            ErrorCode::SubscriptionLimit,
+                            format!(
+                                "subscription refused: a socket may hold at most {MAX_FILTERS_PER_SOCKET} filters; unsubscribe some first"
+                            ),
+                        ))
+                    }
+                }
             } else {
                 remove_filters(&mut filters, &parsed.valid)
             };
@@ -292,6 +328,58 @@ impl HopeFlowRealtime {
         }
     }
 
+    fn max_frame_bytes(&self) -> usize {
+        self.config
+            .as_ref()
+            .map_or(DEFAULT_MAX_FRAME_BYTES, |c| c.max_frame_bytes)
+    }
+
+    /// Takes one message from the socket's rate limit; `false` when exhausted.
+    fn take_message(&self, socket_id: &str, now_ms: f64) -> bool {
+        self.with_sockets(|sockets| {
+            sockets
+                .get_mut(socket_id)
+                .is_none_or(|s| s.limits.take_message(now_ms))
+        })
+    }
+
+    /// Answers a bad message with an error frame, and closes the socket with
+    /// 1008 when violations pile up.
+    fn reject(&self, ws: &WebSocket, socket_id: &str, frame: ServerFrame, now_ms: f64) {
+        send_frame(ws, &frame);
+        let ServerFrame::Error { code, .. } = frame else {
+            return;
+        };
+        if !code.is_violation() {
+            return;
+        }
+        let verdict = self.with_sockets(|sockets| {
+            sockets
+                .get_mut(socket_id)
+                .map_or(Verdict::Warn, |s| s.limits.violation(now_ms))
+        });
+        if verdict == Verdict::Close {
+            self.close_socket(ws, CloseCode::PolicyViolation);
+        }
+    }
+
+    /// Closes a socket from the server side and forgets it at once, so no
+    /// publish waits for it.
+    fn close_socket(&self, ws: &WebSocket, close: CloseCode) {
+        let _ = ws.close(Some(close.code()), Some(close.reason()));
+        self.forget(ws);
+    }
+
+    /// `GET /stats`: sockets and publishes in flight, for operators and tests.
+    fn stats(&self) -> std::result::Result<Response, ApiError> {
+        let sockets = self.with_sockets(|sockets| sockets.len());
+        let pending = self.acks.borrow().len();
+        Ok(http::json(
+            200,
+            &serde_json::json!({ "sockets": sockets, "pendingPublishes": pending }),
+        )?)
+    }
+
     /// The socket's id, from the tag it was accepted with.
     fn socket_id(&self, ws: &WebSocket) -> Option<String> {
         self.state.get_tags(ws).into_iter().next()
@@ -322,13 +410,19 @@ impl HopeFlowRealtime {
         for ws in self.state.get_websockets() {
             match ws.deserialize_attachment::<SocketAttachment>() {
                 Ok(Some(attachment)) if attachment.is_current() => {
-                    sockets.insert(attachment.id.clone(), Socket { ws, attachment });
+                    let socket = Socket {
+                        ws,
+                        attachment,
+                        limits: SocketLimits::new(Date::now().as_millis() as f64),
+                    };
+                    sockets.insert(socket.attachment.id.clone(), socket);
                 }
                 other => {
                     if let Err(err) = other {
                         console_error!("unreadable socket attachment: {err}");
                     }
-                    let _ = ws.close(Some(CLOSE_RECONNECT), Some("state lost; please reconnect"));
+                    let close = CloseCode::Reconnect;
+                    let _ = ws.close(Some(close.code()), Some(close.reason()));
                 }
             }
         }
@@ -356,6 +450,17 @@ impl Drop for PendingPublish<'_> {
         // A no-op after `finish`; the cleanup when the wait was abandoned.
         self.book.borrow_mut().finish(self.envelope_id);
     }
+}
+
+fn rate_limited() -> ServerFrame {
+    ServerFrame::error(
+        ErrorCode::RateLimited,
+        format!(
+            "more than {} messages per second (bursts of {}); message dropped",
+            crate::limits::MESSAGES_PER_SEC,
+            crate::limits::MESSAGE_BURST
+        ),
+    )
 }
 
 fn send_frame(ws: &WebSocket, frame: &ServerFrame) {

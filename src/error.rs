@@ -12,6 +12,10 @@ use crate::protocol::PublishError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
     Unauthorized(AuthError),
+    /// A valid token without the `PUBLISH_SCOPE` scope tried to publish.
+    Forbidden,
+    /// A browser upgrade from an origin outside `ALLOWED_ORIGINS`.
+    OriginNotAllowed,
     /// `JWT_SECRET` (or another required setting) is missing or invalid.
     Misconfigured,
     NotFound,
@@ -36,6 +40,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::Unauthorized(_) => 401,
+            ApiError::Forbidden | ApiError::OriginNotAllowed => 403,
             ApiError::Misconfigured | ApiError::Internal => 500,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed { .. } => 405,
@@ -51,6 +56,8 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(auth) => auth.code(),
+            ApiError::Forbidden => "forbidden",
+            ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::Misconfigured => "server_misconfigured",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -73,6 +80,8 @@ impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ApiError::Unauthorized(auth) => auth.fmt(f),
+            ApiError::Forbidden => f.write_str("the token's scope does not allow publishing"),
+            ApiError::OriginNotAllowed => f.write_str("this Origin may not open sockets here"),
             ApiError::Misconfigured => f.write_str("the server is not configured correctly"),
             ApiError::NotFound => f.write_str("no such route"),
             ApiError::MethodNotAllowed { allow } => {
@@ -111,6 +120,8 @@ mod tests {
                 401,
                 "token_expired",
             ),
+            (ApiError::Forbidden, 403, "forbidden"),
+            (ApiError::OriginNotAllowed, 403, "origin_not_allowed"),
             (ApiError::Misconfigured, 500, "server_misconfigured"),
             (ApiError::NotFound, 404, "not_found"),
             (

@@ -14,6 +14,14 @@ use serde_json::Value;
 /// How many entries of one subscribe / unsubscribe message are processed; the
 /// rest are ignored and reported back to the client.
 pub const MAX_FILTERS_PER_MESSAGE: usize = 50;
+/// Filters one socket may hold in total.
+pub const MAX_FILTERS_PER_SOCKET: usize = 64;
+/// Keys one filter may have.
+pub const MAX_FILTER_KEYS: usize = 16;
+/// Longest filter key, in bytes.
+pub const MAX_KEY_BYTES: usize = 128;
+/// Longest filter value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 512;
 
 /// One exact-match subscription filter.
 ///
@@ -30,6 +38,10 @@ pub enum InvalidFilter {
     NotAnObject,
     /// The entry is an object but at least one value is not a string.
     NonStringValue,
+    /// More than [`MAX_FILTER_KEYS`] keys.
+    TooManyKeys,
+    /// A key longer than [`MAX_KEY_BYTES`] or a value longer than [`MAX_VALUE_BYTES`].
+    TooLong,
 }
 
 impl fmt::Display for InvalidFilter {
@@ -37,6 +49,10 @@ impl fmt::Display for InvalidFilter {
         f.write_str(match self {
             InvalidFilter::NotAnObject => "filter must be a JSON object",
             InvalidFilter::NonStringValue => "every filter value must be a string",
+            InvalidFilter::TooManyKeys => "a filter may have at most 16 keys",
+            InvalidFilter::TooLong => {
+                "filter keys may be at most 128 bytes and values at most 512 bytes"
+            }
         })
     }
 }
@@ -56,9 +72,15 @@ impl Filter {
     /// Parses one entry of a client's `filters` array.
     pub fn parse(value: &Value) -> Result<Filter, InvalidFilter> {
         let object = value.as_object().ok_or(InvalidFilter::NotAnObject)?;
+        if object.len() > MAX_FILTER_KEYS {
+            return Err(InvalidFilter::TooManyKeys);
+        }
         object
             .iter()
             .map(|(key, value)| match value {
+                Value::String(s) if key.len() > MAX_KEY_BYTES || s.len() > MAX_VALUE_BYTES => {
+                    Err(InvalidFilter::TooLong)
+                }
                 Value::String(s) => Ok((key.clone(), s.clone())),
                 _ => Err(InvalidFilter::NonStringValue),
             })
@@ -99,16 +121,25 @@ pub fn any_matches(filters: &[Filter], envelope_type: &str, payload: &Value) -> 
     filters.iter().any(|f| f.matches(envelope_type, payload))
 }
 
-/// Adds `new` filters to `current`, skipping ones already present.
-/// Returns how many were actually added.
-pub fn add_filters(current: &mut Vec<Filter>, new: Vec<Filter>) -> usize {
-    let before = current.len();
+/// The socket would hold more than [`MAX_FILTERS_PER_SOCKET`] filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyFilters;
+
+/// Adds `new` filters to `current`, skipping ones already present, all or
+/// nothing. Returns how many were actually added.
+pub fn add_filters(current: &mut Vec<Filter>, new: Vec<Filter>) -> Result<usize, TooManyFilters> {
+    let mut next = current.clone();
     for filter in new {
-        if !current.contains(&filter) {
-            current.push(filter);
+        if !next.contains(&filter) {
+            next.push(filter);
         }
     }
-    current.len() - before
+    if next.len() > MAX_FILTERS_PER_SOCKET {
+        return Err(TooManyFilters);
+    }
+    let added = next.len() - current.len();
+    *current = next;
+    Ok(added)
 }
 
 /// Removes every filter of `current` equal to one in `remove`.
@@ -205,12 +236,48 @@ mod tests {
             &mut current,
             vec![filter(json!({"type": "a"})), filter(json!({"type": "b"}))],
         );
-        assert_eq!(added, 1);
+        assert_eq!(added, Ok(1));
         assert_eq!(current.len(), 2);
         let removed = remove_filters(&mut current, &[filter(json!({"type": "a"}))]);
         assert_eq!(removed, 1);
         assert_eq!(current, vec![filter(json!({"type": "b"}))]);
         assert_eq!(remove_filters(&mut current, &[filter(json!({}))]), 0);
+    }
+
+    #[test]
+    fn socket_cap_is_all_or_nothing() {
+        let many = |from: usize, to: usize| -> Vec<Filter> {
+            (from..to)
+                .map(|i| filter(json!({"type": format!("t{i}")})))
+                .collect()
+        };
+        let mut current = many(0, MAX_FILTERS_PER_SOCKET - 1);
+        assert_eq!(
+            add_filters(&mut current, many(100, 102)),
+            Err(TooManyFilters)
+        );
+        assert_eq!(current.len(), MAX_FILTERS_PER_SOCKET - 1);
+        // Duplicates do not count against the cap.
+        assert_eq!(add_filters(&mut current, many(0, 10)), Ok(0));
+        assert_eq!(add_filters(&mut current, many(100, 101)), Ok(1));
+        assert_eq!(current.len(), MAX_FILTERS_PER_SOCKET);
+    }
+
+    #[test]
+    fn key_count_and_length_caps() {
+        let keys: serde_json::Map<String, Value> = (0..=MAX_FILTER_KEYS)
+            .map(|i| (format!("k{i}"), json!("v")))
+            .collect();
+        assert_eq!(
+            Filter::parse(&Value::Object(keys)),
+            Err(InvalidFilter::TooManyKeys)
+        );
+        let long_key = json!({ "k".repeat(MAX_KEY_BYTES + 1): "v" });
+        assert_eq!(Filter::parse(&long_key), Err(InvalidFilter::TooLong));
+        let long_value = json!({ "k": "v".repeat(MAX_VALUE_BYTES + 1) });
+        assert_eq!(Filter::parse(&long_value), Err(InvalidFilter::TooLong));
+        let at_limits = json!({ "k".repeat(MAX_KEY_BYTES): "v".repeat(MAX_VALUE_BYTES) });
+        assert!(Filter::parse(&at_limits).is_ok());
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   ack timeout setting.
 //! * [`session`]: the per-socket attachment that survives hibernation.
 //! * [`error`]: the closed set of HTTP errors and their statuses and codes.
+//! * [`config`]: every setting, parsed and bounded in one place.
+//! * [`limits`]: per-socket rate limit and violation counting.
 //!
 //! Runtime edge (thin adapters over the pure modules):
 //!
@@ -24,10 +26,12 @@
 
 pub mod acks;
 pub mod auth;
+pub mod config;
 pub mod durable_object;
 pub mod error;
 pub mod filter;
 pub mod http;
+pub mod limits;
 pub mod protocol;
 pub mod session;
 
@@ -36,19 +40,22 @@ use worker::{
     Response, Result, Stub,
 };
 
-use crate::auth::{extract_token, AuthError, Claims, TokenVerifier};
+use crate::auth::{extract_token, secrets_match, AuthError, Claims, TokenVerifier};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::protocol::{is_json_content_type, PublishRequest};
 
 /// The Durable Object namespace binding (see wrangler.toml).
 const BINDING: &str = "HOPEFLOW_REALTIME";
-/// `/publish` bodies larger than this are refused before parsing.
-pub const MAX_PUBLISH_BYTES: usize = 1024 * 1024;
 /// Header carrying the authenticated user to the Durable Object, URI-encoded
 /// because header values must be Latin-1 and user ids need not be.
 pub const USER_ID_HEADER: &str = "X-User-ID";
 /// Base of the Durable Object's internal routes; the host is never resolved.
 const INTERNAL_ORIGIN: &str = "https://hopeflow.internal";
+/// Operator-only view of one user's object; 404 unless `STATS_SECRET` is set.
+const STATS_PATH: &str = "/internal/stats";
+/// Header carrying `STATS_SECRET` to the stats route.
+const STATS_SECRET_HEADER: &str = "X-Stats-Secret";
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
@@ -75,8 +82,17 @@ async fn route(req: Request, env: &Env) -> std::result::Result<Response, ApiErro
         ("/", Method::Get) if is_websocket_upgrade(&req)? => connect(req, env).await,
         ("/", Method::Get) => Err(ApiError::UpgradeRequired),
         ("/", _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        (STATS_PATH, Method::Get) => stats(req, env).await,
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// The settings; an invalid one refuses the request (and says why in the log).
+pub fn load_config(env: &Env) -> std::result::Result<Config, ApiError> {
+    Config::load(|name| env.var(name).ok().map(|value| value.to_string())).map_err(|err| {
+        console_error!("configuration error: {err}");
+        ApiError::Misconfigured
+    })
 }
 
 fn is_websocket_upgrade(req: &Request) -> Result<bool> {
@@ -86,16 +102,8 @@ fn is_websocket_upgrade(req: &Request) -> Result<bool> {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket")))
 }
 
-/// Verifies the request's token. A missing secret refuses every token.
-fn authenticate(req: &Request, env: &Env) -> std::result::Result<Claims, ApiError> {
-    let secret = env
-        .secret("JWT_SECRET")
-        .map(|s| s.to_string())
-        .unwrap_or_default();
-    if secret.is_empty() {
-        console_error!("JWT_SECRET is not set: refusing all requests that need a token");
-        return Err(ApiError::Misconfigured);
-    }
+/// Verifies the request's token.
+fn authenticate(req: &Request, config: &Config) -> std::result::Result<Claims, ApiError> {
     let authorization = req.headers().get("Authorization")?;
     let url = req.url()?;
     let query_token = url
@@ -105,7 +113,7 @@ fn authenticate(req: &Request, env: &Env) -> std::result::Result<Claims, ApiErro
     let token = extract_token(authorization.as_deref(), query_token.as_deref())
         .ok_or(ApiError::Unauthorized(AuthError::MissingToken))?;
     let now_secs = Date::now().as_millis() / 1000;
-    TokenVerifier::new(secret.as_bytes())
+    TokenVerifier::new(&config.secrets, &config.auth)
         .verify(token, now_secs)
         .map_err(ApiError::Unauthorized)
 }
@@ -116,7 +124,11 @@ fn user_stub(env: &Env, user_id: &str) -> std::result::Result<Stub, ApiError> {
 
 /// WebSocket upgrade: hand the request to the user's Durable Object.
 async fn connect(req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
-    let claims = authenticate(&req, env)?;
+    let config = load_config(env)?;
+    if !config.origin_allowed(req.headers().get("Origin")?.as_deref()) {
+        return Err(ApiError::OriginNotAllowed);
+    }
+    let claims = authenticate(&req, &config)?;
     let headers = Headers::new();
     for (name, value) in req.headers().entries() {
         // The client must not choose the user id the object sees.
@@ -144,24 +156,30 @@ async fn connect(req: Request, env: &Env) -> std::result::Result<Response, ApiEr
 /// `POST /publish`: validate, stamp an envelope id, and let the target user's
 /// Durable Object deliver it and collect acks.
 async fn publish(mut req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
-    // Any valid token may publish to any user (multi-tenant backends).
-    authenticate(&req, env)?;
+    let config = load_config(env)?;
+    // Any valid token may publish to any user (multi-tenant backends), unless
+    // publishing is limited to tokens carrying PUBLISH_SCOPE.
+    let claims = authenticate(&req, &config)?;
+    if let Some(scope) = &config.publish_scope {
+        if !claims.has_scope(scope) {
+            return Err(ApiError::Forbidden);
+        }
+    }
     let content_type = req.headers().get("Content-Type")?.unwrap_or_default();
     if !is_json_content_type(&content_type) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let too_large = ApiError::PayloadTooLarge {
-        limit: MAX_PUBLISH_BYTES,
-    };
+    let limit = config.max_publish_bytes;
+    let too_large = ApiError::PayloadTooLarge { limit };
     let declared_len = req
         .headers()
         .get("Content-Length")?
         .and_then(|v| v.trim().parse::<usize>().ok());
-    if declared_len.is_some_and(|len| len > MAX_PUBLISH_BYTES) {
+    if declared_len.is_some_and(|len| len > limit) {
         return Err(too_large);
     }
     let body = req.bytes().await?;
-    if body.len() > MAX_PUBLISH_BYTES {
+    if body.len() > limit {
         return Err(too_large);
     }
     let request = PublishRequest::parse(&body).map_err(ApiError::InvalidBody)?;
@@ -205,4 +223,31 @@ async fn publish(mut req: Request, env: &Env) -> std::result::Result<Response, A
         return Err(ApiError::Unavailable);
     }
     Ok(http::json_text(status, answer)?)
+}
+
+/// `GET /internal/stats?userId=U` with `X-Stats-Secret`: the user's open
+/// sockets and publishes waiting for acks. Hidden (404) unless `STATS_SECRET`
+/// is set, and for requests without the right secret, so it reveals nothing.
+async fn stats(req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
+    let config = load_config(env)?;
+    let given = req.headers().get(STATS_SECRET_HEADER)?.unwrap_or_default();
+    let allowed = config
+        .stats_secret
+        .as_deref()
+        .is_some_and(|secret| secrets_match(secret.as_bytes(), given.as_bytes()));
+    if !allowed {
+        return Err(ApiError::NotFound);
+    }
+    let url = req.url()?;
+    let user_id = url
+        .query_pairs()
+        .find(|(key, _)| key == "userId")
+        .map(|(_, value)| value.into_owned())
+        .filter(|id| !id.is_empty())
+        .ok_or(ApiError::InvalidBody(protocol::PublishError::InvalidUserId))?;
+    let mut response = user_stub(env, &user_id)?
+        .fetch_with_str(&format!("{INTERNAL_ORIGIN}/stats"))
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    Ok(http::json_text(200, response.text().await?)?)
 }

@@ -31,21 +31,116 @@ pub enum ErrorCode {
     InvalidFilter,
     /// A subscribe / unsubscribe carried more than 50 filters; the rest were ignored.
     TooManyFilters,
-    /// The socket's subscriptions would not fit in its stored attachment.
+    /// The socket would exceed its filter cap or its stored-state size limit.
     SubscriptionLimit,
+    /// The socket sent messages faster than its rate limit.
+    RateLimited,
 }
 
 impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidFrame,
+        ErrorCode::UnknownType,
+        ErrorCode::BinaryNotSupported,
+        ErrorCode::InvalidFilter,
+        ErrorCode::TooManyFilters,
+        ErrorCode::SubscriptionLimit,
+        ErrorCode::RateLimited,
+    ];
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
+        self.entry().0
+    }
+
+    /// What caused it.
+    pub fn description(self) -> &'static str {
+        self.entry().1
+    }
+
+    /// Whether it counts towards closing the socket with 1008: frames a
+    /// correct client never sends. Rejected filters do not count; they are
+    /// answered and otherwise harmless.
+    pub fn is_violation(self) -> bool {
+        self.entry().2
+    }
+
+    fn entry(self) -> (&'static str, &'static str, bool) {
         match self {
-            ErrorCode::InvalidJson => "invalid_json",
-            ErrorCode::InvalidFrame => "invalid_frame",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::BinaryNotSupported => "binary_not_supported",
-            ErrorCode::InvalidFilter => "invalid_filter",
-            ErrorCode::TooManyFilters => "too_many_filters",
-            ErrorCode::SubscriptionLimit => "subscription_limit",
+            ErrorCode::InvalidJson => ("invalid_json", "a text frame that is not JSON", true),
+            ErrorCode::InvalidFrame => (
+                "invalid_frame",
+                "JSON that is not an object, lacks a string type, or has fields of the wrong shape",
+                true,
+            ),
+            ErrorCode::UnknownType => ("unknown_type", "a type other than subscribe, unsubscribe, ack", true),
+            ErrorCode::BinaryNotSupported => ("binary_not_supported", "a binary frame", true),
+            ErrorCode::InvalidFilter => (
+                "invalid_filter",
+                "filters entries that are not objects of strings or exceed the size caps; the others applied",
+                false,
+            ),
+            ErrorCode::TooManyFilters => (
+                "too_many_filters",
+                "more than 50 entries in one message; the rest were ignored",
+                false,
+            ),
+            ErrorCode::SubscriptionLimit => (
+                "subscription_limit",
+                "the socket would hold more than 64 filters or over ~2 KB of them; nothing applied",
+                false,
+            ),
+            ErrorCode::RateLimited => (
+                "rate_limited",
+                "more than the socket's message rate; the message was dropped",
+                true,
+            ),
+        }
+    }
+}
+
+/// Close codes the server sends, with their reason and whether a client
+/// should reconnect. (The server otherwise only echoes a client's close.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// Too many protocol violations or sustained flooding.
+    PolicyViolation,
+    /// A frame larger than `MAX_FRAME_BYTES`.
+    MessageTooBig,
+    /// The socket's stored state could not be read after a restart.
+    Reconnect,
+}
+
+impl CloseCode {
+    pub const ALL: [CloseCode; 3] = [
+        CloseCode::PolicyViolation,
+        CloseCode::MessageTooBig,
+        CloseCode::Reconnect,
+    ];
+
+    pub fn code(self) -> u16 {
+        self.entry().0
+    }
+
+    /// Sent as the close frame's reason.
+    pub fn reason(self) -> &'static str {
+        self.entry().1
+    }
+
+    /// Whether a client should reconnect (with backoff) after this close.
+    pub fn reconnect(self) -> bool {
+        self.entry().2
+    }
+
+    fn entry(self) -> (u16, &'static str, bool) {
+        match self {
+            CloseCode::PolicyViolation => {
+                (1008, "too many invalid or rate-limited messages", false)
+            }
+            CloseCode::MessageTooBig => (1009, "frame larger than the server accepts", false),
+            CloseCode::Reconnect => (1012, "socket state lost; please reconnect", true),
         }
     }
 }
@@ -378,23 +473,29 @@ mod tests {
 
     #[test]
     fn error_code_strings_match_serde_and_are_unique() {
-        let all = [
-            ErrorCode::InvalidJson,
-            ErrorCode::InvalidFrame,
-            ErrorCode::UnknownType,
-            ErrorCode::BinaryNotSupported,
-            ErrorCode::InvalidFilter,
-            ErrorCode::TooManyFilters,
-            ErrorCode::SubscriptionLimit,
-        ];
         let mut seen = std::collections::HashSet::new();
-        for code in all {
+        for code in ErrorCode::ALL {
             assert_eq!(
                 serde_json::to_value(code).expect("json"),
                 json!(code.as_str())
             );
-            assert!(seen.insert(code.as_str()));
+            assert!(seen.insert(code.as_str()), "{code:?}");
+            assert!(!code.description().is_empty());
         }
+    }
+
+    #[test]
+    fn close_codes_are_unique_sendable_and_fit_a_close_frame() {
+        let mut seen = std::collections::HashSet::new();
+        for close in CloseCode::ALL {
+            assert!(seen.insert(close.code()), "{close:?}");
+            assert!((1000..=4999).contains(&close.code()));
+            assert!(![1004, 1005, 1006, 1015].contains(&close.code()));
+            // A close reason must fit in 123 bytes.
+            assert!(close.reason().len() <= 123);
+        }
+        assert!(CloseCode::Reconnect.reconnect());
+        assert!(!CloseCode::PolicyViolation.reconnect());
     }
 
     #[test]

@@ -1,0 +1,251 @@
+//! Settings read from the environment (`wrangler.toml` vars and secrets), parsed
+//! and bounded in one place. An invalid setting is a [`ConfigError`]: the
+//! worker then refuses requests with `500 server_misconfigured` and logs the
+//! reason, rather than running with a guess.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::acks::AckTimeout;
+use crate::auth::AuthPolicy;
+
+/// Every setting, with its defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// HS256 keys: `JWT_SECRET` first, then `JWT_SECRET_PREVIOUS` during a rotation.
+    pub secrets: Vec<String>,
+    /// What a valid token must look like beyond its signature.
+    pub auth: AuthPolicy,
+    /// `PUBLISH_SCOPE`: when set, `/publish` needs this value in the token's `scope`.
+    pub publish_scope: Option<String>,
+    /// `ALLOWED_ORIGINS`: when set, browser upgrades from other origins are refused.
+    pub allowed_origins: Option<Vec<String>>,
+    /// `MAX_PUBLISH_BYTES`: largest `/publish` body.
+    pub max_publish_bytes: usize,
+    /// `MAX_FRAME_BYTES`: largest WebSocket frame a client may send.
+    pub max_frame_bytes: usize,
+    /// `ACK_TIMEOUT_MS`: how long a publish waits for acks.
+    pub ack_timeout: AckTimeout,
+    /// `STATS_SECRET`: enables the internal stats route for holders of it.
+    pub stats_secret: Option<String>,
+}
+
+pub const DEFAULT_LEEWAY_SECS: u64 = 30;
+pub const DEFAULT_MAX_PUBLISH_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// A setting that is missing or not usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    MissingSecret,
+    Invalid {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::MissingSecret => f.write_str(
+                "JWT_SECRET is not set: every request that needs a token is refused \
+                 (set it in .dev.vars locally, `wrangler secret put JWT_SECRET` in production)",
+            ),
+            ConfigError::Invalid {
+                name,
+                value,
+                expected,
+            } => write!(f, "{name} must be {expected}, got {value:?}"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads every setting through `get` (the environment, or a map in tests).
+    pub fn load(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        // Empty values count as unset, so a blank line in .dev.vars is harmless.
+        let get = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+
+        let mut secrets = vec![get("JWT_SECRET").ok_or(ConfigError::MissingSecret)?];
+        secrets.extend(get("JWT_SECRET_PREVIOUS"));
+
+        let auth = AuthPolicy {
+            leeway_secs: number(&get, "JWT_LEEWAY_SECS", DEFAULT_LEEWAY_SECS, 0..=3600)?,
+            require_exp: flag(&get, "REQUIRE_EXP")?,
+            audience: get("JWT_AUDIENCE"),
+            issuer: get("JWT_ISSUER"),
+        };
+        let allowed_origins = get("ALLOWED_ORIGINS").map(|list| {
+            list.split(',')
+                .map(|origin| origin.trim().trim_end_matches('/').to_owned())
+                .filter(|origin| !origin.is_empty())
+                .collect()
+        });
+        let ack_timeout = AckTimeout::parse(get("ACK_TIMEOUT_MS").as_deref()).map_err(|e| {
+            ConfigError::Invalid {
+                name: "ACK_TIMEOUT_MS",
+                value: e.0,
+                expected: "a whole number of milliseconds in 100..=30000",
+            }
+        })?;
+        Ok(Config {
+            secrets,
+            auth,
+            publish_scope: get("PUBLISH_SCOPE"),
+            allowed_origins,
+            max_publish_bytes: number(
+                &get,
+                "MAX_PUBLISH_BYTES",
+                DEFAULT_MAX_PUBLISH_BYTES as u64,
+                1024..=100 * 1024 * 1024,
+            )? as usize,
+            max_frame_bytes: number(
+                &get,
+                "MAX_FRAME_BYTES",
+                DEFAULT_MAX_FRAME_BYTES as u64,
+                1024..=1024 * 1024,
+            )? as usize,
+            ack_timeout,
+            stats_secret: get("STATS_SECRET"),
+        })
+    }
+
+    pub fn ack_timeout(&self) -> Duration {
+        self.ack_timeout.duration()
+    }
+
+    /// Whether a browser upgrade from `origin` may proceed. Requests without an
+    /// `Origin` header come from non-browser clients and are not restricted.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match (&self.allowed_origins, origin) {
+            (None, _) | (_, None) => true,
+            (Some(allowed), Some(origin)) => {
+                let origin = origin.trim_end_matches('/');
+                allowed.iter().any(|a| a == origin)
+            }
+        }
+    }
+}
+
+fn number(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let Some(value) = get(name) else {
+        return Ok(default);
+    };
+    match value.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            name,
+            value,
+            expected: "a whole number in its documented range",
+        }),
+    }
+}
+
+fn flag(get: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<bool, ConfigError> {
+    match get(name).as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false" | "0" | "no") => Ok(false),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some(other) => Err(ConfigError::Invalid {
+            name,
+            value: other.to_owned(),
+            expected: "true or false",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let config = load(&[("JWT_SECRET", "s")]).expect("valid");
+        assert_eq!(config.secrets, vec!["s".to_string()]);
+        assert_eq!(config.auth.leeway_secs, 30);
+        assert!(!config.auth.require_exp);
+        assert_eq!(config.auth.audience, None);
+        assert_eq!(config.publish_scope, None);
+        assert_eq!(config.max_publish_bytes, 1024 * 1024);
+        assert_eq!(config.max_frame_bytes, 64 * 1024);
+        assert_eq!(config.ack_timeout(), Duration::from_secs(5));
+        assert!(config.origin_allowed(Some("https://anything.example")));
+        assert_eq!(config.stats_secret, None);
+    }
+
+    #[test]
+    fn missing_or_blank_secret() {
+        assert_eq!(load(&[]), Err(ConfigError::MissingSecret));
+        assert_eq!(
+            load(&[("JWT_SECRET", "  ")]),
+            Err(ConfigError::MissingSecret)
+        );
+    }
+
+    #[test]
+    fn every_knob() {
+        let config = load(&[
+            ("JWT_SECRET", "new"),
+            ("JWT_SECRET_PREVIOUS", "old"),
+            ("JWT_LEEWAY_SECS", "0"),
+            ("REQUIRE_EXP", "true"),
+            ("JWT_AUDIENCE", "hopeflow"),
+            ("JWT_ISSUER", "auth.example"),
+            ("PUBLISH_SCOPE", "publish"),
+            ("ALLOWED_ORIGINS", "https://a.example, https://b.example/"),
+            ("MAX_PUBLISH_BYTES", "2048"),
+            ("MAX_FRAME_BYTES", "4096"),
+            ("ACK_TIMEOUT_MS", "250"),
+            ("STATS_SECRET", "stats"),
+        ])
+        .expect("valid");
+        assert_eq!(config.secrets, vec!["new".to_string(), "old".to_string()]);
+        assert_eq!(config.auth.leeway_secs, 0);
+        assert!(config.auth.require_exp);
+        assert_eq!(config.auth.audience.as_deref(), Some("hopeflow"));
+        assert_eq!(config.auth.issuer.as_deref(), Some("auth.example"));
+        assert_eq!(config.publish_scope.as_deref(), Some("publish"));
+        assert!(config.origin_allowed(Some("https://b.example")));
+        assert!(config.origin_allowed(Some("https://a.example/")));
+        assert!(!config.origin_allowed(Some("https://evil.example")));
+        assert!(!config.origin_allowed(Some("null")));
+        assert!(config.origin_allowed(None));
+        assert_eq!(config.max_publish_bytes, 2048);
+        assert_eq!(config.max_frame_bytes, 4096);
+        assert_eq!(config.ack_timeout(), Duration::from_millis(250));
+        assert_eq!(config.stats_secret.as_deref(), Some("stats"));
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting() {
+        for (name, value) in [
+            ("ACK_TIMEOUT_MS", "5"),
+            ("ACK_TIMEOUT_MS", "abc"),
+            ("JWT_LEEWAY_SECS", "-1"),
+            ("REQUIRE_EXP", "maybe"),
+            ("MAX_FRAME_BYTES", "10"),
+            ("MAX_PUBLISH_BYTES", "huge"),
+        ] {
+            let err = load(&[("JWT_SECRET", "s"), (name, value)]).expect_err(name);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+}
