@@ -7,6 +7,7 @@
 mod auth;
 mod delivery;
 mod frames;
+mod hostile;
 mod routes;
 mod support;
 
@@ -19,11 +20,32 @@ use support::Server;
 
 /// The servers every test can use.
 pub struct Ctx {
-    /// Configured as documented (default 5 s ack timeout).
+    /// Default settings (plus `STATS_SECRET`, which only adds a hidden route).
     pub server: Server,
     /// Started without `JWT_SECRET`.
     pub unconfigured: Server,
+    /// Every hardening knob set; see [`STRICT`].
+    pub strict: Server,
+    /// A secret, but an out-of-range `ACK_TIMEOUT_MS`.
+    pub misconfigured: Server,
+    /// The main server's `STATS_SECRET`.
+    pub stats_secret: String,
 }
+
+/// The strict server's settings (its JWT_SECRET is added at start).
+pub const STRICT: &[(&str, &str)] = &[
+    ("JWT_SECRET_PREVIOUS", "previous-secret"),
+    ("REQUIRE_EXP", "true"),
+    ("JWT_AUDIENCE", "hopeflow"),
+    ("JWT_ISSUER", "auth.test"),
+    ("PUBLISH_SCOPE", "publish"),
+    (
+        "ALLOWED_ORIGINS",
+        "https://app.example, https://admin.example",
+    ),
+    ("MAX_FRAME_BYTES", "4096"),
+    ("MAX_PUBLISH_BYTES", "4096"),
+];
 
 pub type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub type Test = (&'static str, fn(Arc<Ctx>) -> TestFuture);
@@ -54,6 +76,7 @@ fn main() {
     all.extend(auth::tests());
     all.extend(frames::tests());
     all.extend(delivery::tests());
+    all.extend(hostile::tests());
     let selected: Vec<Test> = all
         .into_iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
@@ -64,10 +87,27 @@ fn main() {
     }
 
     let secret = format!("e2e-{}", uuid::Uuid::new_v4());
+    let stats_secret = format!("stats-{}", uuid::Uuid::new_v4());
     let started = Instant::now();
+    let mut strict_vars = vec![("JWT_SECRET", secret.as_str())];
+    strict_vars.extend_from_slice(STRICT);
+    // Start all four at once; each takes a few seconds to be ready.
+    let server = Server::spawn(
+        "main",
+        &[("JWT_SECRET", &secret), ("STATS_SECRET", &stats_secret)],
+    );
+    let unconfigured = Server::spawn("unconfigured", &[]);
+    let strict = Server::spawn("strict", &strict_vars);
+    let misconfigured = Server::spawn(
+        "misconfigured",
+        &[("JWT_SECRET", &secret), ("ACK_TIMEOUT_MS", "5")],
+    );
     let ctx = Arc::new(Ctx {
-        server: Server::start("main", Some(&secret)),
-        unconfigured: Server::start("unconfigured", None),
+        server: server.wait_ready(),
+        unconfigured: unconfigured.wait_ready(),
+        strict: strict.wait_ready(),
+        misconfigured: misconfigured.wait_ready(),
+        stats_secret,
     });
     println!(
         "servers ready in {:.1}s; running {} tests",
@@ -81,8 +121,8 @@ fn main() {
     if !failures.is_empty() || std::env::var_os("E2E_SHOW_LOG").is_some() {
         eprintln!("--- wrangler log (main) ---\n{}", ctx.server.log());
     }
-    ctx.server.stop();
-    ctx.unconfigured.stop();
+    // Dropping the servers stops their process groups.
+    drop(ctx);
 
     if failures.is_empty() {
         println!("e2e: all passed");

@@ -32,8 +32,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server; `secret` becomes `JWT_SECRET` (`None` leaves it unset).
-    pub fn start(name: &str, secret: Option<&str>) -> Server {
+    /// Starts a server with `vars` as its environment (vars and secrets,
+    /// e.g. `JWT_SECRET`); call [`Server::wait_ready`] before using it.
+    pub fn spawn(name: &str, vars: &[(&str, &str)]) -> Server {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let config = root.join("build/wrangler.toml");
@@ -48,10 +49,8 @@ impl Server {
         ));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         let env_file = dir.join("test.env");
-        let vars = secret
-            .map(|s| format!("JWT_SECRET={s}\n"))
-            .unwrap_or_default();
-        std::fs::write(&env_file, vars).expect("write env file");
+        let lines: String = vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(&env_file, lines).expect("write env file");
         let log = std::fs::File::create(dir.join("wrangler.log")).expect("create log");
         let port = free_port();
         let child = Command::new(root.join("node_modules/.bin/wrangler"))
@@ -78,18 +77,19 @@ impl Server {
             .process_group(0)
             .spawn()
             .expect("spawn wrangler dev");
-        let mut server = Server {
+        Server {
             child,
             dir,
             port,
-            secret: secret.map(str::to_owned),
-        };
-        server.wait_ready();
-        server
+            secret: vars
+                .iter()
+                .find(|(k, _)| *k == "JWT_SECRET")
+                .map(|(_, v)| v.to_string()),
+        }
     }
 
     /// Waits for `/health` to answer 200; fails fast if wrangler exits.
-    fn wait_ready(&mut self) {
+    pub fn wait_ready(mut self) -> Server {
         let deadline = Instant::now() + Duration::from_secs(90);
         let url = format!("{}/health", self.http());
         while Instant::now() < deadline {
@@ -97,7 +97,7 @@ impl Server {
                 panic!("wrangler dev exited ({status}):\n{}", self.log());
             }
             if probe::health_ok(&url) {
-                return;
+                return self;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -135,9 +135,12 @@ impl Server {
         let secret = self.secret.as_deref().expect("server has a secret");
         sign(secret, &claims)
     }
+}
 
-    /// Stops the whole process group and removes the temp dir.
-    pub fn stop(mut self) {
+impl Drop for Server {
+    /// Stops the whole process group and removes the temp dir, also when a
+    /// test run panics.
+    fn drop(&mut self) {
         let group = self.child.id();
         signal_group(group, "TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -226,6 +229,21 @@ impl Client {
             "Authorization",
             HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
         );
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connect");
+        Client { ws }
+    }
+
+    /// Connects with a Bearer token and an `Origin` header, as a browser would.
+    pub async fn connect_from_origin(server: &Server, token: &str, origin: &str) -> Client {
+        let mut request = server.ws().into_client_request().expect("request");
+        let headers = request.headers_mut();
+        headers.insert(
+            "Authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+        );
+        headers.insert("Origin", HeaderValue::from_str(origin).expect("header"));
         let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("websocket connect");
@@ -344,6 +362,46 @@ impl Client {
         let envelope = self.recv_envelope().await;
         self.ack(&envelope, result).await;
         envelope
+    }
+
+    /// The next text frame, or `Err(close code)` once the server closed.
+    pub async fn next_frame(&mut self) -> Result<String, Option<u16>> {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame or close");
+            match next {
+                Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// Reads until the server closes the socket; returns the close code.
+    /// Only error frames and pongs may come first.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.next_frame().await {
+                Ok(text) => assert!(
+                    text == "pong" || text.contains("\"type\":\"error\""),
+                    "unexpected frame before close: {text}"
+                ),
+                Err(code) => return code,
+            }
+        }
+    }
+
+    /// Sends frames without waiting for answers.
+    pub async fn send_many(&mut self, frames: impl IntoIterator<Item = String>) {
+        for frame in frames {
+            self.ws
+                .feed(Message::text(frame))
+                .await
+                .expect("queue frame");
+        }
+        self.ws.flush().await.expect("flush frames");
     }
 
     /// Closes the socket and waits for the server's close frame.
