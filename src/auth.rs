@@ -180,29 +180,63 @@ impl TokenVerifier {
     }
 }
 
-/// The claims this service reads. Deriving `Deserialize` on a struct rejects a
-/// token whose payload repeats one of these keys, so a duplicated `userId`
-/// cannot smuggle a second identity.
-#[derive(Deserialize)]
+/// The claims this service reads, from a payload that must be a JSON object.
+/// A repeated key of these is refused, so a duplicated `userId` cannot
+/// smuggle a second identity past another parser.
+#[derive(Default)]
 struct RawClaims {
-    #[serde(rename = "userId", default, deserialize_with = "present")]
     user_id: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
     exp: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
     nbf: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
     iss: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
     aud: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
     scope: Option<Value>,
 }
 
-/// Keeps an explicit `null` as `Some(Value::Null)` so it is rejected as a wrong
-/// type instead of read as absent.
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(deserializer).map(Some)
+impl<'de> Deserialize<'de> for RawClaims {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Hand-written so only an object is accepted: the derived impl would
+        // also read a JSON array positionally.
+        struct ClaimsVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ClaimsVisitor {
+            type Value = RawClaims;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawClaims, A::Error> {
+                let mut claims = RawClaims::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    let slot = match key.as_str() {
+                        "userId" => &mut claims.user_id,
+                        "exp" => &mut claims.exp,
+                        "nbf" => &mut claims.nbf,
+                        "iss" => &mut claims.iss,
+                        "aud" => &mut claims.aud,
+                        "scope" => &mut claims.scope,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(serde::de::Error::custom(format!("duplicate claim {key:?}")));
+                    }
+                    // An explicit `null` stays `Some(Null)`: rejected as a wrong
+                    // type rather than read as absent.
+                    *slot = Some(map.next_value::<Value>()?);
+                }
+                Ok(claims)
+            }
+        }
+
+        deserializer.deserialize_map(ClaimsVisitor)
+    }
 }
 
 fn check_time(raw: &RawClaims, policy: &AuthPolicy, now: u64) -> Result<(), AuthError> {
@@ -332,6 +366,14 @@ mod tests {
             json!({"userId": null}),
             json!({"sub": "alice"}),
         ] {
+            assert_invalid(claims);
+        }
+    }
+
+    #[test]
+    fn rejects_payloads_that_are_not_objects() {
+        // Found by proptest: a derived Deserialize read arrays positionally.
+        for claims in [json!(["alice", NOW + 60]), json!("alice"), json!(5)] {
             assert_invalid(claims);
         }
     }

@@ -32,6 +32,8 @@ pub mod error;
 pub mod filter;
 pub mod http;
 pub mod limits;
+#[cfg(test)]
+mod proptests;
 pub mod protocol;
 pub mod session;
 
