@@ -26,12 +26,17 @@ WORKER := build/worker/shim.mjs
 # wrangler.toml without [build]: starts the prebuilt worker in about a second.
 RUN_CONFIG := build/wrangler.toml
 
-.PHONY: help dev build test tools rust-tools node-tools clean
+# Fuzzing (nightly, cargo-fuzz): each target runs FUZZ_SECS seconds.
+FUZZ_SECS ?= 300
+FUZZ_TARGETS := client_frame filters publish_body token
+
+.PHONY: help dev build test fuzz tools rust-tools node-tools clean
 
 help:
 	@echo "make dev    install what is missing, build, serve on 127.0.0.1:$(PORT)"
 	@echo "make test   fmt, clippy, unit tests, integration tests against wrangler dev"
 	@echo "make build  release build into build/ (what wrangler deploy uploads)"
+	@echo "make fuzz   run every cargo-fuzz target for FUZZ_SECS (default 300) seconds"
 
 tools: rust-tools node-tools
 
@@ -74,6 +79,13 @@ test: build
 	cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
 	cargo test --lib
 	cargo test --test e2e
+
+fuzz:
+	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run $$target -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+	done
 
 clean:
 	rm -rf build target/wasm32-unknown-unknown
