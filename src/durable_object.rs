@@ -27,7 +27,7 @@ use crate::filter::{
 use crate::http;
 use crate::limits::{SocketLimits, Verdict};
 use crate::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, PublishOutcome, ServerFrame};
-use crate::session::SocketAttachment;
+use crate::session::{SocketAttachment, MAX_ATTACHMENT_JSON_BYTES};
 use crate::USER_ID_HEADER;
 
 /// A live socket, its decoded attachment and its abuse limits.
@@ -35,6 +35,58 @@ struct Socket {
     ws: WebSocket,
     attachment: SocketAttachment,
     limits: SocketLimits,
+}
+
+impl Socket {
+    /// Applies a subscribe (`add`) or unsubscribe and stores it in the
+    /// attachment; returns the confirmation, or the refusal (nothing applied).
+    fn change_filters(&mut self, change: Vec<Filter>, add: bool) -> ServerFrame {
+        match self.try_change_filters(change, add) {
+            Ok(confirmation) => confirmation,
+            Err(refusal) => refusal,
+        }
+    }
+
+    fn try_change_filters(
+        &mut self,
+        change: Vec<Filter>,
+        add: bool,
+    ) -> std::result::Result<ServerFrame, ServerFrame> {
+        let refused = |why: String| ServerFrame::error(ErrorCode::SubscriptionLimit, why);
+        let mut filters = self.attachment.filters.clone();
+        let changed = if add {
+            add_filters(&mut filters, change).map_err(|TooManyFilters| {
+                refused(format!(
+                    "subscription refused: a socket may hold at most {MAX_FILTERS_PER_SOCKET} filters; unsubscribe some first"
+                ))
+            })?
+        } else {
+            remove_filters(&mut filters, &change)
+        };
+        let total = filters.len();
+        let next = self.attachment.with_filters(filters).map_err(|too_large| {
+            refused(format!(
+                "subscription refused: the socket's filters would take {} bytes, over the {MAX_ATTACHMENT_JSON_BYTES} byte limit; unsubscribe some first",
+                too_large.bytes
+            ))
+        })?;
+        self.ws.serialize_attachment(&next).map_err(|err| {
+            console_error!("storing socket filters failed: {err}");
+            refused("subscription refused: the filters could not be stored".into())
+        })?;
+        self.attachment = next;
+        Ok(if add {
+            ServerFrame::Subscribed {
+                added: changed,
+                total,
+            }
+        } else {
+            ServerFrame::Unsubscribed {
+                removed: changed,
+                total,
+            }
+        })
+    }
 }
 
 #[durable_object]
@@ -139,8 +191,12 @@ impl DurableObject for HopeFlowRealtime {
         }
         match frame {
             ClientFrame::Ping => send_text(&ws, "pong"),
-            ClientFrame::Subscribe { filters } => self.change_filters(&ws, &filters, true),
-            ClientFrame::Unsubscribe { filters } => self.change_filters(&ws, &filters, false),
+            ClientFrame::Subscribe { filters } => {
+                self.change_filters(&ws, &socket_id, &filters, true)
+            }
+            ClientFrame::Unsubscribe { filters } => {
+                self.change_filters(&ws, &socket_id, &filters, false)
+            }
             ClientFrame::Ack { .. } => {}
         }
         Ok(())
@@ -260,7 +316,13 @@ impl HopeFlowRealtime {
 
     /// Applies a subscribe (`add`) or unsubscribe to the socket's filters and
     /// confirms it; rejected entries are reported first.
-    fn change_filters(&self, ws: &WebSocket, entries: &[serde_json::Value], add: bool) {
+    fn change_filters(
+        &self,
+        ws: &WebSocket,
+        socket_id: &str,
+        entries: &[serde_json::Value],
+        add: bool,
+    ) {
         let parsed = Filter::parse_all(entries);
         if !parsed.invalid.is_empty() {
             send_frame(ws, &ServerFrame::invalid_filters(&parsed.invalid));
@@ -268,60 +330,10 @@ impl HopeFlowRealtime {
         if parsed.ignored > 0 {
             send_frame(ws, &ServerFrame::too_many_filters(parsed.ignored));
         }
-        let Some(socket_id) = self.socket_id(ws) else {
-            return;
-        };
         let reply = self.with_sockets(|sockets| {
-            let socket = sockets.get_mut(&socket_id)?;
-            let mut filters = socket.attachment.filters.clone();
-            let changed = if add {
-                match add_filters(&mut filters, parsed.valid) {
-                    Ok(added) => added,
-                    Err(TooManyFilters) => {
-                        return Some(ServerFrame::error(
-                            ErrorCode::SubscriptionLimit,
-                            format!(
-                                "subscription refused: a socket may hold at most {MAX_FILTERS_PER_SOCKET} filters; unsubscribe some first"
-                            ),
-                        ))
-                    }
-                }
-            } else {
-                remove_filters(&mut filters, &parsed.valid)
-            };
-            let total = filters.len();
-            let next = match socket.attachment.with_filters(filters) {
-                Ok(next) => next,
-                Err(too_large) => {
-                    return Some(ServerFrame::error(
-                        ErrorCode::SubscriptionLimit,
-                        format!(
-                            "subscription refused: the socket's filters would take {} bytes, over the {} byte limit; unsubscribe some first",
-                            too_large.bytes,
-                            crate::session::MAX_ATTACHMENT_JSON_BYTES
-                        ),
-                    ))
-                }
-            };
-            if let Err(err) = socket.ws.serialize_attachment(&next) {
-                console_error!("storing socket filters failed: {err}");
-                return Some(ServerFrame::error(
-                    ErrorCode::SubscriptionLimit,
-                    "subscription refused: the filters could not be stored",
-                ));
-            }
-            socket.attachment = next;
-            Some(if add {
-                ServerFrame::Subscribed {
-                    added: changed,
-                    total,
-                }
-            } else {
-                ServerFrame::Unsubscribed {
-                    removed: changed,
-                    total,
-                }
-            })
+            sockets
+                .get_mut(socket_id)
+                .map(|socket| socket.change_filters(parsed.valid, add))
         });
         if let Some(frame) = reply {
             send_frame(ws, &frame);

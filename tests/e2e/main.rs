@@ -115,7 +115,16 @@ fn main() {
         selected.len()
     );
 
-    let failures = run(selected, ctx.clone());
+    let mut failures = run(selected, ctx.clone());
+
+    // Tokens (all start with `eyJ`, base64 of `{"`) must never reach a log,
+    // whether sent in a header or in `?token=`.
+    for (name, server) in [("main", &ctx.server), ("strict", &ctx.strict)] {
+        if server.log().contains("eyJ") {
+            println!("FAIL tokens_never_logged: a token appears in the {name} server's log");
+            failures.push("tokens_never_logged");
+        }
+    }
 
     let ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| panic!("tests still hold the servers"));
     if !failures.is_empty() || std::env::var_os("E2E_SHOW_LOG").is_some() {
