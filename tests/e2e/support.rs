@@ -64,9 +64,10 @@ impl Server {
             .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
             .args(["--inspector-port", &free_port().to_string()])
             .arg("--show-interactive-dev-session=false")
-            // E2E_LOG_LEVEL=log puts the worker's console output in the log.
+            // "log" keeps the worker's console output, which main.rs checks
+            // for leaked tokens; E2E_LOG_LEVEL overrides it.
             .arg("--log-level")
-            .arg(std::env::var("E2E_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
+            .arg(std::env::var("E2E_LOG_LEVEL").unwrap_or_else(|_| "log".into()))
             .env("WRANGLER_SEND_METRICS", "false")
             .env("WRANGLER_SEND_ERROR_REPORTS", "false")
             .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
