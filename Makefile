@@ -30,13 +30,14 @@ RUN_CONFIG := build/wrangler.toml
 FUZZ_SECS ?= 300
 FUZZ_TARGETS := client_frame filters publish_body token
 
-.PHONY: help dev build test fuzz tools rust-tools node-tools clean
+.PHONY: help dev build test fuzz install-cli tools rust-tools node-tools clean
 
 help:
 	@echo "make dev    install what is missing, build, serve on 127.0.0.1:$(PORT)"
 	@echo "make test   fmt, clippy, unit tests, integration tests against wrangler dev"
 	@echo "make build  release build into build/ (what wrangler deploy uploads)"
 	@echo "make fuzz   run every cargo-fuzz target for FUZZ_SECS (default 300) seconds"
+	@echo "make install-cli  install the hopeflow tool into ~/.cargo/bin"
 
 tools: rust-tools node-tools
 
@@ -75,10 +76,17 @@ dev: build .dev.vars
 
 test: build
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
-	cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
-	cargo test --lib
-	cargo test --test e2e
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p hopeflow-realtime --lib --target wasm32-unknown-unknown -- -D warnings
+	cargo test --workspace --lib --bins
+	cargo test --workspace --doc
+	@# The e2e suite runs the CLI as a real process.
+	cargo build -p hopeflow-client --bin hopeflow
+	cargo test -p hopeflow-realtime --test e2e
+
+# The `hopeflow` tool on your PATH (~/.cargo/bin).
+install-cli:
+	cargo install --path client --locked
 
 fuzz:
 	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked

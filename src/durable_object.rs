@@ -27,8 +27,8 @@ use crate::filter::{
 use crate::http;
 use crate::limits::{SocketLimits, Verdict};
 use crate::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, PublishOutcome, ServerFrame};
+use crate::routes::USER_ID_HEADER;
 use crate::session::{SocketAttachment, MAX_ATTACHMENT_JSON_BYTES};
-use crate::USER_ID_HEADER;
 
 /// A live socket, its decoded attachment and its abuse limits.
 struct Socket {

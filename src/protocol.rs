@@ -16,7 +16,7 @@ pub const DEFAULT_ENVELOPE_TYPE: &str = "message";
 
 /// Stable error codes sent to clients, in WebSocket error frames and in HTTP
 /// error bodies. One closed table so clients can switch on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// A text frame that is not valid JSON.
@@ -35,6 +35,10 @@ pub enum ErrorCode {
     SubscriptionLimit,
     /// The socket sent messages faster than its rate limit.
     RateLimited,
+    /// A code this version does not know (read by clients of a newer
+    /// server); never sent.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -97,6 +101,7 @@ impl ErrorCode {
                 "more than the socket's message rate; the message was dropped",
                 true,
             ),
+            ErrorCode::Unknown => ("unknown", "a code this version does not know", false),
         }
     }
 }
@@ -146,7 +151,7 @@ impl CloseCode {
 }
 
 /// A frame sent by a client, after the `ping` text shortcut.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ClientFrame {
     /// Text `ping` in any letter case; answered with `pong`.
@@ -219,6 +224,44 @@ impl ClientFrame {
     }
 }
 
+impl ClientFrame {
+    /// The frame as sent on the wire (`ping` is plain text).
+    pub fn to_text(&self) -> String {
+        match self {
+            ClientFrame::Ping => "ping".to_owned(),
+            // Serializing these plain enums cannot fail.
+            frame => serde_json::to_string(frame).unwrap_or_default(),
+        }
+    }
+}
+
+/// Everything a server may send on a socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerMessage {
+    /// The answer to `ping`.
+    Pong,
+    /// A delivery, to be acked.
+    Envelope(Envelope),
+    /// A confirmation or an error frame.
+    Frame(ServerFrame),
+}
+
+impl ServerMessage {
+    /// Reads one text frame from the server; `None` if it is none of ours.
+    pub fn parse(text: &str) -> Option<ServerMessage> {
+        if text == "pong" {
+            return Some(ServerMessage::Pong);
+        }
+        let value: Value = serde_json::from_str(text).ok()?;
+        if value.get("envelopeId").is_some() {
+            return serde_json::from_value(value)
+                .ok()
+                .map(ServerMessage::Envelope);
+        }
+        serde_json::from_value(value).ok().map(ServerMessage::Frame)
+    }
+}
+
 /// Keeps echoed client text short in error messages.
 fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
@@ -226,7 +269,7 @@ fn truncate(text: &str, max_chars: usize) -> String {
 
 /// A frame sent by the server that is not a delivery. These never carry an
 /// `envelopeId`, so a client can tell them from envelopes.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerFrame {
     /// Confirms a subscribe: `added` new filters, `total` on the socket now.
@@ -269,7 +312,7 @@ impl ServerFrame {
     }
 
     pub fn to_text(&self) -> String {
-        // Serializing these plain structs cannot fail; fall back to a fixed frame anyway.
+        // Serializing these plain enums cannot fail; fall back to a fixed frame anyway.
         serde_json::to_string(self)
             .unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":""}"#.into())
     }
@@ -496,6 +539,42 @@ mod tests {
         }
         assert!(CloseCode::Reconnect.reconnect());
         assert!(!CloseCode::PolicyViolation.reconnect());
+    }
+
+    #[test]
+    fn client_frames_round_trip_and_server_messages_parse() {
+        for frame in [
+            ClientFrame::Ping,
+            ClientFrame::Subscribe {
+                filters: vec![json!({"type": "a"})],
+            },
+            ClientFrame::Unsubscribe { filters: vec![] },
+            ClientFrame::Ack {
+                envelope_id: "e".into(),
+                result: json!({"ok": 1}),
+            },
+        ] {
+            assert_eq!(ClientFrame::parse(&frame.to_text()), Ok(frame));
+        }
+        assert_eq!(ServerMessage::parse("pong"), Some(ServerMessage::Pong));
+        let frame = ServerFrame::Subscribed { added: 1, total: 1 };
+        assert_eq!(
+            ServerMessage::parse(&frame.to_text()),
+            Some(ServerMessage::Frame(frame))
+        );
+        let envelope = r#"{"envelopeId":"e","type":"t","payload":null}"#;
+        assert!(matches!(
+            ServerMessage::parse(envelope),
+            Some(ServerMessage::Envelope(e)) if e.envelope_id == "e"
+        ));
+        assert_eq!(
+            ServerMessage::parse(r#"{"type":"error","code":"from_the_future","message":"m"}"#),
+            Some(ServerMessage::Frame(ServerFrame::error(
+                ErrorCode::Unknown,
+                "m"
+            )))
+        );
+        assert_eq!(ServerMessage::parse("nonsense"), None);
     }
 
     #[test]
