@@ -90,7 +90,8 @@ pub struct Confirmation {
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientError {
-    /// The upgrade was refused with this HTTP status and body.
+    /// The upgrade was refused with this HTTP status (and the body, when the
+    /// handshake read one; usually empty).
     Rejected { status: u16, body: String },
     /// Could not connect at all.
     Connect(String),
@@ -263,14 +264,26 @@ fn jitter() -> f64 {
         .unwrap_or(0.5)
 }
 
-async fn open(options: &ClientOptions) -> Result<Ws, ClientError> {
-    let url = match options.token_placement {
-        TokenPlacement::Header => options.url.clone(),
-        TokenPlacement::Query => {
-            let separator = if options.url.contains('?') { '&' } else { '?' };
-            format!("{}{separator}token={}", options.url, options.token)
+/// The URL to connect to: the service root gets its `/` (a request line
+/// without a path is malformed), and the token its `?token=` when asked.
+pub fn connect_url(url: &str, token: &str, placement: TokenPlacement) -> String {
+    let mut url = url.to_owned();
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    if !url[after_scheme..].contains('/') {
+        match url.find('?') {
+            Some(query) => url.insert(query, '/'),
+            None => url.push('/'),
         }
-    };
+    }
+    if placement == TokenPlacement::Query {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        url = format!("{url}{separator}token={token}");
+    }
+    url
+}
+
+async fn open(options: &ClientOptions) -> Result<Ws, ClientError> {
+    let url = connect_url(&options.url, &options.token, options.token_placement);
     let mut request = url
         .into_client_request()
         .map_err(|e| ClientError::Connect(e.to_string()))?;
@@ -546,6 +559,19 @@ fn close_info(frame: Option<CloseFrame>) -> (Option<u16>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_urls_have_a_path() {
+        use TokenPlacement::{Header, Query};
+        assert_eq!(connect_url("ws://h:1", "t", Header), "ws://h:1/");
+        assert_eq!(connect_url("ws://h:1/", "t", Query), "ws://h:1/?token=t");
+        assert_eq!(connect_url("ws://h:1", "t", Query), "ws://h:1/?token=t");
+        assert_eq!(
+            connect_url("wss://h/x?a=1", "t", Query),
+            "wss://h/x?a=1&token=t"
+        );
+        assert_eq!(connect_url("ws://h?a=1", "t", Header), "ws://h/?a=1");
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {

@@ -5,6 +5,7 @@
 //! when tests fail. `cargo test --test e2e -- <substring>` runs a subset.
 
 mod auth;
+mod client;
 mod delivery;
 mod frames;
 mod hostile;
@@ -77,6 +78,7 @@ fn main() {
     all.extend(frames::tests());
     all.extend(delivery::tests());
     all.extend(hostile::tests());
+    all.extend(client::tests());
     let selected: Vec<Test> = all
         .into_iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))

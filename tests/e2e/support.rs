@@ -35,6 +35,11 @@ impl Server {
     /// Starts a server with `vars` as its environment (vars and secrets,
     /// e.g. `JWT_SECRET`); call [`Server::wait_ready`] before using it.
     pub fn spawn(name: &str, vars: &[(&str, &str)]) -> Server {
+        Server::spawn_on(name, vars, free_port())
+    }
+
+    /// [`Server::spawn`] on a given port (to restart a server in place).
+    pub fn spawn_on(name: &str, vars: &[(&str, &str)], port: u16) -> Server {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let config = root.join("build/wrangler.toml");
@@ -52,7 +57,6 @@ impl Server {
         let lines: String = vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         std::fs::write(&env_file, lines).expect("write env file");
         let log = std::fs::File::create(dir.join("wrangler.log")).expect("create log");
-        let port = free_port();
         let child = Command::new(root.join("node_modules/.bin/wrangler"))
             .current_dir(root)
             .args(["dev", "--config"])
@@ -113,6 +117,10 @@ impl Server {
         text
     }
 
+    pub fn base_ws(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
     pub fn http(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -128,7 +136,8 @@ impl Server {
 
     /// A token for `user_id` signed with the server's secret.
     pub fn token(&self, user_id: &str) -> String {
-        self.token_with(json!({ "userId": user_id }))
+        let secret = self.secret.as_deref().expect("server has a secret");
+        hopeflow_client::token::mint(secret, user_id, None, Default::default())
     }
 
     /// A token with arbitrary claims signed with the server's secret.
