@@ -129,6 +129,13 @@ impl CloseCode {
         self.entry().0
     }
 
+    /// The close code of ours with this number, if any.
+    pub fn from_code(code: u16) -> Option<CloseCode> {
+        CloseCode::ALL
+            .into_iter()
+            .find(|close| close.code() == code)
+    }
+
     /// Sent as the close frame's reason.
     pub fn reason(self) -> &'static str {
         self.entry().1
@@ -537,6 +544,8 @@ mod tests {
             // A close reason must fit in 123 bytes.
             assert!(close.reason().len() <= 123);
         }
+        assert_eq!(CloseCode::from_code(1009), Some(CloseCode::MessageTooBig));
+        assert_eq!(CloseCode::from_code(1000), None);
         assert!(CloseCode::Reconnect.reconnect());
         assert!(!CloseCode::PolicyViolation.reconnect());
     }

@@ -69,7 +69,8 @@ pub enum Event {
     Envelope(Envelope),
     /// An error frame not tied to a request of ours (e.g. `rate_limited`).
     ServerError { code: ErrorCode, message: String },
-    /// The connection dropped (close code if the server sent one).
+    /// The connection dropped (close code if the server sent one; see
+    /// [`CloseCode::from_code`] for ours).
     Disconnected { code: Option<u16>, reason: String },
     /// Connected again after `attempt` tries; filters were re-subscribed.
     Reconnected { attempt: u32 },
@@ -242,6 +243,18 @@ impl Client {
     }
 }
 
+/// The events as a `Stream`, for use with `StreamExt` combinators.
+impl futures::Stream for Client {
+    type Item = Event;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Event>> {
+        self.events.poll_recv(cx)
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         self.close();
@@ -340,9 +353,10 @@ impl Connection {
                 code,
                 reason: reason.clone(),
             });
+            // 1008 / 1009 mean the client must change, not retry.
             let hopeless = code
-                .and_then(|c| CloseCode::ALL.into_iter().find(|k| k.code() == c))
-                .is_some_and(|k| !k.reconnect());
+                .and_then(CloseCode::from_code)
+                .is_some_and(|close| !close.reconnect());
             if !self.options.reconnect || hopeless {
                 return;
             }
