@@ -125,6 +125,7 @@ pub struct TokenVerifier {
 impl TokenVerifier {
     /// A verifier for `secrets`; callers refuse to build one without a secret.
     pub fn new(secrets: &[String], policy: &AuthPolicy) -> TokenVerifier {
+        crate::hs256::install();
         let mut validation = Validation::new(Algorithm::HS256);
         // Claims are checked in `check_claims`, with the caller's clock and
         // strict types (jsonwebtoken skips claims it cannot parse).
@@ -303,6 +304,7 @@ mod tests {
     const NOW: u64 = 1_700_000_000;
 
     fn token(claims: Value) -> String {
+        crate::hs256::install();
         encode(
             &Header::new(Algorithm::HS256),
             &claims,
@@ -398,12 +400,19 @@ mod tests {
             &EncodingKey::from_secret(b"other"),
         )
         .expect("encode");
-        let hs512 = encode(
-            &Header::new(Algorithm::HS512),
-            &json!({"userId": "a"}),
-            &EncodingKey::from_secret(SECRET),
-        )
-        .expect("encode");
+        // Correctly signed with HMAC-SHA512 and the right secret.
+        let hs512 = {
+            use hmac::{Hmac, Mac};
+            let message = format!(
+                "{}.{}",
+                base64_url::encode(br#"{"alg":"HS512","typ":"JWT"}"#),
+                base64_url::encode(br#"{"userId":"a"}"#)
+            );
+            let mut mac = Hmac::<sha2::Sha512>::new_from_slice(SECRET).expect("key");
+            mac.update(message.as_bytes());
+            let tag = mac.finalize().into_bytes();
+            format!("{message}.{}", base64_url::encode(&tag))
+        };
         let good = token(json!({"userId": "a"}));
         let (message, _signature) = good.rsplit_once('.').expect("three parts");
         let unsigned = format!("{message}.");
@@ -438,6 +447,7 @@ mod tests {
         let header = b64::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let payload = b64::encode(br#"{"userId":"alice","userId":"mallory"}"#);
         let message = format!("{header}.{payload}");
+        crate::hs256::install();
         let signature = jsonwebtoken::crypto::sign(
             message.as_bytes(),
             &EncodingKey::from_secret(SECRET),
@@ -494,6 +504,7 @@ mod tests {
 
     #[test]
     fn previous_secret_is_accepted_during_rotation() {
+        crate::hs256::install();
         let secrets = ["new".to_string(), "old".to_string()];
         let verifier = TokenVerifier::new(&secrets, &AuthPolicy::default());
         for secret in ["new", "old"] {

@@ -6,6 +6,7 @@
 //!
 //! * [`auth`]: picks the token of a request and verifies HS256 JWTs; time is
 //!   passed in.
+//! * [`hs256`]: the HMAC-SHA256-only crypto provider jsonwebtoken runs on.
 //! * [`filter`]: subscription filters, parsing and matching.
 //! * [`protocol`]: client and server WebSocket frames, the delivered envelope,
 //!   the `/publish` body and response, error codes.
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod filter;
+pub mod hs256;
 pub mod limits;
 #[cfg(test)]
 mod proptests;

@@ -34,6 +34,7 @@ pub fn mint(
     ttl: Option<Duration>,
     extra: Map<String, Value>,
 ) -> String {
+    hopeflow_realtime::hs256::install();
     let mut claims = extra;
     claims.insert("userId".into(), Value::from(user_id));
     match ttl {
@@ -114,6 +115,7 @@ mod tests {
         // Without a ttl, an `exp` among the extra claims is dropped.
         let token = mint("s", "a", None, extra);
         assert!(payload(&token).expect("payload").get("exp").is_none());
+        hopeflow_realtime::hs256::install();
         let expired = encode(
             &Header::new(Algorithm::HS256),
             &json!({"userId": "a", "exp": now_secs() - 3600}),

@@ -179,6 +179,7 @@ fn signal_group(group: u32, signal: &str) {
 
 /// Signs `claims` with HS256.
 pub fn sign(secret: &str, claims: &Value) -> String {
+    hopeflow_realtime::hs256::install();
     encode(
         &Header::new(Algorithm::HS256),
         claims,
