@@ -27,7 +27,7 @@ use crate::filter::{
 use crate::http;
 use crate::limits::{SocketLimits, Verdict};
 use crate::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, PublishOutcome, ServerFrame};
-use crate::routes::USER_ID_HEADER;
+use crate::routes::{read_config, USER_ID_HEADER};
 use crate::session::{SocketAttachment, MAX_ATTACHMENT_JSON_BYTES};
 
 /// A live socket, its decoded attachment and its abuse limits.
@@ -108,7 +108,7 @@ impl DurableObject for HopeFlowRealtime {
             Ok(pair) => state.set_websocket_auto_response(&pair),
             Err(err) => console_warn!("could not register the ping auto-response: {err:?}"),
         }
-        let config = Config::load(|name| env.var(name).ok().map(|v| v.to_string()));
+        let config = read_config(&env);
         if let Err(err) = &config {
             console_error!("configuration error: {err}");
         }

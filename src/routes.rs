@@ -6,7 +6,7 @@ use worker::{
 };
 
 use crate::auth::{extract_token, secrets_match, AuthError, Claims, TokenVerifier};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::error::ApiError;
 use crate::http;
 use crate::protocol::{self, is_json_content_type, PublishRequest};
@@ -52,12 +52,26 @@ async fn route(req: Request, env: &Env) -> std::result::Result<Response, ApiErro
     }
 }
 
+/// The settings from the environment (vars and secrets alike are strings).
+pub fn read_config(env: &Env) -> std::result::Result<Config, ConfigError> {
+    Config::load(|name| env.var(name).ok().map(|value| value.to_string()))
+}
+
 /// The settings; an invalid one refuses the request (and says why in the log).
-pub fn load_config(env: &Env) -> std::result::Result<Config, ApiError> {
-    Config::load(|name| env.var(name).ok().map(|value| value.to_string())).map_err(|err| {
+fn load_config(env: &Env) -> std::result::Result<Config, ApiError> {
+    read_config(env).map_err(|err| {
         console_error!("configuration error: {err}");
         ApiError::Misconfigured
     })
+}
+
+/// The first value of query parameter `name`.
+fn query_param(req: &Request, name: &str) -> Result<Option<String>> {
+    Ok(req
+        .url()?
+        .query_pairs()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned()))
 }
 
 fn is_websocket_upgrade(req: &Request) -> Result<bool> {
@@ -70,11 +84,7 @@ fn is_websocket_upgrade(req: &Request) -> Result<bool> {
 /// Verifies the request's token.
 fn authenticate(req: &Request, config: &Config) -> std::result::Result<Claims, ApiError> {
     let authorization = req.headers().get("Authorization")?;
-    let url = req.url()?;
-    let query_token = url
-        .query_pairs()
-        .find(|(key, _)| key == "token")
-        .map(|(_, value)| value.into_owned());
+    let query_token = query_param(req, "token")?;
     let token = extract_token(authorization.as_deref(), query_token.as_deref())
         .ok_or(ApiError::Unauthorized(AuthError::MissingToken))?;
     let now_secs = Date::now().as_millis() / 1000;
@@ -203,11 +213,7 @@ async fn stats(req: Request, env: &Env) -> std::result::Result<Response, ApiErro
     if !allowed {
         return Err(ApiError::NotFound);
     }
-    let url = req.url()?;
-    let user_id = url
-        .query_pairs()
-        .find(|(key, _)| key == "userId")
-        .map(|(_, value)| value.into_owned())
+    let user_id = query_param(&req, "userId")?
         .filter(|id| !id.is_empty())
         .ok_or(ApiError::InvalidBody(protocol::PublishError::InvalidUserId))?;
     let mut response = user_stub(env, &user_id)?
