@@ -23,12 +23,7 @@ pub fn tests() -> Vec<Test> {
     ]
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
+use hopeflow_client::token::now_secs as now;
 
 /// Tokens the server must refuse as `invalid_token`.
 fn bad_tokens(ctx: &Ctx) -> Vec<String> {
