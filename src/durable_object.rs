@@ -166,38 +166,32 @@ impl DurableObject for HopeFlowRealtime {
                 return Ok(());
             }
         };
-        if let ClientFrame::Ack {
-            envelope_id,
-            result,
-        } = frame
-        {
-            let outcome = self.acks.borrow_mut().ack(&envelope_id, &socket_id, result);
-            match outcome {
-                // The publish may have timed out meanwhile; nothing to wake then.
-                AckOutcome::Completed(waiter) => drop(waiter.send(())),
-                AckOutcome::Counted => {}
-                // Ignored acks are silent, but they still cost rate.
-                AckOutcome::Ignored => {
-                    if !self.take_message(&socket_id, now_ms) {
-                        self.reject(&ws, &socket_id, rate_limited(), now_ms);
-                    }
+        // Every frame but a counted ack is paid for from the rate limit.
+        match frame {
+            ClientFrame::Ack {
+                envelope_id,
+                result,
+            } => {
+                // A statement of its own: the book's borrow must end before
+                // `charge`, which may close the socket and touch the book.
+                let outcome = self.acks.borrow_mut().ack(&envelope_id, &socket_id, result);
+                match outcome {
+                    // The publish may have timed out meanwhile; nothing to wake.
+                    AckOutcome::Completed(waiter) => drop(waiter.send(())),
+                    AckOutcome::Counted => {}
+                    // Ignored acks are silent, but they still cost rate.
+                    AckOutcome::Ignored => drop(self.charge(&ws, &socket_id, now_ms)),
                 }
             }
-            return Ok(());
-        }
-        if !self.take_message(&socket_id, now_ms) {
-            self.reject(&ws, &socket_id, rate_limited(), now_ms);
-            return Ok(());
-        }
-        match frame {
-            ClientFrame::Ping => send_text(&ws, "pong"),
-            ClientFrame::Subscribe { filters } => {
+            ClientFrame::Ping if self.charge(&ws, &socket_id, now_ms) => send_text(&ws, "pong"),
+            ClientFrame::Subscribe { filters } if self.charge(&ws, &socket_id, now_ms) => {
                 self.change_filters(&ws, &socket_id, &filters, true)
             }
-            ClientFrame::Unsubscribe { filters } => {
+            ClientFrame::Unsubscribe { filters } if self.charge(&ws, &socket_id, now_ms) => {
                 self.change_filters(&ws, &socket_id, &filters, false)
             }
-            ClientFrame::Ack { .. } => {}
+            // Rate limited: `charge` has answered.
+            _ => {}
         }
         Ok(())
     }
@@ -346,13 +340,18 @@ impl HopeFlowRealtime {
             .map_or(DEFAULT_MAX_FRAME_BYTES, |c| c.max_frame_bytes)
     }
 
-    /// Takes one message from the socket's rate limit; `false` when exhausted.
-    fn take_message(&self, socket_id: &str, now_ms: f64) -> bool {
-        self.with_sockets(|sockets| {
+    /// Takes one message from the socket's rate limit. When it is exhausted,
+    /// answers `rate_limited` (a violation) and returns `false`.
+    fn charge(&self, ws: &WebSocket, socket_id: &str, now_ms: f64) -> bool {
+        let allowed = self.with_sockets(|sockets| {
             sockets
                 .get_mut(socket_id)
                 .is_none_or(|s| s.limits.take_message(now_ms))
-        })
+        });
+        if !allowed {
+            self.reject(ws, socket_id, rate_limited(), now_ms);
+        }
+        allowed
     }
 
     /// Answers a bad message with an error frame, and closes the socket with

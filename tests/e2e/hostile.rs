@@ -31,6 +31,7 @@ pub fn tests() -> Vec<Test> {
         strict_frame_limit_closes_1009,
         repeated_violations_close_1008,
         flooding_is_rate_limited_then_closed,
+        ignored_ack_flood_is_rate_limited_then_closed,
         filter_size_caps,
         socket_filter_cap_and_attachment_limit,
         abandoned_publishes_leave_no_pending_state,
@@ -403,6 +404,30 @@ async fn flooding_is_rate_limited_then_closed(ctx: Arc<Ctx>) {
     assert!(pongs >= 100, "the burst is served: {pongs}");
     assert_eq!(limited, 21, "20 warnings, and the 21st violation closes");
     assert_eq!(code, Some(1008));
+    assert_control_works(&ctx.server, &mut control, &user).await;
+}
+
+async fn ignored_ack_flood_is_rate_limited_then_closed(ctx: Arc<Ctx>) {
+    let user = unique_user("ackflood");
+    let mut control = control(&ctx.server, &user).await;
+    let mut socket = Client::for_user(&ctx.server, &user).await;
+    // Acks for nothing are ignored silently, until they exceed the rate.
+    let ack = json!({"type": "ack", "envelopeId": "no-such-envelope", "result": 1}).to_string();
+    socket.send_many((0..1000).map(|_| ack.clone())).await;
+    let mut limited = 0;
+    let code = loop {
+        match socket.next_frame().await {
+            Ok(text) => {
+                let frame: Value = serde_json::from_str(&text).expect("json");
+                assert_eq!(frame["code"], "rate_limited", "{frame}");
+                limited += 1;
+            }
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(limited, 21, "20 warnings, and the 21st violation closes");
+    assert_eq!(code, Some(1008));
+    // The object survived the close (no panic took the instance down).
     assert_control_works(&ctx.server, &mut control, &user).await;
 }
 
