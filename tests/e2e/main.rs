@@ -119,12 +119,20 @@ fn main() {
 
     let mut failures = run(selected, ctx.clone());
 
-    // Tokens (all start with `eyJ`, base64 of `{"`) must never reach a log,
-    // whether sent in a header or in `?token=`.
     for (name, server) in [("main", &ctx.server), ("strict", &ctx.strict)] {
-        if server.log().contains("eyJ") {
+        let log = server.log();
+        // Tokens (all start with `eyJ`, base64 of `{"`) must never reach a
+        // log, whether sent in a header or in `?token=`.
+        if log.contains("eyJ") {
             println!("FAIL tokens_never_logged: a token appears in the {name} server's log");
             failures.push("tokens_never_logged");
+        }
+        // No input may make the worker panic (console_error_panic_hook logs
+        // it); a panic can leave an object half-updated even when the
+        // runtime keeps the instance.
+        if log.contains("panicked at") {
+            println!("FAIL no_panics: the worker panicked on the {name} server (see its log)");
+            failures.push("no_panics");
         }
     }
 
