@@ -380,6 +380,23 @@ async fn repeated_violations_close_1008(ctx: Arc<Ctx>) {
     assert_control_works(&ctx.server, &mut control, &user).await;
 }
 
+/// Reads a flooded socket until the server closes it: the pongs, the
+/// `rate_limited` error frames (nothing else may come) and the close code.
+async fn read_until_close(socket: &mut Client) -> (usize, usize, Option<u16>) {
+    let (mut pongs, mut limited) = (0, 0);
+    loop {
+        match socket.next_frame().await {
+            Ok(text) if text == "pong" => pongs += 1,
+            Ok(text) => {
+                let frame: Value = serde_json::from_str(&text).expect("json");
+                assert_eq!(frame["code"], "rate_limited", "{frame}");
+                limited += 1;
+            }
+            Err(code) => return (pongs, limited, code),
+        }
+    }
+}
+
 async fn flooding_is_rate_limited_then_closed(ctx: Arc<Ctx>) {
     let user = unique_user("flood");
     let mut control = control(&ctx.server, &user).await;
@@ -388,19 +405,7 @@ async fn flooding_is_rate_limited_then_closed(ctx: Arc<Ctx>) {
     socket
         .send_many((0..1000).map(|_| "PING".to_string()))
         .await;
-    let mut pongs = 0;
-    let mut limited = 0;
-    let code = loop {
-        match socket.next_frame().await {
-            Ok(text) if text == "pong" => pongs += 1,
-            Ok(text) => {
-                let frame: Value = serde_json::from_str(&text).expect("json");
-                assert_eq!(frame["code"], "rate_limited", "{frame}");
-                limited += 1;
-            }
-            Err(code) => break code,
-        }
-    };
+    let (pongs, limited, code) = read_until_close(&mut socket).await;
     assert!(pongs >= 100, "the burst is served: {pongs}");
     assert_eq!(limited, 21, "20 warnings, and the 21st violation closes");
     assert_eq!(code, Some(1008));
@@ -414,17 +419,11 @@ async fn ignored_ack_flood_is_rate_limited_then_closed(ctx: Arc<Ctx>) {
     // Acks for nothing are ignored silently, until they exceed the rate.
     let ack = json!({"type": "ack", "envelopeId": "no-such-envelope", "result": 1}).to_string();
     socket.send_many((0..1000).map(|_| ack.clone())).await;
-    let mut limited = 0;
-    let code = loop {
-        match socket.next_frame().await {
-            Ok(text) => {
-                let frame: Value = serde_json::from_str(&text).expect("json");
-                assert_eq!(frame["code"], "rate_limited", "{frame}");
-                limited += 1;
-            }
-            Err(code) => break code,
-        }
-    };
+    let (pongs, limited, code) = read_until_close(&mut socket).await;
+    assert_eq!(
+        pongs, 0,
+        "ignored acks are answered by nothing but rate_limited"
+    );
     assert_eq!(limited, 21, "20 warnings, and the 21st violation closes");
     assert_eq!(code, Some(1008));
     // The object survived the close (no panic took the instance down).
