@@ -38,6 +38,15 @@ struct Socket {
 }
 
 impl Socket {
+    /// A socket entry with a full rate-limit bucket.
+    fn new(ws: WebSocket, attachment: SocketAttachment) -> Socket {
+        Socket {
+            ws,
+            attachment,
+            limits: SocketLimits::new(Date::now().as_millis() as f64),
+        }
+    }
+
     /// Applies a subscribe (`add`) or unsubscribe and stores it in the
     /// attachment; returns the confirmation, or the refusal (nothing applied).
     fn change_filters(&mut self, change: Vec<Filter>, add: bool) -> ServerFrame {
@@ -237,14 +246,7 @@ impl HopeFlowRealtime {
         let attachment = SocketAttachment::new(socket_id.clone(), user_id);
         pair.server.serialize_attachment(&attachment)?;
         self.with_sockets(|sockets| {
-            sockets.insert(
-                socket_id,
-                Socket {
-                    ws: pair.server.clone(),
-                    attachment,
-                    limits: SocketLimits::new(Date::now().as_millis() as f64),
-                },
-            );
+            sockets.insert(socket_id, Socket::new(pair.server.clone(), attachment));
         });
         Ok(Response::from_websocket(pair.client)?)
     }
@@ -257,8 +259,10 @@ impl HopeFlowRealtime {
             .as_ref()
             .map_err(|_| ApiError::Misconfigured)?
             .ack_timeout();
-        let envelope: Envelope = req.json().await?;
-        let text = serde_json::to_string(&envelope).map_err(|_| ApiError::Internal)?;
+        // The worker sent the canonical envelope text: parse it for matching
+        // and send that same text, rather than serializing it again.
+        let text = req.text().await?;
+        let envelope: Envelope = serde_json::from_str(&text).map_err(|_| ApiError::Internal)?;
 
         let delivered: Vec<String> = self.with_sockets(|sockets| {
             sockets
@@ -421,12 +425,7 @@ impl HopeFlowRealtime {
         for ws in self.state.get_websockets() {
             match ws.deserialize_attachment::<SocketAttachment>() {
                 Ok(Some(attachment)) if attachment.is_current() => {
-                    let socket = Socket {
-                        ws,
-                        attachment,
-                        limits: SocketLimits::new(Date::now().as_millis() as f64),
-                    };
-                    sockets.insert(socket.attachment.id.clone(), socket);
+                    sockets.insert(attachment.id.clone(), Socket::new(ws, attachment));
                 }
                 other => {
                     if let Err(err) = other {
