@@ -2,13 +2,10 @@
 //! on a free port (in its own process group, stopped as a group), mints
 //! tokens, connects sockets and publishes.
 
-use std::io::Read;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
+
+use devserver::{free_port, DevServer, Launch};
 
 use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -24,8 +21,7 @@ pub const WAIT: Duration = Duration::from_secs(15);
 
 /// A running `wrangler dev` serving the prebuilt worker.
 pub struct Server {
-    child: Child,
-    dir: PathBuf,
+    process: DevServer,
     pub port: u16,
     /// The `JWT_SECRET` the server was started with, if any.
     pub secret: Option<String>,
@@ -40,51 +36,26 @@ impl Server {
 
     /// [`Server::spawn`] on a given port (to restart a server in place).
     pub fn spawn_on(name: &str, vars: &[(&str, &str)], port: u16) -> Server {
-        static STARTED: AtomicUsize = AtomicUsize::new(0);
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let config = root.join("build/wrangler.toml");
         assert!(
             config.exists() && root.join("build/worker/shim.mjs").exists(),
             "the worker is not built: run the tests with `make test`"
         );
-        let dir = std::env::temp_dir().join(format!(
-            "hopeflow-e2e-{}-{}-{name}",
-            std::process::id(),
-            STARTED.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        let env_file = dir.join("test.env");
-        let lines: String = vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        std::fs::write(&env_file, lines).expect("write env file");
-        let log = std::fs::File::create(dir.join("wrangler.log")).expect("create log");
-        let child = Command::new(root.join("node_modules/.bin/wrangler"))
-            .current_dir(root)
-            .args(["dev", "--config"])
-            .arg(&config)
-            .arg("--env-file")
-            .arg(&env_file)
-            .arg("--persist-to")
-            .arg(dir.join("state"))
-            .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--inspector-port", &free_port().to_string()])
-            .arg("--show-interactive-dev-session=false")
-            // "log" keeps the worker's console output, which main.rs checks
-            // for leaked tokens; E2E_LOG_LEVEL overrides it.
-            .arg("--log-level")
-            .arg(std::env::var("E2E_LOG_LEVEL").unwrap_or_else(|_| "log".into()))
-            .env("WRANGLER_SEND_METRICS", "false")
-            .env("WRANGLER_SEND_ERROR_REPORTS", "false")
-            .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            // Own process group, so stopping the group also stops workerd.
-            .process_group(0)
-            .spawn()
-            .expect("spawn wrangler dev");
+        // "log" keeps the worker's console output, which main.rs checks for
+        // leaked tokens; E2E_LOG_LEVEL overrides it.
+        let log_level = std::env::var("E2E_LOG_LEVEL").unwrap_or_else(|_| "log".into());
+        let process = DevServer::spawn(&Launch {
+            root,
+            config: &config,
+            vars,
+            name,
+            port,
+            log_level: &log_level,
+        })
+        .expect("spawn wrangler dev");
         Server {
-            child,
-            dir,
+            process,
             port,
             secret: vars
                 .iter()
@@ -95,26 +66,14 @@ impl Server {
 
     /// Waits for `/health` to answer 200; fails fast if wrangler exits.
     pub fn wait_ready(mut self) -> Server {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let url = format!("{}/health", self.http());
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("wrangler dev exited ({status}):\n{}", self.log());
-            }
-            if probe::health_ok(&url) {
-                return self;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if let Err(why) = self.process.wait_ready(Duration::from_secs(90)) {
+            panic!("{why}");
         }
-        panic!("wrangler dev did not become ready:\n{}", self.log());
+        self
     }
 
     pub fn log(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(self.dir.join("wrangler.log")) {
-            let _ = f.read_to_string(&mut text);
-        }
-        text
+        self.process.log()
     }
 
     pub fn base_ws(&self) -> String {
@@ -147,36 +106,6 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    /// Stops the whole process group and removes the temp dir, also when a
-    /// test run panics.
-    fn drop(&mut self) {
-        let group = self.child.id();
-        signal_group(group, "TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // workerd may outlive wrangler: make sure nothing of the group is left.
-        signal_group(group, "KILL");
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Sends a signal to a process group with bash's builtin `kill`: procps'
-/// /usr/bin/kill on this machine mis-parses `kill -TERM -<pgid>` and signals
-/// far more than the group.
-fn signal_group(group: u32, signal: &str) {
-    let _ = Command::new("bash")
-        .args(["-c", "kill -s \"$1\" -- \"-$2\" 2>/dev/null", "kill"])
-        .args([signal, &group.to_string()])
-        .status();
-}
-
 /// Signs `claims` with HS256.
 pub fn sign(secret: &str, claims: &Value) -> String {
     hopeflow_realtime::hs256::install();
@@ -188,41 +117,9 @@ pub fn sign(secret: &str, claims: &Value) -> String {
     .expect("encode token")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A user id no other test uses.
 pub fn unique_user(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Minimal blocking health probe, so start-up needs no async runtime.
-mod probe {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::time::Duration;
-
-    pub fn health_ok(url: &str) -> bool {
-        let Some(rest) = url.strip_prefix("http://") else {
-            return false;
-        };
-        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let Ok(mut stream) = TcpStream::connect(host) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        if stream.write_all(request.as_bytes()).is_err() {
-            return false;
-        }
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        response.starts_with("HTTP/1.1 200")
-    }
 }
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

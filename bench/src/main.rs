@@ -1,0 +1,223 @@
+//! `hopeflow-bench`: runs the same scenarios against hopeflow, the
+//! JavaScript reference and the runtime's floor, each served by its own fresh
+//! `wrangler dev`, interleaved round by round, and writes `latest.json`,
+//! `latest.md` and `round-trip.svg`.
+//!
+//! Usage: `hopeflow-bench [--rounds N] [--smoke] [--out DIR]`
+//! (`make bench` runs it with the defaults; `--smoke` runs tiny sizes and
+//! fails on any problem, for `make test`).
+
+mod report;
+mod scenarios;
+mod stats;
+mod target;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use serde_json::{json, Value};
+
+use report::Run;
+use scenarios::{Round, Sizes};
+use target::{Impl, Target};
+
+struct Args {
+    rounds: usize,
+    smoke: bool,
+    out: PathBuf,
+}
+
+fn parse_args(root: &Path) -> Result<Args, String> {
+    let mut args = Args {
+        rounds: 3,
+        smoke: false,
+        out: root.join("bench/results"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--rounds" => {
+                args.rounds = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--rounds needs a positive number")?;
+            }
+            "--smoke" => args.smoke = true,
+            "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
+            "-h" | "--help" => {
+                return Err("usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR]".into())
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    if args.smoke {
+        args.rounds = 1;
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ has a parent")
+        .to_path_buf();
+    let args = match parse_args(&root) {
+        Ok(args) => args,
+        Err(why) => {
+            eprintln!("{why}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sizes = if args.smoke {
+        Sizes::smoke()
+    } else {
+        Sizes::full()
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _inside = runtime.enter();
+
+    let header = json!({
+        "command": command_line(),
+        "started": shell("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        "rounds": args.rounds,
+        "order": Impl::ALL.map(Impl::name),
+        "machine": machine(&root),
+        "sizes": sizes,
+        "bundle": bundle(&root),
+    });
+
+    let mut run = Run { rounds: Vec::new() };
+    for round_no in 1..=args.rounds {
+        for which in Impl::ALL {
+            eprintln!("round {round_no}/{}: {}", args.rounds, which.name());
+            let mut round = Round::default();
+            match Target::start(which, &root) {
+                Ok(target) => {
+                    runtime.block_on(scenarios::run_all(&target, &sizes, &mut round));
+                    if !round.problems.is_empty() {
+                        let log = target.log();
+                        let tail = &log[log.len().saturating_sub(2_000)..];
+                        eprintln!("  problems: {:?}\n  log tail:\n{tail}", round.problems);
+                    }
+                }
+                Err(why) => round.problems.push(format!("start: {why}")),
+            }
+            run.rounds.push((which, round));
+        }
+    }
+
+    let results = report::json(&run, header);
+    let markdown = report::markdown(&run, &results);
+    let written = std::fs::create_dir_all(&args.out)
+        .and_then(|()| {
+            std::fs::write(
+                args.out.join("latest.json"),
+                serde_json::to_string_pretty(&results).unwrap_or_default() + "\n",
+            )
+        })
+        .and_then(|()| std::fs::write(args.out.join("latest.md"), &markdown))
+        .and_then(|()| std::fs::write(args.out.join("round-trip.svg"), report::svg(&run)));
+    if let Err(e) = written {
+        eprintln!("writing {}: {e}", args.out.display());
+        return ExitCode::FAILURE;
+    }
+    println!("{markdown}");
+    println!("written to {}", args.out.display());
+    let problems = run.problems();
+    if args.smoke && !problems.is_empty() {
+        eprintln!("bench smoke failed: {problems:#?}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match std::env::var("BENCH_COMMAND") {
+        Ok(outer) => format!("{outer} (hopeflow-bench {})", args.join(" ")),
+        Err(_) => format!("hopeflow-bench {}", args.join(" ")),
+    }
+    .trim_end()
+    .to_string()
+}
+
+/// A command's trimmed stdout, or "?" when it cannot run.
+fn shell(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn machine(root: &Path) -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1_048_576.0);
+    let kernel = shell("uname", &["-sr"]);
+    let rustc = shell("rustc", &["--version"]);
+    let node = shell("node", &["--version"]);
+    let wrangler = std::fs::read_to_string(root.join("node_modules/wrangler/package.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    json!({
+        "cpu": cpu,
+        "cores": cores,
+        "memory_gib": (mem_gib * 10.0).round() / 10.0,
+        "kernel": kernel,
+        "rustc": rustc,
+        "node": node,
+        "wrangler": wrangler,
+        "summary": format!(
+            "{cpu}, {cores} cores, {mem_gib:.1} GiB, {kernel}; {rustc}; node {node}; wrangler {wrangler}; \
+             load generator on the same machine"
+        ),
+    })
+}
+
+/// Raw and gzip -9 sizes of what each implementation deploys.
+fn bundle(root: &Path) -> Value {
+    let files = [
+        "build/index_bg.wasm",
+        "build/index.js",
+        "build/worker/shim.mjs",
+        "bench/servers/reference-js/src/index.js",
+        "bench/servers/floor/src/index.js",
+    ];
+    files
+        .iter()
+        .filter_map(|file| {
+            let path = root.join(file);
+            let raw = std::fs::metadata(&path).ok()?.len();
+            let gzip = Command::new("gzip")
+                .args(["-9", "-c"])
+                .arg(&path)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| o.stdout.len());
+            Some(json!({ "file": file, "raw": raw, "gzip": gzip }))
+        })
+        .collect()
+}

@@ -1,0 +1,460 @@
+//! Turns the rounds into `latest.json`, `latest.md` and `round-trip.svg`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{json, Map, Value};
+
+use crate::scenarios::Round;
+use crate::stats::median;
+use crate::target::Impl;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Better {
+    Lower,
+    Higher,
+    /// Context, not a score (e.g. absolute memory).
+    Neither,
+}
+
+struct Metric {
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    better: Better,
+}
+
+const fn metric(
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    better: Better,
+) -> Metric {
+    Metric {
+        key,
+        label,
+        unit,
+        better,
+    }
+}
+
+/// Every figure, in the order of the summary table.
+const METRICS: &[Metric] = &[
+    metric("rt_p50_ms", "round trip p50", "ms", Better::Lower),
+    metric("rt_p90_ms", "round trip p90", "ms", Better::Lower),
+    metric("rt_p99_ms", "round trip p99", "ms", Better::Lower),
+    metric("rt_max_ms", "round trip max", "ms", Better::Lower),
+    metric(
+        "tp_publishes_per_s",
+        "throughput: publishes",
+        "/s",
+        Better::Higher,
+    ),
+    metric("tp_acks_per_s", "throughput: acks", "/s", Better::Higher),
+    metric(
+        "fanout_p50_ms",
+        "fan-out: all acks in, p50",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "fanout_max_ms",
+        "fan-out: all acks in, max",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "storm_total_ms",
+        "connect storm: all subscribed",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "storm_connect_p50_ms",
+        "connect storm: one socket p50",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "storm_connect_p99_ms",
+        "connect storm: one socket p99",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "idle_sockets_reached",
+        "idle sockets opened",
+        "",
+        Better::Higher,
+    ),
+    metric(
+        "idle_bytes_per_socket",
+        "memory per idle socket",
+        "B",
+        Better::Lower,
+    ),
+    metric(
+        "idle_rss_before_mib",
+        "workerd RSS before idle sockets",
+        "MiB",
+        Better::Neither,
+    ),
+    metric(
+        "idle_rss_after_mib",
+        "workerd RSS with idle sockets",
+        "MiB",
+        Better::Neither,
+    ),
+    metric(
+        "idle_fanout_p50_ms",
+        "fan-out to all idle sockets, p50",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "ready_ms",
+        "start: spawn to first /health 200",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "first_publish_ms",
+        "first publish after start",
+        "ms",
+        Better::Lower,
+    ),
+];
+
+/// All rounds of all implementations, in run order.
+pub struct Run {
+    pub rounds: Vec<(Impl, Round)>,
+}
+
+impl Run {
+    fn of(&self, which: Impl) -> impl Iterator<Item = &Round> {
+        self.rounds
+            .iter()
+            .filter(move |(w, _)| *w == which)
+            .map(|(_, r)| r)
+    }
+
+    /// The median across rounds of every figure, per implementation.
+    fn medians(&self) -> BTreeMap<Impl, BTreeMap<&'static str, f64>> {
+        Impl::ALL
+            .iter()
+            .map(|&which| {
+                let figures = METRICS
+                    .iter()
+                    .filter_map(|m| {
+                        let values: Vec<f64> = self
+                            .of(which)
+                            .filter_map(|r| r.metrics.get(m.key).copied())
+                            .collect();
+                        median(&values).map(|v| (m.key, v))
+                    })
+                    .collect();
+                (which, figures)
+            })
+            .collect()
+    }
+
+    pub fn problems(&self) -> Vec<String> {
+        self.rounds
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (which, round))| {
+                round.problems.iter().map(move |p| {
+                    format!("round {} {}: {p}", i / Impl::ALL.len() + 1, which.name())
+                })
+            })
+            .collect()
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+pub fn json(run: &Run, header: Value) -> Value {
+    let medians = run.medians();
+    let mut results = Map::new();
+    for which in Impl::ALL {
+        let rounds: Vec<Value> = run.of(which).map(|r| json!(r.metrics)).collect();
+        let round_trips: Vec<f64> = run
+            .of(which)
+            .flat_map(|r| r.round_trips_ms.clone())
+            .collect();
+        results.insert(
+            which.name().into(),
+            json!({
+                "median": medians[&which],
+                "rounds": rounds,
+                "round_trip_samples_ms": round_trips,
+            }),
+        );
+    }
+    let mut ratios = Map::new();
+    for other in [Impl::ReferenceJs, Impl::Floor] {
+        let figures: BTreeMap<&str, f64> = METRICS
+            .iter()
+            .filter_map(|m| {
+                let r = ratio(
+                    medians[&Impl::Hopeflow].get(m.key).copied(),
+                    medians[&other].get(m.key).copied(),
+                );
+                r.map(|r| (m.key, r))
+            })
+            .collect();
+        ratios.insert(format!("hopeflow/{}", other.name()), json!(figures));
+    }
+    let mut out = header;
+    out["results"] = Value::Object(results);
+    out["ratios"] = Value::Object(ratios);
+    out["problems"] = json!(run.problems());
+    out
+}
+
+fn number(value: f64, unit: &str) -> String {
+    let digits = if value.abs() >= 100.0 {
+        0
+    } else if value.abs() >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let text = format!("{value:.digits$}");
+    if unit.is_empty() {
+        text
+    } else {
+        format!("{text} {unit}")
+    }
+}
+
+/// A ratio, marked when it is worse for hopeflow.
+fn ratio_cell(r: Option<f64>, better: Better) -> String {
+    match r {
+        None => "–".into(),
+        Some(r) => {
+            let worse = match better {
+                Better::Lower => r > 1.0,
+                Better::Higher => r < 1.0,
+                Better::Neither => false,
+            };
+            format!("{r:.2}{}", if worse { " ▲" } else { "" })
+        }
+    }
+}
+
+pub fn markdown(run: &Run, header: &Value) -> String {
+    let medians = run.medians();
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmark results\n");
+    let _ = writeln!(
+        md,
+        "Command: `{}` · started {} · {} rounds, servers interleaved {}\n",
+        header["command"].as_str().unwrap_or("?"),
+        header["started"].as_str().unwrap_or("?"),
+        header["rounds"],
+        Impl::ALL.map(Impl::name).join(" → "),
+    );
+    let _ = writeln!(
+        md,
+        "Machine: {}\n",
+        header["machine"]["summary"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(md, "Sizes: `{}`\n", header["sizes"]);
+    let _ = writeln!(
+        md,
+        "Medians across rounds. Ratios are hopeflow ÷ the other; ▲ marks a ratio where hopeflow is worse.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| figure | hopeflow | reference-js | floor | hopeflow / reference-js | hopeflow / floor |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    for m in METRICS {
+        let cell = |which: Impl| {
+            medians[&which]
+                .get(m.key)
+                .map_or("–".to_string(), |v| number(*v, m.unit))
+        };
+        let h = medians[&Impl::Hopeflow].get(m.key).copied();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            m.label,
+            cell(Impl::Hopeflow),
+            cell(Impl::ReferenceJs),
+            cell(Impl::Floor),
+            ratio_cell(
+                ratio(h, medians[&Impl::ReferenceJs].get(m.key).copied()),
+                m.better
+            ),
+            ratio_cell(
+                ratio(h, medians[&Impl::Floor].get(m.key).copied()),
+                m.better
+            ),
+        );
+    }
+    let _ = writeln!(md, "\n## Bundle\n");
+    let _ = writeln!(md, "| file | raw | gzip -9 |");
+    let _ = writeln!(md, "|---|---:|---:|");
+    if let Some(files) = header["bundle"].as_array() {
+        for f in files {
+            let _ = writeln!(
+                md,
+                "| {} | {} B | {} B |",
+                f["file"].as_str().unwrap_or("?"),
+                f["raw"],
+                f["gzip"]
+            );
+        }
+    }
+    let problems = run.problems();
+    let _ = writeln!(md, "\n## Problems and limits hit\n");
+    if problems.is_empty() {
+        let _ = writeln!(md, "None: every check of every scenario passed.");
+    }
+    for p in problems {
+        let _ = writeln!(md, "- {p}");
+    }
+    let _ = writeln!(md, "\nRound-trip latency distribution: `round-trip.svg`.");
+    md
+}
+
+/// Cumulative distribution of round-trip latency, one line per server.
+pub fn svg(run: &Run) -> String {
+    let (w, h, left, right, top, bottom) = (760.0, 440.0, 70.0, 20.0, 40.0, 50.0);
+    let series: Vec<(Impl, Vec<f64>)> = Impl::ALL
+        .iter()
+        .map(|&which| {
+            let mut all: Vec<f64> = run
+                .of(which)
+                .flat_map(|r| r.round_trips_ms.clone())
+                .collect();
+            all.sort_by(f64::total_cmp);
+            (which, all)
+        })
+        .collect();
+    // Up to the largest p99, so one outlier does not flatten the curves.
+    let x_max = series
+        .iter()
+        .filter(|(_, s)| !s.is_empty())
+        .map(|(_, s)| crate::stats::percentile(s, 99.0))
+        .fold(1.0_f64, f64::max)
+        * 1.1;
+    let px = |x: f64| left + (x.min(x_max) / x_max) * (w - left - right);
+    let py = |y: f64| top + (1.0 - y) * (h - top - bottom);
+    let colors = ["#d9480f", "#1971c2", "#5c940d"];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">Round-trip latency, cumulative (all rounds)</text>"#,
+        w / 2.0
+    );
+    for i in 0..=5 {
+        let x = x_max * f64::from(i) / 5.0;
+        let _ = writeln!(
+            out,
+            "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#ddd\"/><text x=\"{0:.1}\" y=\"{3}\" text-anchor=\"middle\">{4:.1} ms</text>",
+            px(x),
+            top,
+            h - bottom,
+            h - bottom + 18.0,
+            x
+        );
+        let y = f64::from(i) / 5.0;
+        let _ = writeln!(
+            out,
+            "<line x1=\"{0}\" y1=\"{1:.1}\" x2=\"{2}\" y2=\"{1:.1}\" stroke=\"#ddd\"/><text x=\"{3}\" y=\"{4:.1}\" text-anchor=\"end\">{5:.0} %</text>",
+            left,
+            py(y),
+            w - right,
+            left - 6.0,
+            py(y) + 4.0,
+            y * 100.0
+        );
+    }
+    for (i, (which, samples)) in series.iter().enumerate() {
+        if samples.is_empty() {
+            continue;
+        }
+        let n = samples.len() as f64;
+        let points: Vec<String> = samples
+            .iter()
+            .enumerate()
+            .map(|(k, x)| format!("{:.1},{:.1}", px(*x), py((k + 1) as f64 / n)))
+            .collect();
+        let color = colors[i % colors.len()];
+        let _ = writeln!(
+            out,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            points.join(" ")
+        );
+        let ly = top + 20.0 + 18.0 * i as f64;
+        let _ = writeln!(
+            out,
+            r#"<line x1="{0}" y1="{1:.1}" x2="{2}" y2="{1:.1}" stroke="{color}" stroke-width="3"/><text x="{3}" y="{4:.1}">{5} (p50 {6:.2} ms)</text>"#,
+            w - right - 230.0,
+            ly,
+            w - right - 205.0,
+            w - right - 198.0,
+            ly + 4.0,
+            which.name(),
+            crate::stats::percentile(samples, 50.0)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="middle">latency (ms), x axis cut at 1.1 × the largest p99</text>"#,
+        (left + w - right) / 2.0,
+        h - 10.0
+    );
+    let _ = writeln!(out, "</svg>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(rt: f64) -> Round {
+        let mut r = Round::default();
+        r.metrics.insert("rt_p50_ms", rt);
+        r.round_trips_ms = vec![rt, rt * 2.0];
+        r
+    }
+
+    #[test]
+    fn medians_and_ratios_per_implementation() {
+        let run = Run {
+            rounds: vec![
+                (Impl::Hopeflow, round(2.0)),
+                (Impl::ReferenceJs, round(4.0)),
+                (Impl::Floor, round(1.0)),
+                (Impl::Hopeflow, round(3.0)),
+                (Impl::ReferenceJs, round(6.0)),
+                (Impl::Floor, round(2.0)),
+            ],
+        };
+        let out = json(&run, json!({}));
+        assert_eq!(out["results"]["hopeflow"]["median"]["rt_p50_ms"], 2.5);
+        assert_eq!(out["ratios"]["hopeflow/reference-js"]["rt_p50_ms"], 0.5);
+        assert_eq!(out["ratios"]["hopeflow/floor"]["rt_p50_ms"], 2.5 / 1.5);
+        let md = markdown(&run, &out);
+        assert!(
+            md.contains("| round trip p50 | 2.50 ms | 5.00 ms | 1.50 ms | 0.50 | 1.67 ▲ |"),
+            "{md}"
+        );
+        let svg = svg(&run);
+        assert_eq!(svg.matches("<polyline").count(), 3);
+    }
+}

@@ -1,0 +1,279 @@
+//! The scenarios. Each one runs against one fresh [`Target`] and adds its
+//! figures to a [`Round`]; a failed check ends the scenario with an error
+//! instead of a number.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::stats::{ms, percentile};
+use crate::target::Target;
+
+/// How big each scenario is.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Sizes {
+    pub round_trip_warmup: u64,
+    pub round_trip_publishes: u64,
+    pub throughput_sockets: usize,
+    pub throughput_publishers: usize,
+    pub throughput_secs: u64,
+    pub fanout_sockets: usize,
+    pub fanout_publishes: u64,
+    pub storm_sockets: usize,
+    pub idle_sockets: usize,
+    pub idle_fanout_publishes: u64,
+    /// Handshakes in flight at once when opening many sockets.
+    pub parallel_connects: usize,
+}
+
+impl Sizes {
+    pub fn full() -> Sizes {
+        Sizes {
+            round_trip_warmup: 20,
+            round_trip_publishes: 300,
+            throughput_sockets: 4,
+            throughput_publishers: 16,
+            throughput_secs: 5,
+            fanout_sockets: 1_000,
+            fanout_publishes: 5,
+            storm_sockets: 2_000,
+            idle_sockets: 10_000,
+            idle_fanout_publishes: 2,
+            parallel_connects: 128,
+        }
+    }
+
+    /// Just enough to run every code path (`make test`).
+    pub fn smoke() -> Sizes {
+        Sizes {
+            round_trip_warmup: 1,
+            round_trip_publishes: 5,
+            throughput_sockets: 2,
+            throughput_publishers: 2,
+            throughput_secs: 1,
+            fanout_sockets: 10,
+            fanout_publishes: 2,
+            storm_sockets: 20,
+            idle_sockets: 50,
+            idle_fanout_publishes: 1,
+            parallel_connects: 8,
+        }
+    }
+}
+
+/// Everything measured on one server in one round.
+#[derive(Default)]
+pub struct Round {
+    pub metrics: BTreeMap<&'static str, f64>,
+    /// Every measured round-trip latency, in ms (for the chart).
+    pub round_trips_ms: Vec<f64>,
+    /// Failed checks and limits hit, with the scenario that hit them.
+    pub problems: Vec<String>,
+}
+
+impl Round {
+    fn set(&mut self, key: &'static str, value: f64) {
+        self.metrics.insert(key, value);
+    }
+
+    fn note(&mut self, scenario: &str, outcome: Result<(), String>) {
+        if let Err(why) = outcome {
+            self.problems.push(format!("{scenario}: {why}"));
+        }
+    }
+}
+
+/// Runs every scenario, in a fixed order, each with its own user.
+pub async fn run_all(target: &Target, sizes: &Sizes, round: &mut Round) {
+    round.set("ready_ms", ms(target.ready_after));
+    let outcome = first_request(target, sizes, round).await;
+    round.note("first request", outcome);
+    let outcome = round_trip(target, sizes, round).await;
+    round.note("round trip", outcome);
+    let outcome = throughput(target, sizes, round).await;
+    round.note("throughput", outcome);
+    let outcome = fan_out(target, sizes, round).await;
+    round.note("fan-out", outcome);
+    let outcome = connect_storm(target, sizes, round).await;
+    round.note("connect storm", outcome);
+    // Last: it leaves the runtime with the most to clean up.
+    let outcome = idle_sockets(target, sizes, round).await;
+    round.note("idle sockets (memory, big fan-out)", outcome);
+}
+
+fn user(scenario: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "bench-{scenario}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The first publish after start-up: creates the first Durable Object and,
+/// for hopeflow, runs the first token check through the wasm module.
+async fn first_request(target: &Target, _: &Sizes, round: &mut Round) -> Result<(), String> {
+    let took = target.publish(&user("first"), 0, 0).await?;
+    round.set("first_publish_ms", ms(took));
+    Ok(())
+}
+
+/// One acking socket, sequential publishes: the latency of one delivery.
+async fn round_trip(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<(), String> {
+    let user = user("rt");
+    let opened = target.open(&user, 1, 1).await;
+    if let Some(why) = opened.error {
+        return Err(why);
+    }
+    for n in 0..sizes.round_trip_warmup {
+        target.publish(&user, n, 1).await?;
+    }
+    let mut samples = Vec::with_capacity(sizes.round_trip_publishes as usize);
+    for n in 0..sizes.round_trip_publishes {
+        samples.push(ms(target.publish(&user, n, 1).await?));
+    }
+    opened.sockets.close().await;
+    samples.sort_by(f64::total_cmp);
+    round.set("rt_p50_ms", percentile(&samples, 50.0));
+    round.set("rt_p90_ms", percentile(&samples, 90.0));
+    round.set("rt_p99_ms", percentile(&samples, 99.0));
+    round.set("rt_max_ms", percentile(&samples, 100.0));
+    round.round_trips_ms.extend(samples);
+    Ok(())
+}
+
+/// Several sockets of one user, many publishers in parallel for a fixed
+/// time: how much one user's object can deliver.
+async fn throughput(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<(), String> {
+    let user = user("tp");
+    let sockets = sizes.throughput_sockets;
+    let opened = target.open(&user, sockets, sockets).await;
+    if let Some(why) = opened.error {
+        return Err(why);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let published = AtomicU64::new(0);
+    let acks_before = opened.sockets.acks();
+    let started = Instant::now();
+    let publishers = (0..sizes.throughput_publishers).map(|p| {
+        let (done, published, user) = (done.clone(), &published, &user);
+        async move {
+            let mut n = p as u64 * 1_000_000;
+            while !done.load(Ordering::Relaxed) {
+                target.publish(user, n, sockets).await?;
+                published.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            }
+            Ok::<(), String>(())
+        }
+    });
+    let stopper = async {
+        tokio::time::sleep(Duration::from_secs(sizes.throughput_secs)).await;
+        done.store(true, Ordering::Relaxed);
+    };
+    let (results, ()) = tokio::join!(futures::future::join_all(publishers), stopper);
+    // Publishes started before the stop finish after it; count them all
+    // over the whole elapsed time.
+    let elapsed = started.elapsed().as_secs_f64();
+    let acks = opened.sockets.acks() - acks_before;
+    opened.sockets.close().await;
+    results.into_iter().collect::<Result<Vec<()>, String>>()?;
+    round.set(
+        "tp_publishes_per_s",
+        published.load(Ordering::Relaxed) as f64 / elapsed,
+    );
+    round.set("tp_acks_per_s", acks as f64 / elapsed);
+    Ok(())
+}
+
+/// One publish to many sockets of one user, until every ack is in.
+async fn fan_out(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<(), String> {
+    let user = user("fanout");
+    let opened = target
+        .open(&user, sizes.fanout_sockets, sizes.parallel_connects)
+        .await;
+    if let Some(why) = opened.error {
+        opened.sockets.close().await;
+        return Err(why);
+    }
+    let mut samples = Vec::new();
+    for n in 0..sizes.fanout_publishes {
+        match target.publish(&user, n, sizes.fanout_sockets).await {
+            Ok(took) => samples.push(ms(took)),
+            Err(why) => {
+                opened.sockets.close().await;
+                return Err(why);
+            }
+        }
+    }
+    opened.sockets.close().await;
+    samples.sort_by(f64::total_cmp);
+    round.set("fanout_p50_ms", percentile(&samples, 50.0));
+    round.set("fanout_max_ms", percentile(&samples, 100.0));
+    Ok(())
+}
+
+/// Many sockets connecting and subscribing at once.
+async fn connect_storm(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<(), String> {
+    let user = user("storm");
+    let started = Instant::now();
+    let opened = target
+        .open(&user, sizes.storm_sockets, sizes.parallel_connects)
+        .await;
+    let took = started.elapsed();
+    let error = opened.error.clone();
+    let mut times: Vec<f64> = opened.connect_times.iter().copied().map(ms).collect();
+    opened.sockets.close().await;
+    if let Some(why) = error {
+        return Err(why);
+    }
+    times.sort_by(f64::total_cmp);
+    round.set("storm_total_ms", ms(took));
+    round.set("storm_connect_p50_ms", percentile(&times, 50.0));
+    round.set("storm_connect_p99_ms", percentile(&times, 99.0));
+    Ok(())
+}
+
+/// Resident memory of workerd before and after opening many idle
+/// subscribed sockets, then a publish to all of them.
+async fn idle_sockets(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<(), String> {
+    let user = user("idle");
+    let before = target.rss().ok_or("no workerd process found")?;
+    let opened = target
+        .open(&user, sizes.idle_sockets, sizes.parallel_connects)
+        .await;
+    let reached = opened.sockets.len();
+    round.set("idle_sockets_reached", reached as f64);
+    let after = target.rss().ok_or("no workerd process found")?;
+    if reached > 0 {
+        round.set(
+            "idle_bytes_per_socket",
+            after.saturating_sub(before) as f64 / reached as f64,
+        );
+    }
+    round.set("idle_rss_before_mib", before as f64 / 1_048_576.0);
+    round.set("idle_rss_after_mib", after as f64 / 1_048_576.0);
+    let mut outcome = match opened.error {
+        Some(why) => Err(format!("opened {reached} of {}: {why}", sizes.idle_sockets)),
+        None => Ok(()),
+    };
+    if reached > 0 {
+        let mut samples = Vec::new();
+        for n in 0..sizes.idle_fanout_publishes {
+            match target.publish(&user, n, reached).await {
+                Ok(took) => samples.push(ms(took)),
+                Err(why) => {
+                    outcome = outcome.and(Err(format!("publish to {reached} sockets: {why}")));
+                    break;
+                }
+            }
+        }
+        if !samples.is_empty() {
+            samples.sort_by(f64::total_cmp);
+            round.set("idle_fanout_p50_ms", percentile(&samples, 50.0));
+        }
+    }
+    opened.sockets.close().await;
+    outcome
+}

@@ -1,0 +1,330 @@
+//! The three servers under test and what a client does with each: connect
+//! (and subscribe), answer every delivery, publish.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devserver::{DevServer, Launch};
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Longest any single step may take before the scenario counts as failed.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SECRET: &str = "bench-secret-not-for-production-0123456789";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Impl {
+    Hopeflow,
+    ReferenceJs,
+    Floor,
+}
+
+impl Impl {
+    pub const ALL: [Impl; 3] = [Impl::Hopeflow, Impl::ReferenceJs, Impl::Floor];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Impl::Hopeflow => "hopeflow",
+            Impl::ReferenceJs => "reference-js",
+            Impl::Floor => "floor",
+        }
+    }
+
+    /// The wrangler config this implementation is served from.
+    pub fn config(self, root: &Path) -> PathBuf {
+        match self {
+            Impl::Hopeflow => root.join("build/wrangler.toml"),
+            Impl::ReferenceJs => root.join("bench/servers/reference-js/wrangler.toml"),
+            Impl::Floor => root.join("bench/servers/floor/wrangler.toml"),
+        }
+    }
+
+    /// The floor speaks no protocol: no token, no subscribe, no ack ids.
+    fn speaks_protocol(self) -> bool {
+        self != Impl::Floor
+    }
+}
+
+/// One running server of one implementation.
+pub struct Target {
+    pub which: Impl,
+    process: DevServer,
+    http: reqwest::Client,
+    publisher_token: String,
+    /// Time from spawning `wrangler dev` to the first 200 from `/health`.
+    pub ready_after: Duration,
+}
+
+impl Target {
+    /// Starts a fresh server (fresh state dir) and waits until it is ready.
+    pub fn start(which: Impl, root: &Path) -> Result<Target, String> {
+        let config = which.config(root);
+        if !config.exists() {
+            return Err(format!("{} is missing: run `make build`", config.display()));
+        }
+        let mut process = DevServer::spawn(&Launch {
+            root,
+            config: &config,
+            vars: &[("JWT_SECRET", SECRET)],
+            name: which.name(),
+            port: devserver::free_port(),
+            // The same for all three, and quiet: the bench measures the
+            // service, not wrangler's terminal output.
+            log_level: "warn",
+        })
+        .map_err(|e| format!("spawn wrangler dev: {e}"))?;
+        let ready_after = process.wait_ready(Duration::from_secs(120))?;
+        let http = reqwest::Client::builder()
+            .timeout(STEP_TIMEOUT)
+            .pool_max_idle_per_host(256)
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        Ok(Target {
+            which,
+            process,
+            http,
+            publisher_token: token("bench-backend"),
+            ready_after,
+        })
+    }
+
+    pub fn rss(&self) -> Option<u64> {
+        devserver::workerd_rss(self.process.process_group())
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    fn socket_url(&self, user: &str) -> String {
+        let port = self.process.port();
+        if self.which.speaks_protocol() {
+            format!("ws://127.0.0.1:{port}/?token={}", token(user))
+        } else {
+            format!("ws://127.0.0.1:{port}/?user={user}")
+        }
+    }
+
+    /// Publishes once to `user` and checks the answer: `expected` sockets
+    /// matched, and (where the protocol has them) as many ack results.
+    /// Returns the time to the full answer.
+    pub async fn publish(&self, user: &str, n: u64, expected: usize) -> Result<Duration, String> {
+        let body = serde_json::json!({ "userId": user, "type": "bench", "payload": { "n": n } });
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(format!("http://127.0.0.1:{}/publish", self.process.port()))
+            .bearer_auth(&self.publisher_token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("publish: {e}"))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| format!("publish body: {e}"))?;
+        let elapsed = started.elapsed();
+        if !status.is_success() {
+            return Err(format!("publish answered {status}: {text}"));
+        }
+        let answer: Value =
+            serde_json::from_str(&text).map_err(|e| format!("publish answer {text:?}: {e}"))?;
+        let count = answer["clientCount"].as_u64().unwrap_or(u64::MAX);
+        let results = answer["results"].as_array().map_or(0, Vec::len);
+        let acked = if self.which.speaks_protocol() {
+            results
+        } else {
+            expected
+        };
+        if count != expected as u64 || acked != expected {
+            return Err(format!(
+                "publish to {expected} sockets answered clientCount {count} with {results} results"
+            ));
+        }
+        Ok(elapsed)
+    }
+
+    /// Opens `count` sockets for `user` (at most `parallel` handshakes at a
+    /// time), each subscribed to everything and acking every delivery.
+    /// Returns the group and each socket's connect+subscribe time; on a
+    /// failure, the group holds the sockets opened so far and the error.
+    pub async fn open(&self, user: &str, count: usize, parallel: usize) -> Opened {
+        let stop = watch::channel(false).0;
+        let acks = Arc::new(AtomicU64::new(0));
+        let url = self.socket_url(user);
+        let protocol = self.which.speaks_protocol();
+        let mut pending = futures::stream::iter((0..count).map(|_| {
+            let url = url.clone();
+            let acks = acks.clone();
+            let stop = stop.subscribe();
+            async move {
+                let started = Instant::now();
+                let task = tokio::time::timeout(STEP_TIMEOUT, connect(&url, protocol, acks, stop))
+                    .await
+                    .map_err(|_| "connect timed out".to_string())??;
+                Ok::<_, String>((task, started.elapsed()))
+            }
+        }))
+        .buffer_unordered(parallel.max(1));
+        let mut tasks = Vec::with_capacity(count);
+        let mut connect_times = Vec::with_capacity(count);
+        let mut error = None;
+        while let Some(result) = pending.next().await {
+            match result {
+                Ok((task, took)) => {
+                    tasks.push(task);
+                    connect_times.push(took);
+                }
+                Err(why) => {
+                    error.get_or_insert(why);
+                }
+            }
+        }
+        drop(pending);
+        Opened {
+            sockets: Sockets { tasks, stop, acks },
+            connect_times,
+            error,
+        }
+    }
+}
+
+/// The outcome of [`Target::open`].
+pub struct Opened {
+    pub sockets: Sockets,
+    pub connect_times: Vec<Duration>,
+    /// The first failure, if any socket could not be opened.
+    pub error: Option<String>,
+}
+
+/// Open sockets that ack everything they receive.
+pub struct Sockets {
+    tasks: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    /// Replies sent so far by all sockets of the group.
+    pub acks: Arc<AtomicU64>,
+}
+
+impl Sockets {
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn acks(&self) -> u64 {
+        self.acks.load(Ordering::Relaxed)
+    }
+
+    /// Closes every socket with a close handshake, so the server's cleanup
+    /// happens now and not during the next measurement.
+    pub async fn close(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(STEP_TIMEOUT, task).await;
+        }
+    }
+}
+
+/// Connects one socket, subscribes (protocol servers) and spawns the task
+/// that answers deliveries until `stop` turns true.
+async fn connect(
+    url: &str,
+    protocol: bool,
+    acks: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, String> {
+    // Nagle off, as browsers and the other clients have it: small ack
+    // frames must not wait for the previous segment's TCP ack.
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .map_err(|e| format!("websocket connect: {e}"))?;
+    if protocol {
+        ws.send(Message::text(r#"{"type":"subscribe","filters":[{}]}"#))
+            .await
+            .map_err(|e| format!("send subscribe: {e}"))?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) if text.contains(r#""type":"subscribed""#) => break,
+                Some(Ok(Message::Text(text))) => {
+                    return Err(format!("unexpected frame before confirmation: {text}"))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("socket error before confirmation: {e}")),
+                None => return Err("socket closed before confirmation".into()),
+            }
+        }
+    }
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                next = ws.next() => match next {
+                    Some(Ok(Message::Text(text))) => {
+                        let Some(reply) = reply_to(&text, protocol) else { continue };
+                        if ws.send(Message::text(reply)).await.is_err() {
+                            return;
+                        }
+                        acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return,
+                },
+                _ = stop.changed() => {
+                    let _ = ws.close(None).await;
+                    let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+                    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+/// The reply to a delivery: an ack naming its envelope, or (for the floor)
+/// any frame at all. `None` for frames that are not deliveries.
+fn reply_to(text: &str, protocol: bool) -> Option<String> {
+    if !protocol {
+        return Some("a".into());
+    }
+    let frame: Value = serde_json::from_str(text).ok()?;
+    let id = frame.get("envelopeId")?.as_str()?;
+    Some(format!(
+        r#"{{"type":"ack","envelopeId":{},"result":{{"ok":true}}}}"#,
+        Value::from(id)
+    ))
+}
+
+/// A token for `user`, valid for an hour.
+fn token(user: &str) -> String {
+    hopeflow_client::token::mint(
+        SECRET,
+        user,
+        Some(Duration::from_secs(3600)),
+        Default::default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_name_the_envelope_and_ignore_other_frames() {
+        let envelope = r#"{"envelopeId":"e-1","type":"bench","payload":{"n":1}}"#;
+        let reply = reply_to(envelope, true).expect("an ack");
+        let ack: Value = serde_json::from_str(&reply).expect("JSON");
+        assert_eq!(ack["type"], "ack");
+        assert_eq!(ack["envelopeId"], "e-1");
+        assert_eq!(
+            reply_to(r#"{"type":"subscribed","added":1,"total":1}"#, true),
+            None
+        );
+        assert_eq!(reply_to("pong", true), None);
+        assert_eq!(reply_to("anything", false).as_deref(), Some("a"));
+    }
+}

@@ -1,0 +1,212 @@
+//! Runs a worker under `wrangler dev` for tests and benchmarks.
+//!
+//! One [`DevServer`] is one `wrangler dev` process in its own process group
+//! (wrangler starts workerd as a child), with its own temp dir for the env
+//! file, the persisted state and the log. Dropping it stops the whole group,
+//! also when the caller panics.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How to start one server.
+pub struct Launch<'a> {
+    /// The repository root (holds `node_modules/.bin/wrangler`).
+    pub root: &'a Path,
+    /// The wrangler config to serve.
+    pub config: &'a Path,
+    /// Vars and secrets, written to an env file.
+    pub vars: &'a [(&'a str, &'a str)],
+    /// Names the temp dir, for finding logs.
+    pub name: &'a str,
+    pub port: u16,
+    /// wrangler's `--log-level`.
+    pub log_level: &'a str,
+}
+
+/// A running `wrangler dev`.
+pub struct DevServer {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+    started: Instant,
+}
+
+impl DevServer {
+    /// Starts the server; call [`DevServer::wait_ready`] before using it.
+    pub fn spawn(launch: &Launch) -> std::io::Result<DevServer> {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hopeflow-dev-{}-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::SeqCst),
+            launch.name
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let env_file = dir.join("server.env");
+        let lines: String = launch
+            .vars
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
+        std::fs::write(&env_file, lines)?;
+        let log = std::fs::File::create(dir.join("wrangler.log"))?;
+        let started = Instant::now();
+        let child = Command::new(launch.root.join("node_modules/.bin/wrangler"))
+            .current_dir(launch.root)
+            .args(["dev", "--config"])
+            .arg(launch.config)
+            // wrangler resolves a relative --env-file against the config's
+            // directory, so it must be absolute.
+            .arg("--env-file")
+            .arg(&env_file)
+            .arg("--persist-to")
+            .arg(dir.join("state"))
+            .args(["--ip", "127.0.0.1", "--port", &launch.port.to_string()])
+            .args(["--inspector-port", &free_port().to_string()])
+            .arg("--show-interactive-dev-session=false")
+            .args(["--log-level", launch.log_level])
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("WRANGLER_SEND_ERROR_REPORTS", "false")
+            .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Own process group, so stopping the group also stops workerd.
+            .process_group(0)
+            .spawn()?;
+        Ok(DevServer {
+            child,
+            dir,
+            port: launch.port,
+            started,
+        })
+    }
+
+    /// Waits until `GET /health` answers 200 and returns the time since the
+    /// spawn; fails fast with the log if wrangler exits.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Duration, String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("wrangler dev exited ({status}):\n{}", self.log()));
+            }
+            if health_ok(self.port) {
+                return Ok(self.started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "wrangler dev did not become ready:\n{}",
+            self.log()
+        ))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process group (wrangler's pid), which holds workerd too.
+    pub fn process_group(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything wrangler and the worker printed so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.join("wrangler.log")) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let group = self.child.id();
+        signal_group(group, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // workerd may outlive wrangler: make sure nothing of the group is left.
+        signal_group(group, "KILL");
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends a signal to a process group with bash's builtin `kill`: procps'
+/// /usr/bin/kill on these machines mis-parses `kill -TERM -<pgid>` and
+/// signals far more than the group.
+fn signal_group(group: u32, signal: &str) {
+    let _ = Command::new("bash")
+        .args(["-c", "kill -s \"$1\" -- \"-$2\" 2>/dev/null", "kill"])
+        .args([signal, &group.to_string()])
+        .status();
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A blocking `GET /health` on 127.0.0.1:`port`, so start-up needs no async
+/// runtime.
+pub fn health_ok(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}
+
+/// Resident memory (bytes) of every `workerd` process in `group`, summed:
+/// wrangler dev may run more than one.
+pub fn workerd_rss(group: u32) -> Option<u64> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = entry.path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces, so split
+        // after the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.contains("(workerd") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) != Some(group) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(path.join("status")) else {
+            continue;
+        };
+        let resident_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        *total.get_or_insert(0) += resident_kib * 1024;
+    }
+    total
+}
