@@ -30,12 +30,13 @@ RUN_CONFIG := build/wrangler.toml
 FUZZ_SECS ?= 300
 FUZZ_TARGETS := client_frame filters publish_body token
 
-.PHONY: help dev build test fuzz install-cli tools rust-tools node-tools clean
+.PHONY: help dev build test bench fuzz install-cli tools rust-tools node-tools clean
 
 help:
 	@echo "make dev    install what is missing, build, serve on 127.0.0.1:$(PORT)"
 	@echo "make test   fmt, clippy, unit tests, integration tests against wrangler dev"
 	@echo "make build  release build into build/ (what wrangler deploy uploads)"
+	@echo "make bench  hopeflow vs a JS reference vs the runtime floor (BENCH_ROUNDS, default 3)"
 	@echo "make fuzz   run every cargo-fuzz target for FUZZ_SECS (default 300) seconds"
 	@echo "make install-cli  install the hopeflow tool into ~/.cargo/bin"
 
@@ -83,6 +84,15 @@ test: build
 	@# The e2e suite runs the CLI as a real process.
 	cargo build -p hopeflow-client --bin hopeflow
 	cargo test -p hopeflow-realtime --test e2e
+	@# Keeps the benchmark from rotting: tiny sizes, fails on any failed check.
+	cargo run -p hopeflow-bench -- --smoke --out target/bench-smoke
+
+BENCH_ROUNDS ?= 3
+
+# Writes bench/results/latest.{json,md} and round-trip.svg.
+bench: build
+	BENCH_COMMAND="make bench BENCH_ROUNDS=$(BENCH_ROUNDS)" \
+	  cargo run --release -p hopeflow-bench -- --rounds $(BENCH_ROUNDS) --out bench/results
 
 # The `hopeflow` tool on your PATH (~/.cargo/bin).
 install-cli:

@@ -3,10 +3,14 @@
 //! `wrangler dev`, interleaved round by round, and writes `latest.json`,
 //! `latest.md` and `round-trip.svg`.
 //!
-//! Usage: `hopeflow-bench [--rounds N] [--smoke] [--out DIR]`
+//! Usage: `hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL]`
 //! (`make bench` runs it with the defaults; `--smoke` runs tiny sizes and
-//! fails on any problem, for `make test`).
+//! fails on any problem, for `make test`; `--profile hopeflow` writes a CPU
+//! profile summary of that server under load instead of comparing;
+//! `--via-proxy` sends the load through wrangler's dev proxy instead of to
+//! the runtime's own port).
 
+mod profile;
 mod report;
 mod scenarios;
 mod stats;
@@ -25,6 +29,8 @@ struct Args {
     rounds: usize,
     smoke: bool,
     out: PathBuf,
+    profile: Option<Impl>,
+    via_proxy: bool,
 }
 
 fn parse_args(root: &Path) -> Result<Args, String> {
@@ -32,6 +38,8 @@ fn parse_args(root: &Path) -> Result<Args, String> {
         rounds: 3,
         smoke: false,
         out: root.join("bench/results"),
+        profile: None,
+        via_proxy: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -44,9 +52,19 @@ fn parse_args(root: &Path) -> Result<Args, String> {
                     .ok_or("--rounds needs a positive number")?;
             }
             "--smoke" => args.smoke = true,
+            "--via-proxy" => args.via_proxy = true,
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
+            "--profile" => {
+                let name = it.next().unwrap_or_default();
+                let which = Impl::ALL.into_iter().find(|i| i.name() == name);
+                args.profile =
+                    Some(which.ok_or("--profile needs hopeflow, reference-js or floor")?);
+            }
             "-h" | "--help" => {
-                return Err("usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR]".into())
+                return Err(
+                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy]"
+                        .into(),
+                )
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
@@ -83,10 +101,19 @@ fn main() -> ExitCode {
     };
     let _inside = runtime.enter();
 
+    if let Some(which) = args.profile {
+        return profile(which, &root, &sizes, &args, &runtime);
+    }
+
     let header = json!({
         "command": command_line(),
         "started": shell("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
         "rounds": args.rounds,
+        "route": if args.via_proxy {
+            "through wrangler's dev proxy"
+        } else {
+            "to the runtime's own port (wrangler's dev proxy skipped)"
+        },
         "order": Impl::ALL.map(Impl::name),
         "machine": machine(&root),
         "sizes": sizes,
@@ -98,7 +125,7 @@ fn main() -> ExitCode {
         for which in Impl::ALL {
             eprintln!("round {round_no}/{}: {}", args.rounds, which.name());
             let mut round = Round::default();
-            match Target::start(which, &root) {
+            match Target::start(which, &root, args.via_proxy) {
                 Ok(target) => {
                     runtime.block_on(scenarios::run_all(&target, &sizes, &mut round));
                     if !round.problems.is_empty() {
@@ -135,6 +162,37 @@ fn main() -> ExitCode {
         eprintln!("bench smoke failed: {problems:#?}");
         return ExitCode::FAILURE;
     }
+    ExitCode::SUCCESS
+}
+
+fn profile(
+    which: Impl,
+    root: &Path,
+    sizes: &Sizes,
+    args: &Args,
+    runtime: &tokio::runtime::Runtime,
+) -> ExitCode {
+    let out = args.out.as_path();
+    let summary = Target::start(which, root, args.via_proxy)
+        .and_then(|target| runtime.block_on(profile::run(&target, sizes)));
+    let summary = match summary {
+        Ok(summary) => summary,
+        Err(why) => {
+            eprintln!("profile of {}: {why}", which.name());
+            return ExitCode::FAILURE;
+        }
+    };
+    let file = out.join(format!("profile-{}.md", which.name()));
+    let text = format!(
+        "# CPU profile: {} under the throughput and fan-out scenarios\n\nCommand: `{}`\n\n{summary}",
+        which.name(),
+        command_line()
+    );
+    if let Err(e) = std::fs::create_dir_all(out).and_then(|()| std::fs::write(&file, &text)) {
+        eprintln!("writing {}: {e}", file.display());
+        return ExitCode::FAILURE;
+    }
+    println!("{text}\nwritten to {}", file.display());
     ExitCode::SUCCESS
 }
 

@@ -95,13 +95,13 @@ const METRICS: &[Metric] = &[
     ),
     metric(
         "idle_rss_before_mib",
-        "workerd RSS before idle sockets",
+        "runtime RSS before idle sockets",
         "MiB",
         Better::Neither,
     ),
     metric(
         "idle_rss_after_mib",
-        "workerd RSS with idle sockets",
+        "runtime RSS with idle sockets",
         "MiB",
         Better::Neither,
     ),
@@ -264,6 +264,11 @@ pub fn markdown(run: &Run, header: &Value) -> String {
         md,
         "Machine: {}\n",
         header["machine"]["summary"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        md,
+        "Clients connect {}.\n",
+        header["route"].as_str().unwrap_or("?")
     );
     let _ = writeln!(md, "Sizes: `{}`\n", header["sizes"]);
     let _ = writeln!(

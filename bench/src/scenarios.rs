@@ -102,6 +102,14 @@ pub async fn run_all(target: &Target, sizes: &Sizes, round: &mut Round) {
     round.note("idle sockets (memory, big fan-out)", outcome);
 }
 
+/// What `--profile` samples: the two scenarios that stress delivery.
+pub async fn profile_workload(target: &Target, sizes: &Sizes, round: &mut Round) {
+    let outcome = throughput(target, sizes, round).await;
+    round.note("throughput", outcome);
+    let outcome = fan_out(target, sizes, round).await;
+    round.note("fan-out", outcome);
+}
+
 fn user(scenario: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(

@@ -57,13 +57,17 @@ pub struct Target {
     process: DevServer,
     http: reqwest::Client,
     publisher_token: String,
+    /// Where clients connect: the runtime's own port, or wrangler's proxy.
+    port: u16,
     /// Time from spawning `wrangler dev` to the first 200 from `/health`.
     pub ready_after: Duration,
 }
 
 impl Target {
     /// Starts a fresh server (fresh state dir) and waits until it is ready.
-    pub fn start(which: Impl, root: &Path) -> Result<Target, String> {
+    /// Clients then talk to the runtime directly, unless `via_proxy`: see
+    /// [`DevServer::runtime_port`] for why.
+    pub fn start(which: Impl, root: &Path, via_proxy: bool) -> Result<Target, String> {
         let config = which.config(root);
         if !config.exists() {
             return Err(format!("{} is missing: run `make build`", config.display()));
@@ -80,6 +84,13 @@ impl Target {
         })
         .map_err(|e| format!("spawn wrangler dev: {e}"))?;
         let ready_after = process.wait_ready(Duration::from_secs(120))?;
+        let port = if via_proxy {
+            process.port()
+        } else {
+            process
+                .runtime_port()
+                .ok_or("found no port where the runtime answers /health")?
+        };
         let http = reqwest::Client::builder()
             .timeout(STEP_TIMEOUT)
             .pool_max_idle_per_host(256)
@@ -90,12 +101,17 @@ impl Target {
             process,
             http,
             publisher_token: token("bench-backend"),
+            port,
             ready_after,
         })
     }
 
+    pub fn inspector_port(&self) -> u16 {
+        self.process.inspector_port()
+    }
+
     pub fn rss(&self) -> Option<u64> {
-        devserver::workerd_rss(self.process.process_group())
+        self.process.runtime_rss()
     }
 
     pub fn log(&self) -> String {
@@ -103,7 +119,7 @@ impl Target {
     }
 
     fn socket_url(&self, user: &str) -> String {
-        let port = self.process.port();
+        let port = self.port;
         if self.which.speaks_protocol() {
             format!("ws://127.0.0.1:{port}/?token={}", token(user))
         } else {
@@ -119,7 +135,7 @@ impl Target {
         let started = Instant::now();
         let response = self
             .http
-            .post(format!("http://127.0.0.1:{}/publish", self.process.port()))
+            .post(format!("http://127.0.0.1:{}/publish", self.port))
             .bearer_auth(&self.publisher_token)
             .json(&body)
             .send()

@@ -33,6 +33,7 @@ pub struct DevServer {
     child: Child,
     dir: PathBuf,
     port: u16,
+    inspector_port: u16,
     started: Instant,
 }
 
@@ -55,6 +56,7 @@ impl DevServer {
             .collect();
         std::fs::write(&env_file, lines)?;
         let log = std::fs::File::create(dir.join("wrangler.log"))?;
+        let inspector_port = free_port();
         let started = Instant::now();
         let child = Command::new(launch.root.join("node_modules/.bin/wrangler"))
             .current_dir(launch.root)
@@ -67,7 +69,7 @@ impl DevServer {
             .arg("--persist-to")
             .arg(dir.join("state"))
             .args(["--ip", "127.0.0.1", "--port", &launch.port.to_string()])
-            .args(["--inspector-port", &free_port().to_string()])
+            .args(["--inspector-port", &inspector_port.to_string()])
             .arg("--show-interactive-dev-session=false")
             .args(["--log-level", launch.log_level])
             .env("WRANGLER_SEND_METRICS", "false")
@@ -83,6 +85,7 @@ impl DevServer {
             child,
             dir,
             port: launch.port,
+            inspector_port,
             started,
         })
     }
@@ -110,9 +113,9 @@ impl DevServer {
         self.port
     }
 
-    /// The process group (wrangler's pid), which holds workerd too.
-    pub fn process_group(&self) -> u32 {
-        self.child.id()
+    /// The Chrome DevTools protocol port of the worker (for profiling).
+    pub fn inspector_port(&self) -> u16 {
+        self.inspector_port
     }
 
     /// Everything wrangler and the worker printed so far.
@@ -177,36 +180,95 @@ pub fn health_ok(port: u16) -> bool {
     response.starts_with("HTTP/1.1 200")
 }
 
-/// Resident memory (bytes) of every `workerd` process in `group`, summed:
-/// wrangler dev may run more than one.
-pub fn workerd_rss(group: u32) -> Option<u64> {
-    let mut total = None;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let path = entry.path();
-        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid pgrp ...`; comm may hold spaces, so split
-        // after the last ')'.
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if !head.contains("(workerd") {
-            continue;
+/// The `workerd` processes of `group` other than wrangler's dev proxy (the
+/// one listening on `proxy_port`): the runtime that runs the worker itself.
+fn runtime_pids(group: u32, proxy_port: u16) -> Vec<u32> {
+    let proxy_entry = format!("entry=127.0.0.1:{proxy_port}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid pgrp ...`; comm may hold spaces, so
+            // split after the last ')'.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let pgrp: u32 = rest.split_whitespace().nth(2)?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            (head.contains("(workerd") && pgrp == group && !cmdline.contains(&proxy_entry))
+                .then_some(pid)
+        })
+        .collect()
+}
+
+impl DevServer {
+    /// Resident memory (bytes) of the runtime running the worker, without
+    /// wrangler's dev proxy (which Cloudflare does not have and which costs
+    /// more per socket than the runtime itself).
+    pub fn runtime_rss(&self) -> Option<u64> {
+        let pids = runtime_pids(self.child.id(), self.port);
+        let mut total = None;
+        for pid in pids {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                continue;
+            };
+            let resident_kib: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+            *total.get_or_insert(0) += resident_kib * 1024;
         }
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) != Some(group) {
-            continue;
-        }
-        let Ok(status) = std::fs::read_to_string(path.join("status")) else {
-            continue;
-        };
-        let resident_kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
-        *total.get_or_insert(0) += resident_kib * 1024;
+        total
     }
-    total
+
+    /// The port where the runtime itself serves the worker, behind wrangler's
+    /// dev proxy: found among the runtime's listening sockets as the one
+    /// whose `/health` answers 200. Connecting there skips the proxy, which
+    /// holds 6 file descriptors per WebSocket (measured: 6,034 with 1,000
+    /// sockets open) and so runs out of them long before the runtime does.
+    pub fn runtime_port(&self) -> Option<u16> {
+        let mut ports = Vec::new();
+        for pid in runtime_pids(self.child.id(), self.port) {
+            let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|fd| {
+                    let target = std::fs::read_link(fd.path()).ok()?;
+                    let target = target.to_str()?;
+                    Some(
+                        target
+                            .strip_prefix("socket:[")?
+                            .strip_suffix(']')?
+                            .to_string(),
+                    )
+                })
+                .collect();
+            let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+            for line in table.lines().skip(1) {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // local_address is HEX_IP:HEX_PORT, st 0A is LISTEN.
+                let (Some(local), Some(&"0A"), Some(inode)) =
+                    (fields.get(1), fields.get(3), fields.get(9))
+                else {
+                    continue;
+                };
+                if !inodes.iter().any(|i| i == inode) {
+                    continue;
+                }
+                if let Some(port) = local
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                {
+                    ports.push(port);
+                }
+            }
+        }
+        ports.into_iter().find(|&port| health_ok(port))
+    }
 }
