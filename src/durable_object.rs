@@ -12,6 +12,8 @@ use std::collections::HashMap;
 
 use futures::channel::oneshot;
 use futures::future::select;
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::{JsCast, JsValue};
 use worker::worker_sys::WebSocketRequestResponsePair;
 use worker::{
     console_error, console_log, console_warn, durable_object, js_sys, Date, DurableObject, Env,
@@ -264,6 +266,9 @@ impl HopeFlowRealtime {
         let text = req.text().await?;
         let envelope: Envelope = serde_json::from_str(&text).map_err(|_| ApiError::Internal)?;
 
+        // One JS string for all sockets: `send_with_str` would decode the
+        // UTF-8 out of wasm memory again for every socket.
+        let frame = JsValue::from_str(&text);
         let delivered: Vec<String> = self.with_sockets(|sockets| {
             sockets
                 .iter()
@@ -275,7 +280,7 @@ impl HopeFlowRealtime {
                     )
                 })
                 // A socket that cannot be sent to (closing) is not counted.
-                .filter(|(_, s)| s.ws.send_with_str(&text).is_ok())
+                .filter(|(_, s)| send_value(&s.ws, &frame).is_ok())
                 .map(|(id, _)| id.clone())
                 .collect()
         });
@@ -471,6 +476,23 @@ fn rate_limited() -> ServerFrame {
             crate::limits::MESSAGE_BURST
         ),
     )
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// The runtime's WebSocket, for `send` with a JS value that is already
+    /// a string (web-sys only offers `send(&str)`, which converts each time).
+    #[wasm_bindgen(js_name = WebSocket)]
+    type RawWebSocket;
+
+    #[wasm_bindgen(method, catch, js_name = send)]
+    fn send(this: &RawWebSocket, data: &JsValue) -> std::result::Result<(), JsValue>;
+}
+
+/// Sends a JS string; fails like [`send_text`] when the socket is closing.
+fn send_value(ws: &WebSocket, frame: &JsValue) -> std::result::Result<(), JsValue> {
+    let raw: &worker::web_sys::WebSocket = ws.as_ref();
+    raw.unchecked_ref::<RawWebSocket>().send(frame)
 }
 
 fn send_frame(ws: &WebSocket, frame: &ServerFrame) {

@@ -1,6 +1,9 @@
 //! The worker's HTTP edge: routing, authentication, and handing upgrades and
 //! publishes to the user's Durable Object.
 
+use std::cell::OnceCell;
+use std::rc::Rc;
+
 use worker::{
     console_error, js_sys, Date, Env, Headers, Method, Request, RequestInit, Response, Result, Stub,
 };
@@ -57,12 +60,33 @@ pub fn read_config(env: &Env) -> std::result::Result<Config, ConfigError> {
     Config::load(|name| env.var(name).ok().map(|value| value.to_string()))
 }
 
-/// The settings; an invalid one refuses the request (and says why in the log).
-fn load_config(env: &Env) -> std::result::Result<Config, ApiError> {
-    read_config(env).map_err(|err| {
+/// The settings and the token verifier built from them.
+struct Settings {
+    config: Config,
+    verifier: TokenVerifier,
+}
+
+thread_local! {
+    /// Built by an isolate's first request and then kept: an isolate's vars
+    /// and secrets never change (a deploy or a `wrangler dev` reload starts a
+    /// new isolate). Reading a dozen vars through `env` and building the
+    /// verifier on every request showed up in the profile (bench/README.md).
+    static SETTINGS: OnceCell<Rc<Settings>> = const { OnceCell::new() };
+}
+
+/// The settings; an invalid one refuses the request (and says why in the
+/// log, on every request, since errors are not kept).
+fn settings(env: &Env) -> std::result::Result<Rc<Settings>, ApiError> {
+    if let Some(settings) = SETTINGS.with(|cell| cell.get().cloned()) {
+        return Ok(settings);
+    }
+    let config = read_config(env).map_err(|err| {
         console_error!("configuration error: {err}");
         ApiError::Misconfigured
-    })
+    })?;
+    let verifier = TokenVerifier::new(&config.secrets, &config.auth);
+    let built = Rc::new(Settings { config, verifier });
+    Ok(SETTINGS.with(|cell| cell.get_or_init(|| built).clone()))
 }
 
 /// The first value of query parameter `name`.
@@ -82,13 +106,13 @@ fn is_websocket_upgrade(req: &Request) -> Result<bool> {
 }
 
 /// Verifies the request's token.
-fn authenticate(req: &Request, config: &Config) -> std::result::Result<Claims, ApiError> {
+fn authenticate(req: &Request, verifier: &TokenVerifier) -> std::result::Result<Claims, ApiError> {
     let authorization = req.headers().get("Authorization")?;
     let query_token = query_param(req, "token")?;
     let token = extract_token(authorization.as_deref(), query_token.as_deref())
         .ok_or(ApiError::Unauthorized(AuthError::MissingToken))?;
     let now_secs = Date::now().as_millis() / 1000;
-    TokenVerifier::new(&config.secrets, &config.auth)
+    verifier
         .verify(token, now_secs)
         .map_err(ApiError::Unauthorized)
 }
@@ -99,11 +123,14 @@ fn user_stub(env: &Env, user_id: &str) -> std::result::Result<Stub, ApiError> {
 
 /// WebSocket upgrade: hand the request to the user's Durable Object.
 async fn connect(req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
-    let config = load_config(env)?;
-    if !config.origin_allowed(req.headers().get("Origin")?.as_deref()) {
+    let settings = settings(env)?;
+    if !settings
+        .config
+        .origin_allowed(req.headers().get("Origin")?.as_deref())
+    {
         return Err(ApiError::OriginNotAllowed);
     }
-    let claims = authenticate(&req, &config)?;
+    let claims = authenticate(&req, &settings.verifier)?;
     let headers = Headers::new();
     for (name, value) in req.headers().entries() {
         // The client must not choose the user id the object sees.
@@ -131,10 +158,11 @@ async fn connect(req: Request, env: &Env) -> std::result::Result<Response, ApiEr
 /// `POST /publish`: validate, stamp an envelope id, and let the target user's
 /// Durable Object deliver it and collect acks.
 async fn publish(mut req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
-    let config = load_config(env)?;
+    let settings = settings(env)?;
+    let config = &settings.config;
     // Any valid token may publish to any user (multi-tenant backends), unless
     // publishing is limited to tokens carrying PUBLISH_SCOPE.
-    let claims = authenticate(&req, &config)?;
+    let claims = authenticate(&req, &settings.verifier)?;
     if let Some(scope) = &config.publish_scope {
         if !claims.has_scope(scope) {
             return Err(ApiError::Forbidden);
@@ -182,18 +210,20 @@ async fn publish(mut req: Request, env: &Env) -> std::result::Result<Response, A
             ApiError::Unavailable
         })?;
     let status = response.status_code();
+    // The outcome, already in our shape and with CORS: hand the object's
+    // response on instead of reading its body into wasm and copying it.
+    if status == 200 {
+        return Ok(response);
+    }
     let answer = response.text().await.map_err(|err| {
         console_error!("publish: reading the durable object's answer failed: {err}");
         ApiError::Unavailable
     })?;
-    // The object answers in our API's shapes (the outcome, or an error body
-    // such as `server_misconfigured`): pass those through. Anything else is
-    // the runtime failing the object.
-    let is_api_error = || {
-        serde_json::from_str::<serde_json::Value>(&answer)
-            .is_ok_and(|body| body.get("error").is_some_and(serde_json::Value::is_string))
-    };
-    if status != 200 && !is_api_error() {
+    // An error body in our API's shape (such as `server_misconfigured`)
+    // passes through; anything else is the runtime failing the object.
+    let is_api_error = serde_json::from_str::<serde_json::Value>(&answer)
+        .is_ok_and(|body| body.get("error").is_some_and(serde_json::Value::is_string));
+    if !is_api_error {
         console_error!("publish: durable object failed with status {status}");
         return Err(ApiError::Unavailable);
     }
@@ -204,7 +234,8 @@ async fn publish(mut req: Request, env: &Env) -> std::result::Result<Response, A
 /// sockets and publishes waiting for acks. Hidden (404) unless `STATS_SECRET`
 /// is set, and for requests without the right secret, so it reveals nothing.
 async fn stats(req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
-    let config = load_config(env)?;
+    let settings = settings(env)?;
+    let config = &settings.config;
     let given = req.headers().get(STATS_SECRET_HEADER)?.unwrap_or_default();
     let allowed = config
         .stats_secret

@@ -8,7 +8,8 @@
 //! fails on any problem, for `make test`; `--profile hopeflow` writes a CPU
 //! profile summary of that server under load instead of comparing;
 //! `--via-proxy` sends the load through wrangler's dev proxy instead of to
-//! the runtime's own port).
+//! the runtime's own port; `--quick` skips the connect storm and the 10,000
+//! idle sockets, for trying a change).
 
 mod profile;
 mod report;
@@ -23,7 +24,7 @@ use serde_json::{json, Value};
 
 use report::Run;
 use scenarios::{Round, Sizes};
-use target::{Impl, Target};
+use target::{Impl, Serve, Target};
 
 struct Args {
     rounds: usize,
@@ -31,6 +32,7 @@ struct Args {
     out: PathBuf,
     profile: Option<Impl>,
     via_proxy: bool,
+    quick: bool,
 }
 
 fn parse_args(root: &Path) -> Result<Args, String> {
@@ -40,6 +42,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
         out: root.join("bench/results"),
         profile: None,
         via_proxy: false,
+        quick: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -53,6 +56,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
             }
             "--smoke" => args.smoke = true,
             "--via-proxy" => args.via_proxy = true,
+            "--quick" => args.quick = true,
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "--profile" => {
                 let name = it.next().unwrap_or_default();
@@ -62,7 +66,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy]"
+                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick]"
                         .into(),
                 )
             }
@@ -87,11 +91,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let sizes = if args.smoke {
+    let mut sizes = if args.smoke {
         Sizes::smoke()
     } else {
         Sizes::full()
     };
+    if args.quick {
+        sizes.storm_sockets = 0;
+        sizes.idle_sockets = 0;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -114,6 +122,7 @@ fn main() -> ExitCode {
         } else {
             "to the runtime's own port (wrangler's dev proxy skipped)"
         },
+        "server": "wrangler's startWorker (the API behind `wrangler dev`) without the DevTools inspector: devserver/serve.mjs",
         "order": Impl::ALL.map(Impl::name),
         "machine": machine(&root),
         "sizes": sizes,
@@ -125,7 +134,11 @@ fn main() -> ExitCode {
         for which in Impl::ALL {
             eprintln!("round {round_no}/{}: {}", args.rounds, which.name());
             let mut round = Round::default();
-            match Target::start(which, &root, args.via_proxy) {
+            let serve = Serve {
+                via_proxy: args.via_proxy,
+                inspector: false,
+            };
+            match Target::start(which, &root, serve) {
                 Ok(target) => {
                     runtime.block_on(scenarios::run_all(&target, &sizes, &mut round));
                     if !round.problems.is_empty() {
@@ -173,7 +186,11 @@ fn profile(
     runtime: &tokio::runtime::Runtime,
 ) -> ExitCode {
     let out = args.out.as_path();
-    let summary = Target::start(which, root, args.via_proxy)
+    let serve = Serve {
+        via_proxy: args.via_proxy,
+        inspector: true,
+    };
+    let summary = Target::start(which, root, serve)
         .and_then(|target| runtime.block_on(profile::run(&target, sizes)));
     let summary = match summary {
         Ok(summary) => summary,

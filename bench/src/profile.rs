@@ -21,7 +21,10 @@ type Cdp =
 const INTERVAL_US: u64 = 100;
 
 pub async fn run(target: &Target, sizes: &Sizes) -> Result<String, String> {
-    let mut cdp = attach(target.inspector_port()).await?;
+    let port = target
+        .inspector_port()
+        .ok_or("the server runs without an inspector")?;
+    let mut cdp = attach(port).await?;
     call(&mut cdp, 1, "Profiler.enable", json!({})).await?;
     call(
         &mut cdp,
@@ -182,7 +185,7 @@ fn summarize(profile: &Value) -> Result<String, String> {
         "| kind of code | % of all samples | % of busy samples |\n|---|---:|---:|"
     );
     let mut kinds: Vec<_> = by_kind.into_iter().collect();
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     for (k, n) in kinds {
         let busy_share = if k == "idle" {
             "–".to_string()

@@ -267,7 +267,8 @@ pub fn markdown(run: &Run, header: &Value) -> String {
     );
     let _ = writeln!(
         md,
-        "Clients connect {}.\n",
+        "Servers: {}. Clients connect {}.\n",
+        header["server"].as_str().unwrap_or("?"),
         header["route"].as_str().unwrap_or("?")
     );
     let _ = writeln!(md, "Sizes: `{}`\n", header["sizes"]);

@@ -51,6 +51,18 @@ impl Impl {
     }
 }
 
+/// How a server is run and reached.
+#[derive(Clone, Copy)]
+pub struct Serve {
+    /// Clients go through wrangler's dev proxy instead of to the runtime's
+    /// own port; see [`DevServer::runtime_port`] for why that is not the
+    /// default.
+    pub via_proxy: bool,
+    /// Attach the DevTools inspector (needed for `--profile`); see
+    /// [`devserver::Launch::inspector`] for why it is off otherwise.
+    pub inspector: bool,
+}
+
 /// One running server of one implementation.
 pub struct Target {
     pub which: Impl,
@@ -65,9 +77,7 @@ pub struct Target {
 
 impl Target {
     /// Starts a fresh server (fresh state dir) and waits until it is ready.
-    /// Clients then talk to the runtime directly, unless `via_proxy`: see
-    /// [`DevServer::runtime_port`] for why.
-    pub fn start(which: Impl, root: &Path, via_proxy: bool) -> Result<Target, String> {
+    pub fn start(which: Impl, root: &Path, serve: Serve) -> Result<Target, String> {
         let config = which.config(root);
         if !config.exists() {
             return Err(format!("{} is missing: run `make build`", config.display()));
@@ -81,10 +91,11 @@ impl Target {
             // The same for all three, and quiet: the bench measures the
             // service, not wrangler's terminal output.
             log_level: "warn",
+            inspector: serve.inspector,
         })
         .map_err(|e| format!("spawn wrangler dev: {e}"))?;
         let ready_after = process.wait_ready(Duration::from_secs(120))?;
-        let port = if via_proxy {
+        let port = if serve.via_proxy {
             process.port()
         } else {
             process
@@ -106,7 +117,7 @@ impl Target {
         })
     }
 
-    pub fn inspector_port(&self) -> u16 {
+    pub fn inspector_port(&self) -> Option<u16> {
         self.process.inspector_port()
     }
 

@@ -26,6 +26,11 @@ pub struct Launch<'a> {
     pub port: u16,
     /// wrangler's `--log-level`.
     pub log_level: &'a str,
+    /// Attach the DevTools inspector, as `wrangler dev` always does. Without
+    /// it the server runs through `serve.mjs` (wrangler's `startWorker`, the
+    /// API behind `wrangler dev`): the inspector streams an event per request
+    /// to wrangler's node process, which then takes CPU from the runtime.
+    pub inspector: bool,
 }
 
 /// A running `wrangler dev`.
@@ -33,7 +38,7 @@ pub struct DevServer {
     child: Child,
     dir: PathBuf,
     port: u16,
-    inspector_port: u16,
+    inspector_port: Option<u16>,
     started: Instant,
 }
 
@@ -58,20 +63,35 @@ impl DevServer {
         let log = std::fs::File::create(dir.join("wrangler.log"))?;
         let inspector_port = free_port();
         let started = Instant::now();
-        let child = Command::new(launch.root.join("node_modules/.bin/wrangler"))
+        let mut command = if launch.inspector {
+            let mut command = Command::new(launch.root.join("node_modules/.bin/wrangler"));
+            command
+                .args(["dev", "--config"])
+                .arg(launch.config)
+                // wrangler resolves a relative --env-file against the
+                // config's directory, so it must be absolute.
+                .arg("--env-file")
+                .arg(&env_file)
+                .arg("--persist-to")
+                .arg(dir.join("state"))
+                .args(["--ip", "127.0.0.1", "--port", &launch.port.to_string()])
+                .args(["--inspector-port", &inspector_port.to_string()])
+                .arg("--show-interactive-dev-session=false")
+                .args(["--log-level", launch.log_level]);
+            command
+        } else {
+            let mut command = Command::new("node");
+            command
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("serve.mjs"))
+                .arg(launch.config)
+                .arg(launch.port.to_string())
+                .arg(&env_file)
+                .arg(dir.join("state"))
+                .arg(launch.log_level);
+            command
+        };
+        let child = command
             .current_dir(launch.root)
-            .args(["dev", "--config"])
-            .arg(launch.config)
-            // wrangler resolves a relative --env-file against the config's
-            // directory, so it must be absolute.
-            .arg("--env-file")
-            .arg(&env_file)
-            .arg("--persist-to")
-            .arg(dir.join("state"))
-            .args(["--ip", "127.0.0.1", "--port", &launch.port.to_string()])
-            .args(["--inspector-port", &inspector_port.to_string()])
-            .arg("--show-interactive-dev-session=false")
-            .args(["--log-level", launch.log_level])
             .env("WRANGLER_SEND_METRICS", "false")
             .env("WRANGLER_SEND_ERROR_REPORTS", "false")
             .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
@@ -85,7 +105,7 @@ impl DevServer {
             child,
             dir,
             port: launch.port,
-            inspector_port,
+            inspector_port: launch.inspector.then_some(inspector_port),
             started,
         })
     }
@@ -114,7 +134,7 @@ impl DevServer {
     }
 
     /// The Chrome DevTools protocol port of the worker (for profiling).
-    pub fn inspector_port(&self) -> u16 {
+    pub fn inspector_port(&self) -> Option<u16> {
         self.inspector_port
     }
 

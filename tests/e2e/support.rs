@@ -52,6 +52,7 @@ impl Server {
             name,
             port,
             log_level: &log_level,
+            inspector: true,
         })
         .expect("spawn wrangler dev");
         Server {
