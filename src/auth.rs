@@ -96,11 +96,16 @@ pub fn extract_token<'a>(
     authorization: Option<&'a str>,
     query: Option<&'a str>,
 ) -> Option<&'a str> {
-    let from_header = authorization.and_then(|value| {
-        let (scheme, token) = value.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    });
-    from_header.or(query).filter(|token| !token.is_empty())
+    bearer_token(authorization)
+        .or(query)
+        .filter(|token| !token.is_empty())
+}
+
+/// The token of a Bearer `Authorization` header. When this is
+/// `Some`, the query parameter is never consulted (see [`extract_token`]).
+pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+    let (scheme, token) = authorization?.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Compares two secrets in time that depends only on their lengths.
@@ -551,6 +556,9 @@ mod tests {
         assert_eq!(extract_token(Some("Bearer"), None), None);
         assert_eq!(extract_token(None, Some("")), None);
         assert_eq!(extract_token(None, None), None);
+        assert_eq!(bearer_token(Some("BEARER x")), Some("x"));
+        assert_eq!(bearer_token(Some("Bearer ")), None);
+        assert_eq!(bearer_token(Some("Basic abc")), None);
     }
 
     /// Minimal base64url (no padding) so the test can build a raw token.

@@ -17,7 +17,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use worker::worker_sys::WebSocketRequestResponsePair;
 use worker::{
     console_error, console_log, console_warn, durable_object, js_sys, Date, DurableObject, Env,
-    Method, Request, Response, Result, State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
+    Method, Request, Response, Result, State, WebSocket, WebSocketPair,
 };
 
 use crate::acks::{AckBook, AckOutcome};
@@ -100,7 +100,9 @@ impl Socket {
     }
 }
 
-#[durable_object]
+// `fetch`: the macro exports the constructor and `fetch`; the WebSocket
+// events are exported by hand below.
+#[durable_object(fetch)]
 pub struct HopeFlowRealtime {
     state: State,
     /// The settings; `Err` when one is invalid (the worker then refuses
@@ -140,41 +142,90 @@ impl DurableObject for HopeFlowRealtime {
         };
         result.or_else(|err| http::error(&err))
     }
+}
 
-    async fn websocket_message(
+/// The hibernation API's WebSocket events. Exported by hand as plain
+/// functions: `#[durable_object]` exports them as `async`, which costs a
+/// Promise, a closure and a microtask per message, and none of this work
+/// awaits (bench/README.md has the measurements).
+#[wasm_bindgen]
+impl HopeFlowRealtime {
+    #[wasm_bindgen(js_name = webSocketMessage)]
+    pub fn on_websocket_message(&self, ws: worker::web_sys::WebSocket, message: JsValue) {
+        let message = match message.as_string() {
+            Some(text) => Incoming::Text(text),
+            // Refused unread, so only its size is needed.
+            None => Incoming::Binary {
+                len: message
+                    .dyn_ref::<js_sys::ArrayBuffer>()
+                    .map_or(0, |buffer| buffer.byte_length() as usize),
+            },
+        };
+        self.websocket_message(&ws.into(), message);
+    }
+
+    #[wasm_bindgen(js_name = webSocketClose)]
+    pub fn on_websocket_close(
         &self,
-        ws: WebSocket,
-        message: WebSocketIncomingMessage,
-    ) -> Result<()> {
-        let Some(socket_id) = self.socket_id(&ws) else {
-            return Ok(());
+        ws: worker::web_sys::WebSocket,
+        code: usize,
+        reason: String,
+        _was_clean: bool,
+    ) {
+        let ws = WebSocket::from(ws);
+        self.forget(&ws);
+        // Complete the closing handshake; 1005/1006 are reserved and cannot be sent.
+        let code = match u16::try_from(code) {
+            Ok(c) if c != 1005 && c != 1006 => c,
+            _ => 1000,
+        };
+        let _ = ws.close(Some(code), Some(reason));
+    }
+
+    #[wasm_bindgen(js_name = webSocketError)]
+    pub fn on_websocket_error(&self, ws: worker::web_sys::WebSocket, error: JsValue) {
+        console_warn!("websocket error: {}", worker::Error::from(error));
+        self.forget(&ws.into());
+    }
+}
+
+/// A frame as the runtime delivered it.
+enum Incoming {
+    Text(String),
+    Binary { len: usize },
+}
+
+impl HopeFlowRealtime {
+    fn websocket_message(&self, ws: &WebSocket, message: Incoming) {
+        let Some(socket_id) = self.socket_id(ws) else {
+            return;
         };
         let size = match &message {
-            WebSocketIncomingMessage::String(text) => text.len(),
-            WebSocketIncomingMessage::Binary(bytes) => bytes.len(),
+            Incoming::Text(text) => text.len(),
+            Incoming::Binary { len } => *len,
         };
         if size > self.max_frame_bytes() {
-            self.close_socket(&ws, CloseCode::MessageTooBig);
-            return Ok(());
+            self.close_socket(ws, CloseCode::MessageTooBig);
+            return;
         }
         let now_ms = Date::now().as_millis() as f64;
         let text = match message {
-            WebSocketIncomingMessage::String(text) => text,
-            WebSocketIncomingMessage::Binary(_) => {
+            Incoming::Text(text) => text,
+            Incoming::Binary { .. } => {
                 let frame = ServerFrame::error(
                     ErrorCode::BinaryNotSupported,
                     "binary frames are not supported; send JSON text frames",
                 );
-                self.reject(&ws, &socket_id, frame, now_ms);
-                return Ok(());
+                self.reject(ws, &socket_id, frame, now_ms);
+                return;
             }
         };
         let frame = match ClientFrame::parse(&text) {
             Ok(frame) => frame,
             Err(err) => {
                 let frame = ServerFrame::error(err.code(), err.to_string());
-                self.reject(&ws, &socket_id, frame, now_ms);
-                return Ok(());
+                self.reject(ws, &socket_id, frame, now_ms);
+                return;
             }
         };
         // Every frame but a counted ack is paid for from the rate limit.
@@ -191,47 +242,21 @@ impl DurableObject for HopeFlowRealtime {
                     AckOutcome::Completed(waiter) => drop(waiter.send(())),
                     AckOutcome::Counted => {}
                     // Ignored acks are silent, but they still cost rate.
-                    AckOutcome::Ignored => drop(self.charge(&ws, &socket_id, now_ms)),
+                    AckOutcome::Ignored => drop(self.charge(ws, &socket_id, now_ms)),
                 }
             }
-            ClientFrame::Ping if self.charge(&ws, &socket_id, now_ms) => send_text(&ws, "pong"),
-            ClientFrame::Subscribe { filters } if self.charge(&ws, &socket_id, now_ms) => {
-                self.change_filters(&ws, &socket_id, &filters, true)
+            ClientFrame::Ping if self.charge(ws, &socket_id, now_ms) => send_text(ws, "pong"),
+            ClientFrame::Subscribe { filters } if self.charge(ws, &socket_id, now_ms) => {
+                self.change_filters(ws, &socket_id, &filters, true)
             }
-            ClientFrame::Unsubscribe { filters } if self.charge(&ws, &socket_id, now_ms) => {
-                self.change_filters(&ws, &socket_id, &filters, false)
+            ClientFrame::Unsubscribe { filters } if self.charge(ws, &socket_id, now_ms) => {
+                self.change_filters(ws, &socket_id, &filters, false)
             }
             // Rate limited: `charge` has answered.
             _ => {}
         }
-        Ok(())
     }
 
-    async fn websocket_close(
-        &self,
-        ws: WebSocket,
-        code: usize,
-        reason: String,
-        _was_clean: bool,
-    ) -> Result<()> {
-        self.forget(&ws);
-        // Complete the closing handshake; 1005/1006 are reserved and cannot be sent.
-        let code = match u16::try_from(code) {
-            Ok(c) if c != 1005 && c != 1006 => c,
-            _ => 1000,
-        };
-        let _ = ws.close(Some(code), Some(reason));
-        Ok(())
-    }
-
-    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> Result<()> {
-        console_warn!("websocket error: {error}");
-        self.forget(&ws);
-        Ok(())
-    }
-}
-
-impl HopeFlowRealtime {
     /// `GET /connect`: accept a hibernatable socket for the user in `X-User-ID`.
     fn accept_socket(&self, req: &Request) -> std::result::Result<Response, ApiError> {
         let encoded = req.headers().get(USER_ID_HEADER)?.unwrap_or_default();
@@ -470,10 +495,12 @@ impl Drop for PendingPublish<'_> {
 fn rate_limited() -> ServerFrame {
     ServerFrame::error(
         ErrorCode::RateLimited,
+        // Whole numbers: formatting an f64 would link 14 KB of float
+        // printing into the wasm for this one message.
         format!(
             "more than {} messages per second (bursts of {}); message dropped",
-            crate::limits::MESSAGES_PER_SEC,
-            crate::limits::MESSAGE_BURST
+            crate::limits::MESSAGES_PER_SEC as u32,
+            crate::limits::MESSAGE_BURST as u32
         ),
     )
 }

@@ -16,6 +16,7 @@
 //! * [`error`]: the closed set of HTTP errors and their statuses and codes.
 //! * [`config`]: every setting, parsed and bounded in one place.
 //! * [`limits`]: per-socket rate limit and violation counting.
+//! * [`query`]: query-parameter lookup without a URL parser.
 //!
 //! Runtime edge (thin adapters over the pure modules; feature `runtime`, on
 //! by default, so that clients can use the pure modules without `worker`):
@@ -37,6 +38,7 @@ pub mod limits;
 #[cfg(test)]
 mod proptests;
 pub mod protocol;
+pub mod query;
 pub mod session;
 
 #[cfg(feature = "runtime")]

@@ -33,6 +33,8 @@ struct Args {
     profile: Option<Impl>,
     via_proxy: bool,
     quick: bool,
+    /// `--profile-scenario`: rt, tp, fanout or all.
+    profile_scenario: String,
 }
 
 fn parse_args(root: &Path) -> Result<Args, String> {
@@ -43,6 +45,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
         profile: None,
         via_proxy: false,
         quick: false,
+        profile_scenario: "all".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -57,6 +60,9 @@ fn parse_args(root: &Path) -> Result<Args, String> {
             "--smoke" => args.smoke = true,
             "--via-proxy" => args.via_proxy = true,
             "--quick" => args.quick = true,
+            "--profile-scenario" => {
+                args.profile_scenario = it.next().ok_or("--profile-scenario needs rt, tp, fanout or all")?;
+            }
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "--profile" => {
                 let name = it.next().unwrap_or_default();
@@ -66,7 +72,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick]"
+                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick] [--profile-scenario rt|tp|fanout|all]"
                         .into(),
                 )
             }
@@ -191,7 +197,7 @@ fn profile(
         inspector: true,
     };
     let summary = Target::start(which, root, serve)
-        .and_then(|target| runtime.block_on(profile::run(&target, sizes)));
+        .and_then(|target| runtime.block_on(profile::run(&target, sizes, &args.profile_scenario)));
     let summary = match summary {
         Ok(summary) => summary,
         Err(why) => {
@@ -199,10 +205,15 @@ fn profile(
             return ExitCode::FAILURE;
         }
     };
-    let file = out.join(format!("profile-{}.md", which.name()));
-    let text = format!(
-        "# CPU profile: {} under the throughput and fan-out scenarios\n\nCommand: `{}`\n\n{summary}",
+    let file = out.join(format!(
+        "profile-{}-{}.md",
         which.name(),
+        args.profile_scenario
+    ));
+    let text = format!(
+        "# CPU profile: {} under scenario(s) {}\n\nCommand: `{}`\n\n{summary}",
+        which.name(),
+        args.profile_scenario,
         command_line()
     );
     if let Err(e) = std::fs::create_dir_all(out).and_then(|()| std::fs::write(&file, &text)) {

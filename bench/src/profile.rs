@@ -1,5 +1,5 @@
 //! `--profile <impl>`: a CPU profile of the worker's isolate while it runs
-//! the throughput and fan-out scenarios, taken through the Chrome DevTools
+//! the round-trip, throughput and fan-out scenarios (or one of them), taken through the Chrome DevTools
 //! protocol that `wrangler dev --inspector-port` serves. Prints where the
 //! samples fell, per function (self and inclusive) and per kind of code.
 
@@ -20,7 +20,7 @@ type Cdp =
 /// Sampling interval asked of V8, in microseconds.
 const INTERVAL_US: u64 = 100;
 
-pub async fn run(target: &Target, sizes: &Sizes) -> Result<String, String> {
+pub async fn run(target: &Target, sizes: &Sizes, scenario: &str) -> Result<String, String> {
     let port = target
         .inspector_port()
         .ok_or("the server runs without an inspector")?;
@@ -35,7 +35,7 @@ pub async fn run(target: &Target, sizes: &Sizes) -> Result<String, String> {
     .await?;
     call(&mut cdp, 3, "Profiler.start", json!({})).await?;
     let mut round = Round::default();
-    scenarios::profile_workload(target, sizes, &mut round).await;
+    scenarios::profile_workload(target, sizes, scenario, &mut round).await;
     let stopped = call(&mut cdp, 4, "Profiler.stop", json!({})).await?;
     if !round.problems.is_empty() {
         return Err(format!("the workload failed: {:?}", round.problems));
@@ -205,7 +205,7 @@ fn summarize(profile: &Value) -> Result<String, String> {
             out,
             "\n| top functions by {title} time | % of busy |\n|---|---:|"
         );
-        for (name, n) in top.into_iter().take(30) {
+        for (name, n) in top.into_iter().take(60) {
             let _ = writeln!(
                 out,
                 "| `{}` | {:.1} |",

@@ -45,12 +45,24 @@ const METRICS: &[Metric] = &[
     metric("rt_p99_ms", "round trip p99", "ms", Better::Lower),
     metric("rt_max_ms", "round trip max", "ms", Better::Lower),
     metric(
+        "rt_cpu_us",
+        "round trip: runtime CPU per publish",
+        "µs",
+        Better::Lower,
+    ),
+    metric(
         "tp_publishes_per_s",
         "throughput: publishes",
         "/s",
         Better::Higher,
     ),
     metric("tp_acks_per_s", "throughput: acks", "/s", Better::Higher),
+    metric(
+        "tp_cpu_us",
+        "throughput: runtime CPU per publish",
+        "µs",
+        Better::Lower,
+    ),
     metric(
         "fanout_p50_ms",
         "fan-out: all acks in, p50",
@@ -60,6 +72,12 @@ const METRICS: &[Metric] = &[
     metric(
         "fanout_max_ms",
         "fan-out: all acks in, max",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "fanout_cpu_ms",
+        "fan-out: runtime CPU per publish",
         "ms",
         Better::Lower,
     ),

@@ -107,12 +107,21 @@ pub async fn run_all(target: &Target, sizes: &Sizes, round: &mut Round) {
     }
 }
 
-/// What `--profile` samples: the two scenarios that stress delivery.
-pub async fn profile_workload(target: &Target, sizes: &Sizes, round: &mut Round) {
-    let outcome = throughput(target, sizes, round).await;
-    round.note("throughput", outcome);
-    let outcome = fan_out(target, sizes, round).await;
-    round.note("fan-out", outcome);
+/// What `--profile` samples: one scenario (`rt`, `tp`, `fanout`) or, for
+/// any other name, the round trip, throughput and fan-out in turn.
+pub async fn profile_workload(target: &Target, sizes: &Sizes, which: &str, round: &mut Round) {
+    if which == "rt" || !["tp", "fanout"].contains(&which) {
+        let outcome = round_trip(target, sizes, round).await;
+        round.note("round trip", outcome);
+    }
+    if which == "tp" || !["rt", "fanout"].contains(&which) {
+        let outcome = throughput(target, sizes, round).await;
+        round.note("throughput", outcome);
+    }
+    if which == "fanout" || !["rt", "tp"].contains(&which) {
+        let outcome = fan_out(target, sizes, round).await;
+        round.note("fan-out", outcome);
+    }
 }
 
 fn user(scenario: &str) -> String {
@@ -143,9 +152,14 @@ async fn round_trip(target: &Target, sizes: &Sizes, round: &mut Round) -> Result
         target.publish(&user, n, 1).await?;
     }
     let mut samples = Vec::with_capacity(sizes.round_trip_publishes as usize);
+    let cpu_before = target.cpu_secs();
     for n in 0..sizes.round_trip_publishes {
         samples.push(ms(target.publish(&user, n, 1).await?));
     }
+    round.set(
+        "rt_cpu_us",
+        (target.cpu_secs() - cpu_before) * 1e6 / sizes.round_trip_publishes as f64,
+    );
     opened.sockets.close().await;
     // Kept in run order, so a trend over time shows in the JSON.
     round.round_trips_ms.extend(&samples);
@@ -169,6 +183,7 @@ async fn throughput(target: &Target, sizes: &Sizes, round: &mut Round) -> Result
     let done = Arc::new(AtomicBool::new(false));
     let published = AtomicU64::new(0);
     let acks_before = opened.sockets.acks();
+    let cpu_before = target.cpu_secs();
     let started = Instant::now();
     let publishers = (0..sizes.throughput_publishers).map(|p| {
         let (done, published, user) = (done.clone(), &published, &user);
@@ -191,6 +206,7 @@ async fn throughput(target: &Target, sizes: &Sizes, round: &mut Round) -> Result
     // over the whole elapsed time.
     let elapsed = started.elapsed().as_secs_f64();
     let acks = opened.sockets.acks() - acks_before;
+    let cpu = target.cpu_secs() - cpu_before;
     opened.sockets.close().await;
     results.into_iter().collect::<Result<Vec<()>, String>>()?;
     round.set(
@@ -198,6 +214,8 @@ async fn throughput(target: &Target, sizes: &Sizes, round: &mut Round) -> Result
         published.load(Ordering::Relaxed) as f64 / elapsed,
     );
     round.set("tp_acks_per_s", acks as f64 / elapsed);
+    let published = published.load(Ordering::Relaxed).max(1) as f64;
+    round.set("tp_cpu_us", cpu * 1e6 / published);
     Ok(())
 }
 
@@ -212,6 +230,7 @@ async fn fan_out(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<()
         return Err(why);
     }
     let mut samples = Vec::new();
+    let cpu_before = target.cpu_secs();
     for n in 0..sizes.fanout_publishes {
         match target.publish(&user, n, sizes.fanout_sockets).await {
             Ok(took) => samples.push(ms(took)),
@@ -222,6 +241,10 @@ async fn fan_out(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<()
         }
     }
     opened.sockets.close().await;
+    round.set(
+        "fanout_cpu_ms",
+        (target.cpu_secs() - cpu_before) * 1e3 / sizes.fanout_publishes.max(1) as f64,
+    );
     samples.sort_by(f64::total_cmp);
     round.set("fanout_p50_ms", percentile(&samples, 50.0));
     round.set("fanout_max_ms", percentile(&samples, 100.0));

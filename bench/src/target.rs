@@ -121,6 +121,12 @@ impl Target {
         self.process.inspector_port()
     }
 
+    /// CPU seconds the runtime has used so far (0 when unknown, which the
+    /// figures then show as 0).
+    pub fn cpu_secs(&self) -> f64 {
+        self.process.runtime_cpu_secs().unwrap_or(0.0)
+    }
+
     pub fn rss(&self) -> Option<u64> {
         self.process.runtime_rss()
     }

@@ -176,6 +176,19 @@ fn signal_group(group: u32, signal: &str) {
         .status();
 }
 
+/// `getconf CLK_TCK`: the unit of the CPU times in /proc (100 on Linux).
+fn clock_ticks_per_sec() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -241,6 +254,30 @@ impl DevServer {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
                 .unwrap_or(0);
             *total.get_or_insert(0) += resident_kib * 1024;
+        }
+        total
+    }
+
+    /// CPU time (user + system, seconds) the runtime running the worker has
+    /// used so far; less disturbed by other tenants of a shared machine than
+    /// wall-clock time.
+    pub fn runtime_cpu_secs(&self) -> Option<f64> {
+        let ticks_per_sec = clock_ticks_per_sec();
+        let mut total = None;
+        for pid in runtime_pids(self.child.id(), self.port) {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            // After the comm: state is field 3, utime 14 and stime 15.
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: u64 = [11, 12]
+                .iter()
+                .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+                .sum();
+            *total.get_or_insert(0.0) += ticks as f64 / ticks_per_sec;
         }
         total
     }
