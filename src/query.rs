@@ -69,7 +69,10 @@ mod tests {
         assert_eq!(query_param(url, "bad").as_deref(), Some("%zz%4"));
         assert_eq!(query_param(url, "empty").as_deref(), Some(""));
         assert_eq!(query_param(url, "k=").as_deref(), Some("v"));
-        assert_eq!(query_param("https://h/?a=%FF", "a").as_deref(), Some("\u{FFFD}"));
+        assert_eq!(
+            query_param("https://h/?a=%FF", "a").as_deref(),
+            Some("\u{FFFD}")
+        );
     }
 
     #[test]
