@@ -52,10 +52,10 @@ pub mod routes;
 #[cfg(feature = "runtime")]
 #[worker::event(fetch)]
 async fn fetch(
-    req: worker::Request,
+    req: worker::web_sys::Request,
     env: worker::Env,
     _ctx: worker::Context,
 ) -> worker::Result<worker::Response> {
     console_error_panic_hook::set_once();
-    routes::handle(req, &env).await
+    routes::handle(http::Incoming::new(req), &env).await
 }

@@ -1,7 +1,20 @@
-//! Query-string lookup on a serialized URL, without a URL parser: the worker
-//! needs one or two parameters per request, and the `url` crate's parser
-//! (with IDNA host handling) was the largest remaining piece of the wasm that
-//! this service did not otherwise need (bench/README.md).
+//! The path and query parameters of a serialized URL, without a URL parser:
+//! the worker needs one or two parameters per request, and the `url` crate's
+//! parser (with IDNA host handling) was the largest remaining piece of the
+//! wasm that this service did not otherwise need (bench/README.md).
+
+/// The path of an absolute URL as the runtime serializes it (`/` at least),
+/// without query or fragment; still percent-encoded, like `URL.pathname`.
+pub fn path(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let Some(start) = rest.find('/') else {
+        return "/";
+    };
+    let path = &rest[start..];
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    &path[..end]
+}
 
 /// The first value of parameter `name` in `url`'s query, decoded as
 /// `application/x-www-form-urlencoded` (`+` is a space, `%XX` a byte; a
@@ -51,6 +64,15 @@ fn hex(byte: Option<&u8>) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(path("https://h.example:8787/publish?token=x"), "/publish");
+        assert_eq!(path("http://127.0.0.1:8787/"), "/");
+        assert_eq!(path("http://127.0.0.1:8787"), "/");
+        assert_eq!(path("https://h/a%20b#frag"), "/a%20b");
+        assert_eq!(path("https://h/internal/stats?userId=u"), "/internal/stats");
+    }
 
     #[test]
     fn finds_the_first_value() {

@@ -11,7 +11,7 @@ use worker::{
 use crate::auth::{bearer_token, extract_token, secrets_match, AuthError, Claims, TokenVerifier};
 use crate::config::{Config, ConfigError};
 use crate::error::ApiError;
-use crate::http;
+use crate::http::{self, Incoming};
 use crate::protocol::{self, is_json_content_type, PublishRequest};
 
 /// The Durable Object namespace binding (see wrangler.toml).
@@ -27,14 +27,14 @@ const STATS_PATH: &str = "/internal/stats";
 const STATS_SECRET_HEADER: &str = "X-Stats-Secret";
 
 /// Answers one request; every error becomes its JSON error response.
-pub async fn handle(req: Request, env: &Env) -> Result<Response> {
+pub async fn handle(req: Incoming, env: &Env) -> Result<Response> {
     match route(req, env).await {
         Ok(response) => Ok(response),
         Err(err) => http::error(&err),
     }
 }
 
-async fn route(req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
+async fn route(req: Incoming, env: &Env) -> std::result::Result<Response, ApiError> {
     // `path()` is cut from the URL string; `url()` would parse it.
     let path = req.path();
     let method = req.method();
@@ -91,11 +91,11 @@ fn settings(env: &Env) -> std::result::Result<Rc<Settings>, ApiError> {
 }
 
 /// The first value of query parameter `name`.
-fn query_param(req: &Request, name: &str) -> Option<String> {
-    crate::query::query_param(&req.inner().url(), name)
+fn query_param(req: &Incoming, name: &str) -> Option<String> {
+    crate::query::query_param(&req.url(), name)
 }
 
-fn is_websocket_upgrade(req: &Request) -> Result<bool> {
+fn is_websocket_upgrade(req: &Incoming) -> Result<bool> {
     Ok(req
         .headers()
         .get("Upgrade")?
@@ -103,7 +103,7 @@ fn is_websocket_upgrade(req: &Request) -> Result<bool> {
 }
 
 /// Verifies the request's token.
-fn authenticate(req: &Request, verifier: &TokenVerifier) -> std::result::Result<Claims, ApiError> {
+fn authenticate(req: &Incoming, verifier: &TokenVerifier) -> std::result::Result<Claims, ApiError> {
     let authorization = req.headers().get("Authorization")?;
     // Parsing the URL costs; skip it when the header decides anyway.
     let query_token = match bearer_token(authorization.as_deref()) {
@@ -123,7 +123,7 @@ fn user_stub(env: &Env, user_id: &str) -> std::result::Result<Stub, ApiError> {
 }
 
 /// WebSocket upgrade: hand the request to the user's Durable Object.
-async fn connect(req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
+async fn connect(req: Incoming, env: &Env) -> std::result::Result<Response, ApiError> {
     let settings = settings(env)?;
     if !settings
         .config
@@ -158,7 +158,7 @@ async fn connect(req: Request, env: &Env) -> std::result::Result<Response, ApiEr
 
 /// `POST /publish`: validate, stamp an envelope id, and let the target user's
 /// Durable Object deliver it and collect acks.
-async fn publish(mut req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
+async fn publish(req: Incoming, env: &Env) -> std::result::Result<Response, ApiError> {
     let settings = settings(env)?;
     let config = &settings.config;
     // Any valid token may publish to any user (multi-tenant backends), unless
@@ -230,7 +230,7 @@ async fn publish(mut req: Request, env: &Env) -> std::result::Result<Response, A
 /// `GET /internal/stats?userId=U` with `X-Stats-Secret`: the user's open
 /// sockets and publishes waiting for acks. Hidden (404) unless `STATS_SECRET`
 /// is set, and for requests without the right secret, so it reveals nothing.
-async fn stats(req: Request, env: &Env) -> std::result::Result<Response, ApiError> {
+async fn stats(req: Incoming, env: &Env) -> std::result::Result<Response, ApiError> {
     let settings = settings(env)?;
     let config = &settings.config;
     let given = req.headers().get(STATS_SECRET_HEADER)?.unwrap_or_default();

@@ -107,9 +107,19 @@ pub async fn run_all(target: &Target, sizes: &Sizes, round: &mut Round) {
     }
 }
 
-/// What `--profile` samples: one scenario (`rt`, `tp`, `fanout`) or, for
-/// any other name, the round trip, throughput and fan-out in turn.
+/// What `--profile` samples: one scenario (`rt`, `tp`, `fanout`, or
+/// `health`: the bare request path) or, for any other name, the round trip,
+/// throughput and fan-out in turn.
 pub async fn profile_workload(target: &Target, sizes: &Sizes, which: &str, round: &mut Round) {
+    if which == "health" {
+        for _ in 0..sizes.round_trip_publishes * 3 {
+            if let Err(why) = target.health().await {
+                round.problems.push(why);
+                return;
+            }
+        }
+        return;
+    }
     if which == "rt" || !["tp", "fanout"].contains(&which) {
         let outcome = round_trip(target, sizes, round).await;
         round.note("round trip", outcome);

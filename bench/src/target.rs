@@ -144,6 +144,20 @@ impl Target {
         }
     }
 
+    /// `GET /health`, checked for a 200.
+    pub async fn health(&self) -> Result<(), String> {
+        let response = self
+            .http
+            .get(format!("http://127.0.0.1:{}/health", self.port))
+            .send()
+            .await
+            .map_err(|e| format!("health: {e}"))?;
+        match response.status().as_u16() {
+            200 => Ok(()),
+            status => Err(format!("health answered {status}")),
+        }
+    }
+
     /// Publishes once to `user` and checks the answer: `expected` sockets
     /// matched, and (where the protocol has them) as many ack results.
     /// Returns the time to the full answer.
