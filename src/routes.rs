@@ -5,7 +5,7 @@ use std::cell::OnceCell;
 use std::rc::Rc;
 
 use worker::{
-    console_error, js_sys, Date, Env, Headers, Method, Request, RequestInit, Response, Result, Stub,
+    console_error, js_sys, Env, Headers, Method, Request, RequestInit, Response, Result, Stub,
 };
 
 use crate::auth::{bearer_token, extract_token, secrets_match, AuthError, Claims, TokenVerifier};
@@ -112,7 +112,7 @@ fn authenticate(req: &Incoming, verifier: &TokenVerifier) -> std::result::Result
     };
     let token = extract_token(authorization.as_deref(), query_token.as_deref())
         .ok_or(ApiError::Unauthorized(AuthError::MissingToken))?;
-    let now_secs = Date::now().as_millis() / 1000;
+    let now_secs = (js_sys::Date::now() / 1000.0) as u64;
     verifier
         .verify(token, now_secs)
         .map_err(ApiError::Unauthorized)

@@ -33,7 +33,7 @@ struct Args {
     profile: Option<Impl>,
     via_proxy: bool,
     quick: bool,
-    /// `--profile-scenario`: rt, tp, fanout or all.
+    /// `--profile-scenario`: rt, tp, fanout, publish-fanout, health or all.
     profile_scenario: String,
 }
 
@@ -72,7 +72,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick] [--profile-scenario rt|tp|fanout|all]"
+                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick] [--profile-scenario rt|tp|fanout|publish-fanout|health|all]"
                         .into(),
                 )
             }

@@ -33,10 +33,31 @@ pub async fn run(target: &Target, sizes: &Sizes, scenario: &str) -> Result<Strin
         json!({ "interval": INTERVAL_US }),
     )
     .await?;
-    call(&mut cdp, 3, "Profiler.start", json!({})).await?;
     let mut round = Round::default();
-    scenarios::profile_workload(target, sizes, scenario, &mut round).await;
-    let stopped = call(&mut cdp, 4, "Profiler.stop", json!({})).await?;
+    let stopped = if scenario == "publish-fanout" {
+        // Only the publishes: the sockets are opened before sampling starts.
+        let user = format!("profile-fanout-{}", std::process::id());
+        let opened = target
+            .open(&user, sizes.fanout_sockets, sizes.parallel_connects)
+            .await;
+        if let Some(why) = opened.error {
+            return Err(why);
+        }
+        call(&mut cdp, 3, "Profiler.start", json!({})).await?;
+        for n in 0..20 {
+            if let Err(why) = target.publish(&user, n, sizes.fanout_sockets).await {
+                round.problems.push(why);
+                break;
+            }
+        }
+        let stopped = call(&mut cdp, 4, "Profiler.stop", json!({})).await?;
+        opened.sockets.close().await;
+        stopped
+    } else {
+        call(&mut cdp, 3, "Profiler.start", json!({})).await?;
+        scenarios::profile_workload(target, sizes, scenario, &mut round).await;
+        call(&mut cdp, 4, "Profiler.stop", json!({})).await?
+    };
     if !round.problems.is_empty() {
         return Err(format!("the workload failed: {:?}", round.problems));
     }
