@@ -46,6 +46,27 @@ impl Incoming {
     }
 }
 
+/// A response: built here, or the runtime's own passed on untouched.
+pub enum Reply {
+    Built(Response),
+    Raw(web_sys::Response),
+}
+
+impl From<Response> for Reply {
+    fn from(response: Response) -> Reply {
+        Reply::Built(response)
+    }
+}
+
+impl Reply {
+    pub fn into_raw(self) -> web_sys::Response {
+        match self {
+            Reply::Built(response) => response.into(),
+            Reply::Raw(response) => response,
+        }
+    }
+}
+
 /// How long browsers may cache a preflight answer.
 const PREFLIGHT_MAX_AGE_SECS: &str = "86400";
 

@@ -55,7 +55,7 @@ async fn fetch(
     req: worker::web_sys::Request,
     env: worker::Env,
     _ctx: worker::Context,
-) -> worker::Result<worker::Response> {
+) -> worker::Result<worker::web_sys::Response> {
     console_error_panic_hook::set_once();
     routes::handle(http::Incoming::new(req), &env).await
 }
