@@ -1,7 +1,7 @@
 //! The worker's HTTP edge: routing, authentication, and handing upgrades and
 //! publishes to the user's Durable Object.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::wasm_bindgen;
@@ -12,7 +12,9 @@ use worker::{
     Stub,
 };
 
-use crate::auth::{bearer_token, extract_token, secrets_match, AuthError, Claims, TokenVerifier};
+use crate::auth::{
+    bearer_token, extract_token, secrets_match, AuthError, Claims, TokenVerifier, VerifiedTokens,
+};
 use crate::config::{Config, ConfigError};
 use crate::error::ApiError;
 use crate::http::{self, Incoming, Reply};
@@ -73,6 +75,8 @@ pub fn read_config(env: &Env) -> std::result::Result<Config, ConfigError> {
 struct Settings {
     config: Config,
     verifier: TokenVerifier,
+    /// Tokens `verifier` has already checked the signature of.
+    seen: RefCell<VerifiedTokens>,
 }
 
 thread_local! {
@@ -94,7 +98,11 @@ fn settings(env: &Env) -> std::result::Result<Rc<Settings>, ApiError> {
         ApiError::Misconfigured
     })?;
     let verifier = TokenVerifier::new(&config.secrets, &config.auth);
-    let built = Rc::new(Settings { config, verifier });
+    let built = Rc::new(Settings {
+        config,
+        verifier,
+        seen: RefCell::new(VerifiedTokens::default()),
+    });
     Ok(SETTINGS.with(|cell| cell.get_or_init(|| built).clone()))
 }
 
@@ -111,7 +119,7 @@ fn is_websocket_upgrade(req: &Incoming) -> Result<bool> {
 }
 
 /// Verifies the request's token.
-fn authenticate(req: &Incoming, verifier: &TokenVerifier) -> std::result::Result<Claims, ApiError> {
+fn authenticate(req: &Incoming, settings: &Settings) -> std::result::Result<Claims, ApiError> {
     let authorization = req.headers().get("Authorization")?;
     // Parsing the URL costs; skip it when the header decides anyway.
     let query_token = match bearer_token(authorization.as_deref()) {
@@ -121,8 +129,9 @@ fn authenticate(req: &Incoming, verifier: &TokenVerifier) -> std::result::Result
     let token = extract_token(authorization.as_deref(), query_token.as_deref())
         .ok_or(ApiError::Unauthorized(AuthError::MissingToken))?;
     let now_secs = (js_sys::Date::now() / 1000.0) as u64;
-    verifier
-        .verify(token, now_secs)
+    settings
+        .verifier
+        .verify_cached(token, now_secs, &mut settings.seen.borrow_mut())
         .map_err(ApiError::Unauthorized)
 }
 
@@ -139,7 +148,7 @@ async fn connect(req: Incoming, env: &Env) -> std::result::Result<Response, ApiE
     {
         return Err(ApiError::OriginNotAllowed);
     }
-    let claims = authenticate(&req, &settings.verifier)?;
+    let claims = authenticate(&req, &settings)?;
     let headers = Headers::new();
     for (name, value) in req.headers().entries() {
         // The client must not choose the user id the object sees.
@@ -171,7 +180,7 @@ async fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiErro
     let config = &settings.config;
     // Any valid token may publish to any user (multi-tenant backends), unless
     // publishing is limited to tokens carrying PUBLISH_SCOPE.
-    let claims = authenticate(&req, &settings.verifier)?;
+    let claims = authenticate(&req, &settings)?;
     if let Some(scope) = &config.publish_scope {
         if !claims.has_scope(scope) {
             return Err(ApiError::Forbidden);
