@@ -156,6 +156,9 @@ fn main() -> ExitCode {
                 Err(why) => round.problems.push(format!("start: {why}")),
             }
             run.rounds.push((which, round));
+            // The stopped server's sockets and processes take a while to
+            // wind down; the next server should not share the CPU with that.
+            wait_for_quiet_cpu();
         }
     }
 
@@ -222,6 +225,39 @@ fn profile(
     }
     println!("{text}\nwritten to {}", file.display());
     ExitCode::SUCCESS
+}
+
+/// Waits (up to 30 s) until the machine's CPUs are at most 25 % busy over
+/// half a second, from /proc/stat.
+fn wait_for_quiet_cpu() {
+    fn busy_and_total() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let total: u64 = fields.iter().sum();
+        // idle and iowait.
+        let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+        Some((total - idle, total))
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let Some((busy0, total0)) = busy_and_total() else {
+            return;
+        };
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let Some((busy1, total1)) = busy_and_total() else {
+            return;
+        };
+        let share = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
+        if share <= 0.25 {
+            return;
+        }
+    }
 }
 
 fn command_line() -> String {

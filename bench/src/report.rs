@@ -176,6 +176,17 @@ impl Run {
             .collect()
     }
 
+    /// The median over rounds of hopeflow ÷ `other` within the same round.
+    /// Servers of one round run minutes apart, under the same conditions of
+    /// this shared machine, so this cancels more of the drift between rounds
+    /// than the ratio of the medians does.
+    fn paired_ratio(&self, other: Impl, key: &str) -> Option<f64> {
+        let ours = self.of(Impl::Hopeflow).map(|r| r.metrics.get(key).copied());
+        let theirs = self.of(other).map(|r| r.metrics.get(key).copied());
+        let ratios: Vec<f64> = ours.zip(theirs).filter_map(|(a, b)| ratio(a, b)).collect();
+        median(&ratios)
+    }
+
     pub fn problems(&self) -> Vec<String> {
         self.rounds
             .iter()
@@ -227,6 +238,14 @@ pub fn json(run: &Run, header: Value) -> Value {
             })
             .collect();
         ratios.insert(format!("hopeflow/{}", other.name()), json!(figures));
+        let paired: BTreeMap<&str, f64> = METRICS
+            .iter()
+            .filter_map(|m| run.paired_ratio(other, m.key).map(|r| (m.key, r)))
+            .collect();
+        ratios.insert(
+            format!("hopeflow/{} paired by round", other.name()),
+            json!(paired),
+        );
     }
     let mut out = header;
     out["results"] = Value::Object(results);
@@ -292,13 +311,13 @@ pub fn markdown(run: &Run, header: &Value) -> String {
     let _ = writeln!(md, "Sizes: `{}`\n", header["sizes"]);
     let _ = writeln!(
         md,
-        "Medians across rounds. Ratios are hopeflow ÷ the other; ▲ marks a ratio where hopeflow is worse.\n"
+        "Medians across rounds. Ratios are hopeflow ÷ the other: of the medians, and \"paired\", the median of the ratios within each round (rounds drift on a shared machine; the paired ratio cancels more of that). ▲ marks a ratio where hopeflow is worse.\n"
     );
     let _ = writeln!(
         md,
-        "| figure | hopeflow | reference-js | floor | hopeflow / reference-js | hopeflow / floor |"
+        "| figure | hopeflow | reference-js | floor | ÷ reference-js | ÷ floor | ÷ reference-js, paired | ÷ floor, paired |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for m in METRICS {
         let cell = |which: Impl| {
             medians[&which]
@@ -308,7 +327,7 @@ pub fn markdown(run: &Run, header: &Value) -> String {
         let h = medians[&Impl::Hopeflow].get(m.key).copied();
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             m.label,
             cell(Impl::Hopeflow),
             cell(Impl::ReferenceJs),
@@ -321,6 +340,8 @@ pub fn markdown(run: &Run, header: &Value) -> String {
                 ratio(h, medians[&Impl::Floor].get(m.key).copied()),
                 m.better
             ),
+            ratio_cell(run.paired_ratio(Impl::ReferenceJs, m.key), m.better),
+            ratio_cell(run.paired_ratio(Impl::Floor, m.key), m.better),
         );
     }
     let _ = writeln!(md, "\n## Bundle\n");
@@ -473,9 +494,16 @@ mod tests {
         assert_eq!(out["results"]["hopeflow"]["median"]["rt_p50_ms"], 2.5);
         assert_eq!(out["ratios"]["hopeflow/reference-js"]["rt_p50_ms"], 0.5);
         assert_eq!(out["ratios"]["hopeflow/floor"]["rt_p50_ms"], 2.5 / 1.5);
+        // Within each round: 2 ÷ 1 and 3 ÷ 2.
+        assert_eq!(
+            out["ratios"]["hopeflow/floor paired by round"]["rt_p50_ms"],
+            1.75
+        );
         let md = markdown(&run, &out);
         assert!(
-            md.contains("| round trip p50 | 2.50 ms | 5.00 ms | 1.50 ms | 0.50 | 1.67 ▲ |"),
+            md.contains(
+                "| round trip p50 | 2.50 ms | 5.00 ms | 1.50 ms | 0.50 | 1.67 ▲ | 0.50 | 1.75 ▲ |"
+            ),
             "{md}"
         );
         let svg = svg(&run);
