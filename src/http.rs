@@ -14,11 +14,15 @@ use crate::protocol::ErrorBody;
 /// `/health` in the profile (bench/README.md). Nothing here needs `cf`.
 pub struct Incoming {
     inner: web_sys::Request,
+    /// Read once: each `url()` of the runtime's request copies the string
+    /// out of JS again.
+    url: String,
 }
 
 impl Incoming {
     pub fn new(inner: web_sys::Request) -> Incoming {
-        Incoming { inner }
+        let url = inner.url();
+        Incoming { inner, url }
     }
 
     pub fn method(&self) -> Method {
@@ -26,13 +30,13 @@ impl Incoming {
     }
 
     /// The serialized URL.
-    pub fn url(&self) -> String {
-        self.inner.url()
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The URL's path, still percent-encoded.
-    pub fn path(&self) -> String {
-        crate::query::path(&self.inner.url()).to_string()
+    pub fn path(&self) -> &str {
+        crate::query::path(&self.url)
     }
 
     pub fn headers(&self) -> Headers {

@@ -25,10 +25,12 @@ const BINDING: &str = "HOPEFLOW_REALTIME";
 /// Header carrying the authenticated user to the Durable Object, URI-encoded
 /// because header values must be Latin-1 and user ids need not be.
 pub const USER_ID_HEADER: &str = "X-User-ID";
-/// Base of the Durable Object's internal routes; the host is never resolved.
-const INTERNAL_ORIGIN: &str = "https://hopeflow.internal";
-/// Where publishes go on the user's object.
-const DELIVER_URL: &str = "https://hopeflow.internal/deliver";
+/// A URL of the Durable Object's internal routes; the host is never resolved.
+macro_rules! internal_url {
+    ($path:literal) => {
+        concat!("https://hopeflow.internal", $path)
+    };
+}
 /// Operator-only view of one user's object; 404 unless `STATS_SECRET` is set.
 const STATS_PATH: &str = "/internal/stats";
 /// Header carrying `STATS_SECRET` to the stats route.
@@ -44,10 +46,8 @@ pub async fn handle(req: Incoming, env: &Env) -> Result<web_sys::Response> {
 }
 
 async fn route(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
-    // `path()` is cut from the URL string; `url()` would parse it.
-    let path = req.path();
     let method = req.method();
-    let built = match (path.as_str(), method) {
+    let built = match (req.path(), method) {
         ("/health", Method::Get | Method::Head) => {
             Ok(http::json(200, &serde_json::json!({ "ok": true }))?)
         }
@@ -108,7 +108,7 @@ fn settings(env: &Env) -> std::result::Result<Rc<Settings>, ApiError> {
 
 /// The first value of query parameter `name`.
 fn query_param(req: &Incoming, name: &str) -> Option<String> {
-    crate::query::query_param(&req.url(), name)
+    crate::query::query_param(req.url(), name)
 }
 
 fn is_websocket_upgrade(req: &Incoming) -> Result<bool> {
@@ -159,7 +159,7 @@ async fn connect(req: Incoming, env: &Env) -> std::result::Result<Response, ApiE
     let encoded_user: String = js_sys::encode_uri_component(&claims.user_id).into();
     headers.set(USER_ID_HEADER, &encoded_user)?;
     let forwarded = Request::new_with_init(
-        &format!("{INTERNAL_ORIGIN}/connect"),
+        internal_url!("/connect"),
         RequestInit::new()
             .with_method(Method::Get)
             .with_headers(headers),
@@ -247,7 +247,7 @@ async fn deliver(
     let init = web_sys::RequestInit::new();
     init.set_method("POST");
     init.set_body(&JsValue::from_str(envelope_json));
-    let request = web_sys::Request::new_with_str_and_init(DELIVER_URL, &init)
+    let request = web_sys::Request::new_with_str_and_init(internal_url!("/deliver"), &init)
         .map_err(|_| ApiError::Internal)?;
     let namespace = env.durable_object(BINDING)?;
     let unreachable = |err: JsValue| {
@@ -301,7 +301,7 @@ async fn stats(req: Incoming, env: &Env) -> std::result::Result<Response, ApiErr
         .filter(|id| !id.is_empty())
         .ok_or(ApiError::InvalidBody(protocol::PublishError::InvalidUserId))?;
     let mut response = user_stub(env, &user_id)?
-        .fetch_with_str(&format!("{INTERNAL_ORIGIN}/stats"))
+        .fetch_with_str(internal_url!("/stats"))
         .await
         .map_err(|_| ApiError::Unavailable)?;
     Ok(http::json_text(200, response.text().await?)?)

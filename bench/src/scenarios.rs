@@ -120,15 +120,16 @@ pub async fn profile_workload(target: &Target, sizes: &Sizes, which: &str, round
         }
         return;
     }
-    if which == "rt" || !["tp", "fanout"].contains(&which) {
+    let all = !["rt", "tp", "fanout"].contains(&which);
+    if all || which == "rt" {
         let outcome = round_trip(target, sizes, round).await;
         round.note("round trip", outcome);
     }
-    if which == "tp" || !["rt", "fanout"].contains(&which) {
+    if all || which == "tp" {
         let outcome = throughput(target, sizes, round).await;
         round.note("throughput", outcome);
     }
-    if which == "fanout" || !["rt", "tp"].contains(&which) {
+    if all || which == "fanout" {
         let outcome = fan_out(target, sizes, round).await;
         round.note("fan-out", outcome);
     }
