@@ -82,6 +82,42 @@ const METRICS: &[Metric] = &[
         Better::Lower,
     ),
     metric(
+        "nobody_p50_ms",
+        "nobody listening: publish p50",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "nobody_p90_ms",
+        "nobody listening: publish p90",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "nobody_p99_ms",
+        "nobody listening: publish p99",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "nobody_cpu_us",
+        "nobody listening: runtime CPU per publish",
+        "µs",
+        Better::Lower,
+    ),
+    metric(
+        "users_publishes_per_s",
+        "many users, 1 socket each: publishes",
+        "/s",
+        Better::Higher,
+    ),
+    metric(
+        "users_cpu_us",
+        "many users: runtime CPU per publish",
+        "µs",
+        Better::Lower,
+    ),
+    metric(
         "storm_total_ms",
         "connect storm: all subscribed",
         "ms",

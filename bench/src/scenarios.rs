@@ -20,6 +20,11 @@ pub struct Sizes {
     pub throughput_secs: u64,
     pub fanout_sockets: usize,
     pub fanout_publishes: u64,
+    pub many_users: usize,
+    pub many_users_publishers: usize,
+    pub many_users_secs: u64,
+    pub nobody_warmup: u64,
+    pub nobody_publishes: u64,
     pub storm_sockets: usize,
     pub idle_sockets: usize,
     pub idle_fanout_publishes: u64,
@@ -37,6 +42,11 @@ impl Sizes {
             throughput_secs: 5,
             fanout_sockets: 1_000,
             fanout_publishes: 5,
+            many_users: 1_000,
+            many_users_publishers: 16,
+            many_users_secs: 5,
+            nobody_warmup: 20,
+            nobody_publishes: 1_000,
             storm_sockets: 2_000,
             idle_sockets: 10_000,
             idle_fanout_publishes: 2,
@@ -54,6 +64,11 @@ impl Sizes {
             throughput_secs: 1,
             fanout_sockets: 10,
             fanout_publishes: 2,
+            many_users: 4,
+            many_users_publishers: 2,
+            many_users_secs: 1,
+            nobody_warmup: 1,
+            nobody_publishes: 5,
             storm_sockets: 20,
             idle_sockets: 50,
             idle_fanout_publishes: 1,
@@ -95,6 +110,12 @@ pub async fn run_all(target: &Target, sizes: &Sizes, round: &mut Round) {
     round.note("throughput", outcome);
     let outcome = fan_out(target, sizes, round).await;
     round.note("fan-out", outcome);
+    let outcome = nobody_listening(target, sizes, round).await;
+    round.note("nobody listening", outcome);
+    // After the one-user scenarios, so the objects it leaves behind do not
+    // share the runtime with them.
+    let outcome = many_users(target, sizes, round).await;
+    round.note("many users", outcome);
     // `--quick` sets these two to 0 to skip them.
     if sizes.storm_sockets > 0 {
         let outcome = connect_storm(target, sizes, round).await;
@@ -259,6 +280,76 @@ async fn fan_out(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<()
     samples.sort_by(f64::total_cmp);
     round.set("fanout_p50_ms", percentile(&samples, 50.0));
     round.set("fanout_max_ms", percentile(&samples, 100.0));
+    Ok(())
+}
+
+/// Publishes to a user with no socket: the worker → object → answer path
+/// alone, with no delivery or ack to wait for.
+async fn nobody_listening(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<(), String> {
+    let user = user("nobody");
+    for n in 0..sizes.nobody_warmup {
+        target.publish(&user, n, 0).await?;
+    }
+    let mut samples = Vec::with_capacity(sizes.nobody_publishes as usize);
+    let cpu_before = target.cpu_secs();
+    for n in 0..sizes.nobody_publishes {
+        samples.push(ms(target.publish(&user, n, 0).await?));
+    }
+    round.set(
+        "nobody_cpu_us",
+        (target.cpu_secs() - cpu_before) * 1e6 / sizes.nobody_publishes.max(1) as f64,
+    );
+    samples.sort_by(f64::total_cmp);
+    round.set("nobody_p50_ms", percentile(&samples, 50.0));
+    round.set("nobody_p90_ms", percentile(&samples, 90.0));
+    round.set("nobody_p99_ms", percentile(&samples, 99.0));
+    Ok(())
+}
+
+/// One acking socket for each of many users, many publishers in parallel
+/// for a fixed time, round-robin over the users: every publish goes through
+/// a different object than the one before, as in a service with many users.
+async fn many_users(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<(), String> {
+    let users: Vec<String> = (0..sizes.many_users).map(|_| user("users")).collect();
+    let opened = target.open_users(&users, sizes.parallel_connects).await;
+    if let Some(why) = opened.error {
+        opened.sockets.close().await;
+        return Err(why);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    // Shared, so concurrent publishers take different users.
+    let next = AtomicU64::new(0);
+    let published = AtomicU64::new(0);
+    let cpu_before = target.cpu_secs();
+    let started = Instant::now();
+    let publishers = (0..sizes.many_users_publishers).map(|_| {
+        let (done, next, published, users) = (done.clone(), &next, &published, &users);
+        async move {
+            while !done.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let user = &users[n as usize % users.len()];
+                target
+                    .publish(user, n, 1)
+                    .await
+                    .map_err(|why| format!("{user}: {why}"))?;
+                published.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), String>(())
+        }
+    });
+    let stopper = async {
+        tokio::time::sleep(Duration::from_secs(sizes.many_users_secs)).await;
+        done.store(true, Ordering::Relaxed);
+    };
+    let (results, ()) = tokio::join!(futures::future::join_all(publishers), stopper);
+    // As in `throughput`: every publish over the whole elapsed time.
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = target.cpu_secs() - cpu_before;
+    opened.sockets.close().await;
+    results.into_iter().collect::<Result<Vec<()>, String>>()?;
+    let published = published.load(Ordering::Relaxed);
+    round.set("users_publishes_per_s", published as f64 / elapsed);
+    round.set("users_cpu_us", cpu * 1e6 / published.max(1) as f64);
     Ok(())
 }
 

@@ -185,7 +185,9 @@ impl Target {
             serde_json::from_str(&text).map_err(|e| format!("publish answer {text:?}: {e}"))?;
         let count = answer["clientCount"].as_u64().unwrap_or(u64::MAX);
         let results = answer["results"].as_array().map_or(0, Vec::len);
-        let acked = if self.which.speaks_protocol() {
+        // The floor answers no results, so its replies are only implied by
+        // the answer; with no socket to wait for, no result is due from anyone.
+        let acked = if self.which.speaks_protocol() || expected == 0 {
             results
         } else {
             expected
@@ -203,12 +205,22 @@ impl Target {
     /// Returns the group and each socket's connect+subscribe time; on a
     /// failure, the group holds the sockets opened so far and the error.
     pub async fn open(&self, user: &str, count: usize, parallel: usize) -> Opened {
+        self.open_urls(vec![self.socket_url(user); count], parallel)
+            .await
+    }
+
+    /// Opens one socket for each of `users`, otherwise as [`Target::open`].
+    pub async fn open_users(&self, users: &[String], parallel: usize) -> Opened {
+        let urls = users.iter().map(|user| self.socket_url(user)).collect();
+        self.open_urls(urls, parallel).await
+    }
+
+    async fn open_urls(&self, urls: Vec<String>, parallel: usize) -> Opened {
+        let count = urls.len();
         let stop = watch::channel(false).0;
         let acks = Arc::new(AtomicU64::new(0));
-        let url = self.socket_url(user);
         let protocol = self.which.speaks_protocol();
-        let mut pending = futures::stream::iter((0..count).map(|_| {
-            let url = url.clone();
+        let mut pending = futures::stream::iter(urls.into_iter().map(|url| {
             let acks = acks.clone();
             let stop = stop.subscribe();
             async move {
