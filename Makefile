@@ -21,7 +21,7 @@ export WRANGLER_SEND_METRICS := false
 export WRANGLER_SEND_ERROR_REPORTS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+SOURCES := $(shell find src -name '*.rs') src/shim.js Cargo.toml Cargo.lock
 WORKER := build/worker/shim.mjs
 # wrangler.toml without [build]: starts the prebuilt worker in about a second.
 RUN_CONFIG := build/wrangler.toml
@@ -59,8 +59,10 @@ node_modules/.installed: package.json package-lock.json
 
 build: $(WORKER) $(RUN_CONFIG)
 
+# src/shim.js is the worker's JavaScript entry (it makes the Durable Object
+# callable over RPC); worker-build bundles it with the wasm-bindgen glue.
 $(WORKER): $(SOURCES) | tools
-	worker-build --release
+	CUSTOM_SHIM=$(CURDIR)/src/shim.js worker-build --release
 	@touch $@
 
 $(RUN_CONFIG): wrangler.toml

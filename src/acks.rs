@@ -4,8 +4,8 @@
 //! yet heard from, and the results that arrived. Only a socket the envelope was
 //! delivered to may ack it, and only once; everything else is ignored without
 //! keeping memory. The book is generic over the waiter `W` that is woken when a
-//! publish completes (a oneshot sender in the Durable Object, `()` in tests), so
-//! it stays free of runtime types.
+//! publish completes (the resolver of the `deliver` Promise in the Durable
+//! Object, a number in tests), so it stays free of runtime types.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -157,6 +157,14 @@ impl<W> AckBook<W> {
             .unwrap_or_default()
     }
 
+    /// Ends a publish whose deadline passed: its waiter (unless an ack or a
+    /// close already woke it) and the results that arrived.
+    pub fn expire(&mut self, envelope_id: &str) -> Option<(W, Vec<Value>)> {
+        let pending = self.pending.remove(envelope_id)?;
+        let waiter = pending.waiter?;
+        Some((waiter, pending.results))
+    }
+
     /// Publishes currently waiting for acks.
     pub fn len(&self) -> usize {
         self.pending.len()
@@ -184,6 +192,27 @@ mod tests {
 
     fn sockets(ids: &[&str]) -> Vec<String> {
         ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn expiry_hands_back_the_waiter_and_partial_results_once() {
+        let mut book = AckBook::default();
+        book.begin("e".into(), sockets(&["a", "b"]), 7)
+            .expect("new");
+        assert_eq!(book.ack("e", "a", json!(1)), AckOutcome::Counted);
+        assert_eq!(book.expire("e"), Some((7, vec![json!(1)])));
+        assert!(book.is_empty());
+        assert_eq!(book.expire("e"), None);
+        assert_eq!(book.ack("e", "b", json!(2)), AckOutcome::Ignored);
+    }
+
+    #[test]
+    fn expiry_after_completion_finds_nothing() {
+        let mut book = AckBook::default();
+        book.begin("e".into(), sockets(&["a"]), 7).expect("new");
+        assert_eq!(book.ack("e", "a", json!(1)), AckOutcome::Completed(7));
+        assert_eq!(book.finish("e"), vec![json!(1)]);
+        assert_eq!(book.expire("e"), None);
     }
 
     #[test]

@@ -9,15 +9,14 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
-use futures::channel::oneshot;
-use futures::future::select;
 use wasm_bindgen::prelude::wasm_bindgen;
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::JsValue;
 use worker::worker_sys::WebSocketRequestResponsePair;
 use worker::{
-    console_error, console_log, console_warn, durable_object, js_sys, DurableObject, Env, Method,
-    Request, Response, Result, State, WebSocket, WebSocketPair,
+    console_error, console_log, console_warn, js_sys, web_sys, Env, Method, Response, State,
+    WebSocket, WebSocketPair,
 };
 
 use crate::acks::{AckBook, AckOutcome};
@@ -26,6 +25,7 @@ use crate::error::ApiError;
 use crate::filter::{
     add_filters, any_matches, remove_filters, Filter, TooManyFilters, MAX_FILTERS_PER_SOCKET,
 };
+use crate::glue::{js_key, send_value, Deadlines, Incoming, Settle};
 use crate::http;
 use crate::limits::{SocketLimits, Verdict};
 use crate::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, PublishOutcome, ServerFrame};
@@ -100,26 +100,58 @@ impl Socket {
     }
 }
 
-// `fetch`: the macro exports the constructor and `fetch`; the WebSocket
-// events are exported by hand below.
-#[durable_object(fetch)]
+/// A publish waiting for acks: what its answer needs once it is settled.
+struct Waiter {
+    envelope_id: String,
+    client_count: usize,
+    settle: Settle,
+}
+
+type Book = Rc<RefCell<AckBook<Waiter>>>;
+
+impl Waiter {
+    /// Answers the publish with the results that arrived.
+    fn answer(self, results: Vec<serde_json::Value>) {
+        let outcome = PublishOutcome {
+            client_count: self.client_count,
+            results,
+        };
+        match serde_json::to_string(&outcome) {
+            Ok(text) => self.settle.answer(&text),
+            Err(err) => console_error!("serializing a publish outcome failed: {err}"),
+        }
+    }
+}
+
+/// Ends a publish whose last awaited socket acked or closed.
+fn complete(book: &Book, waiter: Waiter) {
+    // The results are taken before answering: no borrow is held into JS.
+    let results = book.borrow_mut().finish(&waiter.envelope_id);
+    waiter.answer(results);
+}
+
+/// The Durable Object (exported to JavaScript as `RealtimeObject`, which
+/// `src/shim.js` wraps; its exports are in `glue`).
+#[wasm_bindgen(js_name = RealtimeObject)]
 pub struct HopeFlowRealtime {
     state: State,
     /// The settings; `Err` when one is invalid (the worker then refuses
-    /// requests before they get here, and `/deliver` refuses too).
+    /// requests before they get here, and `deliver` refuses too).
     config: std::result::Result<Config, ConfigError>,
     /// Socket id → socket; `None` until first built after (re)start.
     sockets: RefCell<Option<HashMap<String, Socket>>>,
-    /// Publishes waiting for acks, each with the sender that wakes its `/deliver`.
-    acks: RefCell<AckBook<oneshot::Sender<()>>>,
+    /// Publishes waiting for acks; shared with `deadlines`.
+    acks: Book,
+    /// Ends publishes whose ack timeout passed.
+    deadlines: Deadlines,
     /// Socket object → socket id, for the sockets in the index. Looking the
     /// id up in its tags (`getTags`) took about 10 % of the CPU of a fan-out's
     /// acks in the profile (bench/README.md); the tags stay as the fallback.
     ids: js_sys::Map,
 }
 
-impl DurableObject for HopeFlowRealtime {
-    fn new(state: State, env: Env) -> Self {
+impl HopeFlowRealtime {
+    pub fn new(state: State, env: Env) -> Self {
         // Plain pings are answered by the runtime without waking the object.
         match WebSocketRequestResponsePair::new("ping", "pong") {
             Ok(pair) => state.set_websocket_auto_response(&pair),
@@ -129,56 +161,43 @@ impl DurableObject for HopeFlowRealtime {
         if let Err(err) = &config {
             console_error!("configuration error: {err}");
         }
+        let acks: Book = Rc::default();
+        let book = Rc::clone(&acks);
+        let deadlines = Deadlines::new(move |envelope_id| {
+            let expired = book.borrow_mut().expire(&envelope_id);
+            if let Some((waiter, results)) = expired {
+                waiter.answer(results);
+            }
+        });
         HopeFlowRealtime {
             state,
             config,
             sockets: RefCell::new(None),
-            acks: RefCell::new(AckBook::default()),
+            acks,
+            deadlines,
             ids: js_sys::Map::new(),
         }
     }
 
-    async fn fetch(&self, req: Request) -> Result<Response> {
-        let result = match (req.path().as_str(), req.method()) {
+    /// The object's HTTP routes; none of them waits.
+    pub fn fetch(&self, req: web_sys::Request) -> web_sys::Response {
+        let url = req.url();
+        let result = match (crate::query::path(&url), Method::from(req.method())) {
             ("/connect", Method::Get) => self.accept_socket(&req),
-            ("/deliver", Method::Post) => self.deliver(req).await,
             ("/stats", Method::Get) => self.stats(),
             _ => Err(ApiError::NotFound),
         };
-        result.or_else(|err| http::error(&err))
-    }
-}
-
-/// The hibernation API's WebSocket events. Exported by hand as plain
-/// functions: `#[durable_object]` exports them as `async`, which costs a
-/// Promise, a closure and a microtask per message, and none of this work
-/// awaits (bench/README.md has the measurements).
-#[wasm_bindgen]
-impl HopeFlowRealtime {
-    #[wasm_bindgen(js_name = webSocketMessage)]
-    pub fn on_websocket_message(&self, ws: worker::web_sys::WebSocket, message: JsValue) {
-        let message = match message.as_string() {
-            Some(text) => Incoming::Text(text),
-            // Refused unread, so only its size is needed.
-            None => Incoming::Binary {
-                len: message
-                    .dyn_ref::<js_sys::ArrayBuffer>()
-                    .map_or(0, |buffer| buffer.byte_length() as usize),
-            },
-        };
-        self.websocket_message(&ws.into(), message);
+        match result.or_else(|err| http::error(&err)) {
+            Ok(response) => response.into(),
+            Err(err) => {
+                console_error!("building a response failed: {err}");
+                web_sys::Response::error()
+            }
+        }
     }
 
-    #[wasm_bindgen(js_name = webSocketClose)]
-    pub fn on_websocket_close(
-        &self,
-        ws: worker::web_sys::WebSocket,
-        code: usize,
-        reason: String,
-        _was_clean: bool,
-    ) {
-        let ws = WebSocket::from(ws);
-        self.forget(&ws);
+    pub fn websocket_close(&self, ws: &WebSocket, code: usize, reason: String) {
+        self.forget(ws);
         // Complete the closing handshake; 1005/1006 are reserved and cannot be sent.
         let code = match u16::try_from(code) {
             Ok(c) if c != 1005 && c != 1006 => c,
@@ -187,21 +206,14 @@ impl HopeFlowRealtime {
         let _ = ws.close(Some(code), Some(reason));
     }
 
-    #[wasm_bindgen(js_name = webSocketError)]
-    pub fn on_websocket_error(&self, ws: worker::web_sys::WebSocket, error: JsValue) {
-        console_warn!("websocket error: {}", worker::Error::from(error));
-        self.forget(&ws.into());
+    pub fn websocket_error(&self, ws: &WebSocket, error: worker::Error) {
+        console_warn!("websocket error: {error}");
+        self.forget(ws);
     }
 }
 
-/// A frame as the runtime delivered it.
-enum Incoming {
-    Text(String),
-    Binary { len: usize },
-}
-
 impl HopeFlowRealtime {
-    fn websocket_message(&self, ws: &WebSocket, message: Incoming) {
+    pub fn websocket_message(&self, ws: &WebSocket, message: Incoming) {
         let Some(socket_id) = self.socket_id(ws) else {
             return;
         };
@@ -245,7 +257,7 @@ impl HopeFlowRealtime {
                 let outcome = self.acks.borrow_mut().ack(&envelope_id, &socket_id, result);
                 match outcome {
                     // The publish may have timed out meanwhile; nothing to wake.
-                    AckOutcome::Completed(waiter) => drop(waiter.send(())),
+                    AckOutcome::Completed(waiter) => complete(&self.acks, waiter),
                     AckOutcome::Counted => {}
                     // Ignored acks are silent, but they still cost rate.
                     AckOutcome::Ignored => drop(self.charge(ws, &socket_id, now_ms)),
@@ -264,8 +276,12 @@ impl HopeFlowRealtime {
     }
 
     /// `GET /connect`: accept a hibernatable socket for the user in `X-User-ID`.
-    fn accept_socket(&self, req: &Request) -> std::result::Result<Response, ApiError> {
-        let encoded = req.headers().get(USER_ID_HEADER)?.unwrap_or_default();
+    fn accept_socket(&self, req: &web_sys::Request) -> std::result::Result<Response, ApiError> {
+        let encoded = req
+            .headers()
+            .get(USER_ID_HEADER)
+            .map_err(|_| ApiError::Internal)?
+            .unwrap_or_default();
         let user_id: String = js_sys::decode_uri_component(&encoded)
             .map(String::from)
             .map_err(|_| ApiError::Internal)?;
@@ -286,22 +302,27 @@ impl HopeFlowRealtime {
         Ok(Response::from_websocket(pair.client)?)
     }
 
-    /// `POST /deliver`: send the envelope to every matching socket and wait for
-    /// their acks, a close, or the timeout, whichever comes first.
-    async fn deliver(&self, mut req: Request) -> std::result::Result<Response, ApiError> {
+    /// `deliver` (RPC from the worker): sends the envelope to every matching
+    /// socket; returns a Promise of the answer's JSON text, resolved by the
+    /// last ack or close, or by the deadline, whichever comes first.
+    pub fn deliver(&self, envelope_text: JsValue) -> JsValue {
+        match self.try_deliver(envelope_text) {
+            Ok(answer) => answer,
+            Err(err) => js_sys::Promise::reject(&JsValue::from_str(err.code())).into(),
+        }
+    }
+
+    fn try_deliver(&self, envelope_text: JsValue) -> std::result::Result<JsValue, ApiError> {
         let timeout = self
             .config
             .as_ref()
             .map_err(|_| ApiError::Misconfigured)?
             .ack_timeout();
         // The worker sent the canonical envelope text: parse it for matching
-        // and send that same text, rather than serializing it again.
-        let text = req.text().await?;
+        // and send that same JS string to every socket, rather than
+        // serializing it again or decoding it out of wasm memory per socket.
+        let text = envelope_text.as_string().ok_or(ApiError::Internal)?;
         let envelope: Envelope = serde_json::from_str(&text).map_err(|_| ApiError::Internal)?;
-
-        // One JS string for all sockets: `send_with_str` would decode the
-        // UTF-8 out of wasm memory again for every socket.
-        let frame = JsValue::from_str(&text);
         let delivered: Vec<String> = self.with_sockets(|sockets| {
             sockets
                 .iter()
@@ -313,41 +334,32 @@ impl HopeFlowRealtime {
                     )
                 })
                 // A socket that cannot be sent to (closing) is not counted.
-                .filter(|(_, s)| send_value(&s.ws, &frame).is_ok())
+                .filter(|(_, s)| send_value(&s.ws, &envelope_text).is_ok())
                 .map(|(id, _)| id.clone())
                 .collect()
         });
         let client_count = delivered.len();
         if client_count == 0 {
-            return Ok(http::json(
-                200,
-                &PublishOutcome {
-                    client_count,
-                    results: Vec::new(),
-                },
-            )?);
+            let answer = serde_json::to_string(&PublishOutcome {
+                client_count,
+                results: Vec::new(),
+            })
+            .map_err(|_| ApiError::Internal)?;
+            return Ok(JsValue::from_str(&answer));
         }
-
-        let (done_tx, done_rx) = oneshot::channel();
+        let (answer, settle) = self
+            .deadlines
+            .start(&envelope.envelope_id, timeout.as_millis() as f64);
+        let waiter = Waiter {
+            envelope_id: envelope.envelope_id.clone(),
+            client_count,
+            settle,
+        };
         self.acks
             .borrow_mut()
-            .begin(envelope.envelope_id.clone(), delivered, done_tx)
+            .begin(envelope.envelope_id, delivered, waiter)
             .map_err(|_| ApiError::Internal)?;
-        let pending = PendingPublish {
-            book: &self.acks,
-            envelope_id: &envelope.envelope_id,
-        };
-        let deadline = worker::Delay::from(timeout);
-        futures::pin_mut!(deadline);
-        // Woken by the last ack or close, or by the deadline: either way, answer.
-        let _ = select(done_rx, deadline).await;
-        Ok(http::json(
-            200,
-            &PublishOutcome {
-                client_count,
-                results: pending.finish(),
-            },
-        )?)
+        Ok(answer)
     }
 
     /// Applies a subscribe (`add`) or unsubscribe to the socket's filters and
@@ -451,7 +463,7 @@ impl HopeFlowRealtime {
         self.ids.delete(js_key(ws));
         let completed = self.acks.borrow_mut().socket_gone(&socket_id);
         for waiter in completed {
-            let _ = waiter.send(());
+            complete(&self.acks, waiter);
         }
     }
 
@@ -486,27 +498,6 @@ impl HopeFlowRealtime {
     }
 }
 
-/// A publish registered in the ack book. Dropping it (also when the request is
-/// cancelled mid-wait) removes it, so nothing stays pending after `/deliver`.
-struct PendingPublish<'a> {
-    book: &'a RefCell<AckBook<oneshot::Sender<()>>>,
-    envelope_id: &'a str,
-}
-
-impl PendingPublish<'_> {
-    /// Ends the publish and returns the results that arrived.
-    fn finish(self) -> Vec<serde_json::Value> {
-        self.book.borrow_mut().finish(self.envelope_id)
-    }
-}
-
-impl Drop for PendingPublish<'_> {
-    fn drop(&mut self) {
-        // A no-op after `finish`; the cleanup when the wait was abandoned.
-        self.book.borrow_mut().finish(self.envelope_id);
-    }
-}
-
 fn rate_limited() -> ServerFrame {
     ServerFrame::error(
         ErrorCode::RateLimited,
@@ -518,29 +509,6 @@ fn rate_limited() -> ServerFrame {
             crate::limits::MESSAGE_BURST as u32
         ),
     )
-}
-
-#[wasm_bindgen]
-extern "C" {
-    /// The runtime's WebSocket, for `send` with a JS value that is already
-    /// a string (web-sys only offers `send(&str)`, which converts each time).
-    #[wasm_bindgen(js_name = WebSocket)]
-    type RawWebSocket;
-
-    #[wasm_bindgen(method, catch, js_name = send)]
-    fn send(this: &RawWebSocket, data: &JsValue) -> std::result::Result<(), JsValue>;
-}
-
-/// The socket's JS object, as a key of [`HopeFlowRealtime::ids`].
-fn js_key(ws: &WebSocket) -> &JsValue {
-    let raw: &worker::web_sys::WebSocket = ws.as_ref();
-    raw.as_ref()
-}
-
-/// Sends a JS string; fails like [`send_text`] when the socket is closing.
-fn send_value(ws: &WebSocket, frame: &JsValue) -> std::result::Result<(), JsValue> {
-    let raw: &worker::web_sys::WebSocket = ws.as_ref();
-    raw.unchecked_ref::<RawWebSocket>().send(frame)
 }
 
 fn send_frame(ws: &WebSocket, frame: &ServerFrame) {

@@ -2,8 +2,8 @@
 //! one place an [`ApiError`] becomes a response.
 
 use serde::Serialize;
-use worker::wasm_bindgen_futures::JsFuture;
-use worker::{console_error, js_sys, web_sys, Headers, Method, Response, Result};
+use wasm_bindgen::JsValue;
+use worker::{console_error, web_sys, Headers, Method, Response, Result};
 
 use crate::error::ApiError;
 use crate::protocol::ErrorBody;
@@ -43,17 +43,17 @@ impl Incoming {
         Headers(self.inner.headers())
     }
 
-    /// The whole body.
-    pub async fn bytes(&self) -> Result<Vec<u8>> {
-        let buffer = JsFuture::from(self.inner.array_buffer()?).await?;
-        Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+    /// The runtime's request.
+    pub fn raw(&self) -> &web_sys::Request {
+        &self.inner
     }
 }
 
-/// A response: built here, or the runtime's own passed on untouched.
+/// An answer: built here, or a Promise of one (the runtime awaits it; no
+/// Rust future does).
 pub enum Reply {
     Built(Response),
-    Raw(web_sys::Response),
+    Later(JsValue),
 }
 
 impl From<Response> for Reply {
@@ -63,13 +63,16 @@ impl From<Response> for Reply {
 }
 
 impl Reply {
-    pub fn into_raw(self) -> web_sys::Response {
+    pub fn into_js(self) -> JsValue {
         match self {
-            Reply::Built(response) => response.into(),
-            Reply::Raw(response) => response,
+            Reply::Built(response) => web_sys::Response::from(response).into(),
+            Reply::Later(promise) => promise,
         }
     }
 }
+
+/// The `Content-Type` of every JSON answer.
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
 /// How long browsers may cache a preflight answer.
 const PREFLIGHT_MAX_AGE_SECS: &str = "86400";
@@ -82,11 +85,23 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> Result<Response> {
 /// A response for an already serialized JSON body.
 pub fn json_text(status: u16, text: String) -> Result<Response> {
     let headers = Headers::new();
-    headers.set("Content-Type", "application/json; charset=utf-8")?;
+    headers.set("Content-Type", JSON_CONTENT_TYPE)?;
     headers.set("Access-Control-Allow-Origin", "*")?;
     Ok(Response::ok(text)?
         .with_status(status)
         .with_headers(headers))
+}
+
+/// The JSON error response for `err`, as the runtime's object.
+pub fn error_js(err: &ApiError) -> JsValue {
+    match error(err) {
+        Ok(response) => web_sys::Response::from(response).into(),
+        // Only a broken runtime fails to build a response.
+        Err(why) => {
+            console_error!("building an error response failed: {why}");
+            JsValue::UNDEFINED
+        }
+    }
 }
 
 /// The JSON error response for `err`.

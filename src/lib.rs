@@ -21,7 +21,9 @@
 //! Runtime edge (thin adapters over the pure modules; feature `runtime`, on
 //! by default, so that clients can use the pure modules without `worker`):
 //!
-//! * this file: the `#[event(fetch)]` entry.
+//! * [`glue`]: every raw crossing into JavaScript: the hand-made exports
+//!   (the worker's `fetch`, the object's methods) that `src/shim.js`, the
+//!   worker's JavaScript entry, forwards to, and the `extern` bindings.
 //! * [`routes`]: routing, authentication, forwarding to the user's object.
 //! * [`http`]: JSON responses, CORS, error → response.
 //! * [`durable_object`]: `HopeFlowRealtime`, one Durable Object per user that
@@ -44,18 +46,8 @@ pub mod session;
 #[cfg(feature = "runtime")]
 pub mod durable_object;
 #[cfg(feature = "runtime")]
+pub mod glue;
+#[cfg(feature = "runtime")]
 pub mod http;
 #[cfg(feature = "runtime")]
 pub mod routes;
-
-/// The worker's entry: everything happens in [`routes::handle`].
-#[cfg(feature = "runtime")]
-#[worker::event(fetch)]
-async fn fetch(
-    req: worker::web_sys::Request,
-    env: worker::Env,
-    _ctx: worker::Context,
-) -> worker::Result<worker::web_sys::Response> {
-    console_error_panic_hook::set_once();
-    routes::handle(http::Incoming::new(req), &env).await
-}

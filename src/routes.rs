@@ -4,19 +4,15 @@
 use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
-use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
-use worker::wasm_bindgen_futures::JsFuture;
-use worker::{
-    console_error, js_sys, web_sys, Env, Headers, Method, Request, RequestInit, Response, Result,
-    Stub,
-};
+use worker::{console_error, js_sys, web_sys, Env, Method, Result};
 
 use crate::auth::{
     bearer_token, extract_token, secrets_match, AuthError, Claims, TokenVerifier, VerifiedTokens,
 };
 use crate::config::{Config, ConfigError};
 use crate::error::ApiError;
+use crate::glue::{self, Continuation, Namespace, ObjectStub};
 use crate::http::{self, Incoming, Reply};
 use crate::protocol::{self, is_json_content_type, PublishRequest};
 
@@ -36,34 +32,33 @@ const STATS_PATH: &str = "/internal/stats";
 /// Header carrying `STATS_SECRET` to the stats route.
 const STATS_SECRET_HEADER: &str = "X-Stats-Secret";
 
-/// Answers one request; every error becomes its JSON error response.
-pub async fn handle(req: Incoming, env: &Env) -> Result<web_sys::Response> {
-    let reply = match route(req, env).await {
-        Ok(reply) => reply,
-        Err(err) => http::error(&err)?.into(),
-    };
-    Ok(reply.into_raw())
+/// Answers one request: a `Response`, or a Promise of one; every error
+/// becomes its JSON error response.
+pub fn handle(req: Incoming, env: &Env) -> JsValue {
+    match route(req, env) {
+        Ok(reply) => reply.into_js(),
+        Err(err) => http::error_js(&err),
+    }
 }
 
-async fn route(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
+fn route(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     let method = req.method();
-    let built = match (req.path(), method) {
+    match (req.path(), method) {
         ("/health", Method::Get | Method::Head) => {
-            Ok(http::json(200, &serde_json::json!({ "ok": true }))?)
+            Ok(http::json(200, &serde_json::json!({ "ok": true }))?.into())
         }
         ("/health", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        ("/publish", Method::Post) => return publish(req, env).await,
-        ("/publish", Method::Options) => Ok(http::preflight()?),
+        ("/publish", Method::Post) => publish(req, env),
+        ("/publish", Method::Options) => Ok(http::preflight()?.into()),
         ("/publish", _) => Err(ApiError::MethodNotAllowed {
             allow: "POST, OPTIONS",
         }),
-        ("/", Method::Get) if is_websocket_upgrade(&req)? => connect(req, env).await,
+        ("/", Method::Get) if is_websocket_upgrade(&req)? => connect(req, env),
         ("/", Method::Get) => Err(ApiError::UpgradeRequired),
         ("/", _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
-        (STATS_PATH, Method::Get) => stats(req, env).await,
+        (STATS_PATH, Method::Get) => stats(req, env),
         _ => Err(ApiError::NotFound),
-    };
-    built.map(Reply::from)
+    }
 }
 
 /// The settings from the environment (vars and secrets alike are strings).
@@ -135,12 +130,36 @@ fn authenticate(req: &Incoming, settings: &Settings) -> std::result::Result<Clai
         .map_err(ApiError::Unauthorized)
 }
 
-fn user_stub(env: &Env, user_id: &str) -> std::result::Result<Stub, ApiError> {
-    Ok(env.durable_object(BINDING)?.get_by_name(user_id)?)
+/// The stub of `user_id`'s object.
+fn user_stub(env: &Env, user_id: &str) -> std::result::Result<ObjectStub, ApiError> {
+    let namespace = glue::namespace(env, BINDING).ok_or_else(|| {
+        console_error!("the {BINDING} binding is missing");
+        ApiError::Misconfigured
+    })?;
+    namespace.get_by_name(user_id).map_err(|err| {
+        console_error!("durable object stub: {err:?}");
+        ApiError::Unavailable
+    })
 }
 
-/// WebSocket upgrade: hand the request to the user's Durable Object.
-async fn connect(req: Incoming, env: &Env) -> std::result::Result<Response, ApiError> {
+/// A failed call to an object becomes 503 `unavailable`.
+fn unavailable(err: JsValue) -> JsValue {
+    console_error!("durable object unreachable: {err:?}");
+    http::error_js(&ApiError::Unavailable)
+}
+
+thread_local! {
+    /// The continuations of the routes that wait for the runtime, made once
+    /// per isolate (see `glue`).
+    static UNAVAILABLE: Continuation = Continuation::new(unavailable);
+    static PUBLISH_BODY: Continuation = Continuation::new2(publish_body);
+    static BODY_UNREADABLE: Continuation = Continuation::new(body_unreadable);
+    static PUBLISHED: Continuation = Continuation::new(published);
+}
+
+/// WebSocket upgrade: hand the request to the user's Durable Object; its
+/// answer (the 101 with the client socket) is passed on as it is.
+fn connect(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     let settings = settings(env)?;
     if !settings
         .config
@@ -149,33 +168,35 @@ async fn connect(req: Incoming, env: &Env) -> std::result::Result<Response, ApiE
         return Err(ApiError::OriginNotAllowed);
     }
     let claims = authenticate(&req, &settings)?;
-    let headers = Headers::new();
-    for (name, value) in req.headers().entries() {
-        // The client must not choose the user id the object sees.
-        if !name.eq_ignore_ascii_case(USER_ID_HEADER) {
-            headers.set(&name, &value)?;
-        }
-    }
+    // A copy of the client's headers, in one call; the client must not
+    // choose the user id the object sees, so ours replaces any it sent.
+    let headers =
+        web_sys::Headers::new_with_headers(&req.raw().headers()).map_err(|_| ApiError::Internal)?;
     let encoded_user: String = js_sys::encode_uri_component(&claims.user_id).into();
-    headers.set(USER_ID_HEADER, &encoded_user)?;
-    let forwarded = Request::new_with_init(
-        internal_url!("/connect"),
-        RequestInit::new()
-            .with_method(Method::Get)
-            .with_headers(headers),
-    )?;
-    user_stub(env, &claims.user_id)?
-        .fetch_with_request(forwarded)
-        .await
-        .map_err(|err| {
-            console_error!("connect: durable object unreachable: {err}");
-            ApiError::Unavailable
-        })
+    headers
+        .set(USER_ID_HEADER, &encoded_user)
+        .map_err(|_| ApiError::Internal)?;
+    let init = web_sys::RequestInit::new();
+    init.set_headers(&headers);
+    let forwarded = web_sys::Request::new_with_str_and_init(internal_url!("/connect"), &init)
+        .map_err(|_| ApiError::Internal)?;
+    let answer = user_stub(env, &claims.user_id)?
+        .fetch(&forwarded)
+        .map_err(unavailable_err)?;
+    Ok(Reply::Later(
+        UNAVAILABLE.with(|on_err| answer.or_else(on_err)),
+    ))
+}
+
+fn unavailable_err(err: JsValue) -> ApiError {
+    console_error!("durable object unreachable: {err:?}");
+    ApiError::Unavailable
 }
 
 /// `POST /publish`: validate, stamp an envelope id, and let the target user's
-/// Durable Object deliver it and collect acks.
-async fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
+/// Durable Object deliver it and collect acks. Everything that can be
+/// checked before the body is, then the body is read (`publish_body`).
+fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     let settings = settings(env)?;
     let config = &settings.config;
     // Any valid token may publish to any user (multi-tenant backends), unless
@@ -191,102 +212,69 @@ async fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiErro
         return Err(ApiError::UnsupportedMediaType);
     }
     let limit = config.max_publish_bytes;
-    let too_large = ApiError::PayloadTooLarge { limit };
     let declared_len = req
         .headers()
         .get("Content-Length")?
         .and_then(|v| v.trim().parse::<usize>().ok());
     if declared_len.is_some_and(|len| len > limit) {
-        return Err(too_large);
+        return Err(ApiError::PayloadTooLarge { limit });
     }
-    let body = req.bytes().await?;
-    if body.len() > limit {
-        return Err(too_large);
-    }
-    let request = PublishRequest::parse(&body).map_err(ApiError::InvalidBody)?;
-    let user_id = request.user_id.clone();
-    let envelope = request.into_envelope(uuid::Uuid::new_v4().to_string());
-
-    let envelope_json = serde_json::to_string(&envelope).map_err(|_| ApiError::Internal)?;
-    let response = deliver(env, &user_id, &envelope_json).await?;
-    // The outcome, already in our shape and with CORS: pass the object's
-    // response on as it is, without reading it into wasm or rebuilding it.
-    let status = response.status();
-    if status == 200 {
-        return Ok(Reply::Raw(response));
-    }
-    let answer = async {
-        JsFuture::from(response.text()?)
-            .await?
-            .as_string()
-            .ok_or(JsValue::NULL)
-    };
-    let answer = answer.await.map_err(|err| {
-        console_error!("publish: reading the durable object's answer failed: {err:?}");
-        ApiError::Unavailable
+    let namespace = glue::namespace(env, BINDING).ok_or_else(|| {
+        console_error!("the {BINDING} binding is missing");
+        ApiError::Misconfigured
     })?;
-    // An error body in our API's shape (such as `server_misconfigured`)
-    // passes through; anything else is the runtime failing the object.
-    let is_api_error = serde_json::from_str::<serde_json::Value>(&answer)
-        .is_ok_and(|body| body.get("error").is_some_and(serde_json::Value::is_string));
-    if !is_api_error {
-        console_error!("publish: durable object failed with status {status}");
-        return Err(ApiError::Unavailable);
+    let body = glue::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
+    let answer = PUBLISH_BODY
+        .with(|on_body| BODY_UNREADABLE.with(|on_err| body.then_with(on_body, &namespace, on_err)));
+    Ok(Reply::Later(answer))
+}
+
+/// The publish body has arrived: the answer, or a Promise of it.
+fn publish_body(namespace: JsValue, body: JsValue) -> JsValue {
+    match deliver(namespace.unchecked_into(), &body) {
+        Ok(answer) => answer,
+        Err(err) => http::error_js(&err),
     }
-    Ok(http::json_text(status, answer)?.into())
 }
 
-/// Sends the envelope to `/deliver` on the user's object, as JS objects: the
-/// `worker` crate's Request, Stub and Response wrappers cost about 8 % of a
-/// publish's CPU in the profile (bench/README.md), for nothing used here.
-async fn deliver(
-    env: &Env,
-    user_id: &str,
-    envelope_json: &str,
-) -> std::result::Result<web_sys::Response, ApiError> {
-    let init = web_sys::RequestInit::new();
-    init.set_method("POST");
-    init.set_body(&JsValue::from_str(envelope_json));
-    let request = web_sys::Request::new_with_str_and_init(internal_url!("/deliver"), &init)
-        .map_err(|_| ApiError::Internal)?;
-    let namespace = env.durable_object(BINDING)?;
-    let unreachable = |err: JsValue| {
-        console_error!("publish: durable object unreachable: {err:?}");
-        ApiError::Unavailable
-    };
+fn body_unreadable(err: JsValue) -> JsValue {
+    console_error!("publish: reading the body failed: {err:?}");
+    http::error_js(&ApiError::Internal)
+}
+
+/// The object's answer, `{clientCount, results}` as JSON text.
+fn published(answer: JsValue) -> JsValue {
+    glue::json_200(&answer).into()
+}
+
+/// Validates the body and hands the envelope to the user's object
+/// (`deliver`, over RPC).
+fn deliver(namespace: Namespace, body: &JsValue) -> std::result::Result<JsValue, ApiError> {
+    // Built by `publish`, which comes first.
+    let settings = SETTINGS
+        .with(|cell| cell.get().cloned())
+        .ok_or(ApiError::Internal)?;
+    let limit = settings.config.max_publish_bytes;
+    let body = js_sys::Uint8Array::new(body);
+    if body.byte_length() as usize > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let request = PublishRequest::parse(&body.to_vec()).map_err(ApiError::InvalidBody)?;
     let stub = namespace
-        .as_ref()
-        .unchecked_ref::<RawNamespace>()
-        .get_by_name(user_id)
-        .map_err(unreachable)?;
-    let answer = JsFuture::from(stub.fetch(&request).map_err(unreachable)?)
-        .await
-        .map_err(unreachable)?;
-    Ok(answer.unchecked_into())
-}
-
-#[wasm_bindgen]
-extern "C" {
-    /// A Durable Object namespace binding, as the runtime gives it.
-    type RawNamespace;
-
-    #[wasm_bindgen(method, catch, js_name = getByName)]
-    fn get_by_name(this: &RawNamespace, name: &str) -> std::result::Result<RawStub, JsValue>;
-
-    /// A stub of one object.
-    type RawStub;
-
-    #[wasm_bindgen(method, catch)]
-    fn fetch(
-        this: &RawStub,
-        request: &web_sys::Request,
-    ) -> std::result::Result<js_sys::Promise, JsValue>;
+        .get_by_name(&request.user_id)
+        .map_err(unavailable_err)?;
+    let envelope = request.into_envelope(uuid::Uuid::new_v4().to_string());
+    let envelope_json = serde_json::to_string(&envelope).map_err(|_| ApiError::Internal)?;
+    let answer = stub
+        .deliver(&JsValue::from_str(&envelope_json))
+        .map_err(unavailable_err)?;
+    Ok(PUBLISHED.with(|on_ok| UNAVAILABLE.with(|on_err| answer.then(on_ok, on_err))))
 }
 
 /// `GET /internal/stats?userId=U` with `X-Stats-Secret`: the user's open
 /// sockets and publishes waiting for acks. Hidden (404) unless `STATS_SECRET`
 /// is set, and for requests without the right secret, so it reveals nothing.
-async fn stats(req: Incoming, env: &Env) -> std::result::Result<Response, ApiError> {
+fn stats(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     let settings = settings(env)?;
     let config = &settings.config;
     let given = req.headers().get(STATS_SECRET_HEADER)?.unwrap_or_default();
@@ -300,9 +288,11 @@ async fn stats(req: Incoming, env: &Env) -> std::result::Result<Response, ApiErr
     let user_id = query_param(&req, "userId")
         .filter(|id| !id.is_empty())
         .ok_or(ApiError::InvalidBody(protocol::PublishError::InvalidUserId))?;
-    let mut response = user_stub(env, &user_id)?
-        .fetch_with_str(internal_url!("/stats"))
-        .await
-        .map_err(|_| ApiError::Unavailable)?;
-    Ok(http::json_text(200, response.text().await?)?)
+    // The object answers in our shape, with CORS: passed on as it is.
+    let answer = user_stub(env, &user_id)?
+        .fetch(&JsValue::from_str(internal_url!("/stats")))
+        .map_err(unavailable_err)?;
+    Ok(Reply::Later(
+        UNAVAILABLE.with(|on_err| answer.or_else(on_err)),
+    ))
 }

@@ -321,8 +321,7 @@ fn machine(root: &Path) -> Value {
 /// Raw and gzip -9 sizes of what each implementation deploys.
 fn bundle(root: &Path) -> Value {
     let files = [
-        "build/index_bg.wasm",
-        "build/index.js",
+        "build/worker/index.wasm",
         "build/worker/shim.mjs",
         "bench/servers/reference-js/src/index.js",
         "bench/servers/floor/src/index.js",

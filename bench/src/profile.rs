@@ -126,7 +126,8 @@ fn kind(function: &str, url: &str) -> &'static str {
         ("(garbage collector)", _) => "garbage collector",
         ("(program)" | "(root)", _) => "runtime (native, outside JS and wasm)",
         (_, u) if u.starts_with("wasm://") => "wasm",
-        (_, u) if u.ends_with("index.js") && u.contains("hopeflow") => "wasm-bindgen glue (JS)",
+        // src/shim.js bundled with the glue (build/worker/shim.mjs).
+        (_, u) if u.ends_with("shim.mjs") && u.contains("hopeflow") => "wasm-bindgen glue (JS)",
         (_, "") => "runtime builtins",
         _ => "JS",
     }

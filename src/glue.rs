@@ -1,0 +1,294 @@
+//! Every raw crossing between the runtime's JavaScript and our Rust: the
+//! hand-made exports `src/shim.js` forwards to, and the `extern` bindings to
+//! runtime objects that `worker`/`web-sys` do not offer in the form the hot
+//! path needs.
+//!
+//! Why by hand (bench/README.md has the profiles): an `async` export or a
+//! Rust future awaiting a JS Promise runs through the wasm-bindgen futures
+//! executor, which costs a Promise, closures and a microtask per wake-up and
+//! was on the stack of more than half of a publish's samples. Here the
+//! entry points are plain functions that return the runtime's own Promises,
+//! chained with continuations made once per isolate (`then` with a function
+//! bound to its per-request argument), so a publish creates no Rust closure
+//! and no future.
+
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::{js_sys, web_sys, worker_sys, Env};
+
+use crate::durable_object::HopeFlowRealtime;
+
+/// The worker's `fetch` entry (exported as `fetch`, called by `src/shim.js`):
+/// a `Response`, or a Promise of one.
+#[wasm_bindgen(js_name = fetch)]
+pub fn worker_fetch(request: web_sys::Request, env: Env, _ctx: JsValue) -> JsValue {
+    console_error_panic_hook::set_once();
+    crate::routes::handle(crate::http::Incoming::new(request), &env)
+}
+
+/// The Durable Object's exports, wrapped by the `HopeFlowRealtime` class of
+/// `src/shim.js`, which extends the runtime's `DurableObject` so that it
+/// can be called over RPC.
+#[wasm_bindgen(js_class = RealtimeObject)]
+impl HopeFlowRealtime {
+    #[wasm_bindgen(constructor)]
+    pub fn construct(state: worker_sys::DurableObjectState, env: Env) -> HopeFlowRealtime {
+        HopeFlowRealtime::new(worker::State::from(state), env)
+    }
+
+    /// The object's HTTP routes (`/connect`, `/stats`); none of them waits.
+    #[wasm_bindgen(js_name = fetch)]
+    pub fn on_fetch(&self, request: web_sys::Request) -> web_sys::Response {
+        self.fetch(request)
+    }
+
+    /// RPC from the worker: the envelope's JSON text in, a Promise of the
+    /// `/publish` answer's JSON text out.
+    #[wasm_bindgen(js_name = deliver)]
+    pub fn on_deliver(&self, envelope: JsValue) -> JsValue {
+        self.deliver(envelope)
+    }
+
+    #[wasm_bindgen(js_name = webSocketMessage)]
+    pub fn on_websocket_message(&self, ws: web_sys::WebSocket, message: JsValue) {
+        let message = match message.as_string() {
+            Some(text) => Incoming::Text(text),
+            // Refused unread, so only its size is needed.
+            None => Incoming::Binary {
+                len: message
+                    .dyn_ref::<js_sys::ArrayBuffer>()
+                    .map_or(0, |buffer| buffer.byte_length() as usize),
+            },
+        };
+        self.websocket_message(&ws.into(), message);
+    }
+
+    #[wasm_bindgen(js_name = webSocketClose)]
+    pub fn on_websocket_close(
+        &self,
+        ws: web_sys::WebSocket,
+        code: usize,
+        reason: String,
+        _was_clean: bool,
+    ) {
+        self.websocket_close(&ws.into(), code, reason);
+    }
+
+    #[wasm_bindgen(js_name = webSocketError)]
+    pub fn on_websocket_error(&self, ws: web_sys::WebSocket, error: JsValue) {
+        self.websocket_error(&ws.into(), worker::Error::from(error));
+    }
+}
+
+/// A frame as the runtime delivered it.
+pub enum Incoming {
+    Text(String),
+    Binary { len: usize },
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// The runtime's WebSocket, for `send` with a JS value that is already
+    /// a string (web-sys only offers `send(&str)`, which converts each time).
+    #[wasm_bindgen(js_name = WebSocket)]
+    pub type RawWebSocket;
+
+    #[wasm_bindgen(method, catch, js_name = send)]
+    pub fn send(this: &RawWebSocket, data: &JsValue) -> Result<(), JsValue>;
+
+    /// A Durable Object namespace binding, as the runtime gives it.
+    pub type Namespace;
+
+    #[wasm_bindgen(method, catch, js_name = getByName)]
+    pub fn get_by_name(this: &Namespace, name: &str) -> Result<ObjectStub, JsValue>;
+
+    /// A stub of one object.
+    pub type ObjectStub;
+
+    /// `request` is a `Request` or a URL string.
+    #[wasm_bindgen(method, catch)]
+    pub fn fetch(this: &ObjectStub, request: &JsValue) -> Result<Thenable, JsValue>;
+
+    /// The object's `deliver` RPC method (see `src/shim.js`).
+    #[wasm_bindgen(method, catch)]
+    pub fn deliver(this: &ObjectStub, envelope: &JsValue) -> Result<Thenable, JsValue>;
+
+    /// A Promise, or the runtime's RPC promise (a thenable, not a `Promise`).
+    pub type Thenable;
+
+    #[wasm_bindgen(method, js_name = then)]
+    fn then2(this: &Thenable, on_ok: &JsValue, on_err: &JsValue) -> Thenable;
+
+    #[wasm_bindgen(method, js_name = then)]
+    fn then1(this: &Thenable, on_ok: &JsValue) -> Thenable;
+
+    /// `Promise.withResolvers()`: a Promise and its `resolve`, without a
+    /// Rust executor closure.
+    type Resolvers;
+
+    #[wasm_bindgen(js_namespace = Promise, js_name = withResolvers)]
+    fn with_resolvers() -> Resolvers;
+
+    #[wasm_bindgen(method, getter)]
+    fn promise(this: &Resolvers) -> JsValue;
+
+    #[wasm_bindgen(method, getter)]
+    fn resolve(this: &Resolvers) -> js_sys::Function;
+
+    /// `setTimeout(handler, ms, arg)`: the handler gets `arg`, so one
+    /// function serves every timer of an object.
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(handler: &JsValue, ms: f64, arg: &JsValue) -> JsValue;
+
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(id: &JsValue);
+
+    /// `new Response(body, init)` with a body that is already a JS string.
+    #[wasm_bindgen(js_name = Response)]
+    type NewResponse;
+
+    #[wasm_bindgen(constructor, js_class = Response)]
+    fn new(body: &JsValue, init: &JsValue) -> NewResponse;
+}
+
+impl Thenable {
+    /// `this.then(on_ok, on_err)`.
+    pub fn then(&self, on_ok: &Continuation, on_err: &Continuation) -> JsValue {
+        self.then2(on_ok.function(), on_err.function()).into()
+    }
+
+    /// `this.then(on_ok.bind(null, arg), on_err)`.
+    pub fn then_with(&self, on_ok: &Continuation, arg: &JsValue, on_err: &Continuation) -> JsValue {
+        self.then2(&on_ok.bind(arg), on_err.function()).into()
+    }
+
+    /// `this.then(undefined, on_err)`: a failure becomes an answer.
+    pub fn or_else(&self, on_err: &Continuation) -> JsValue {
+        self.then2(&JsValue::UNDEFINED, on_err.function()).into()
+    }
+}
+
+/// A Rust function the runtime calls when a Promise settles. Made once per
+/// isolate (a `thread_local`), never per request.
+pub struct Continuation(JsValue);
+
+impl Continuation {
+    /// A continuation of one argument: the settled value.
+    pub fn new(f: fn(JsValue) -> JsValue) -> Continuation {
+        let closure = Closure::<dyn Fn(JsValue) -> JsValue>::new(f);
+        Continuation(closure.into_js_value())
+    }
+
+    /// A continuation of two: the argument it is bound to, then the value.
+    pub fn new2(f: fn(JsValue, JsValue) -> JsValue) -> Continuation {
+        let closure = Closure::<dyn Fn(JsValue, JsValue) -> JsValue>::new(f);
+        Continuation(closure.into_js_value())
+    }
+
+    fn function(&self) -> &JsValue {
+        &self.0
+    }
+
+    /// `f.bind(null, arg)`: a native bound function, no Rust closure.
+    fn bind(&self, arg: &JsValue) -> JsValue {
+        self.0
+            .unchecked_ref::<js_sys::Function>()
+            .bind1(&JsValue::NULL, arg)
+            .into()
+    }
+}
+
+/// The namespace binding `name` of `env`.
+pub fn namespace(env: &Env, name: &str) -> Option<Namespace> {
+    js_sys::Reflect::get(env.as_ref(), &JsValue::from_str(name))
+        .ok()
+        .filter(|binding| binding.is_object())
+        .map(JsCast::unchecked_into)
+}
+
+/// `arrayBuffer()` of a request, as a thenable.
+pub fn read_body(request: &web_sys::Request) -> Result<Thenable, JsValue> {
+    request.array_buffer().map(JsCast::unchecked_into)
+}
+
+/// Sends a JS string; fails when the socket is closing.
+pub fn send_value(ws: &worker::WebSocket, frame: &JsValue) -> Result<(), JsValue> {
+    let raw: &web_sys::WebSocket = ws.as_ref();
+    raw.unchecked_ref::<RawWebSocket>().send(frame)
+}
+
+/// The socket's JS object, as a map key.
+pub fn js_key(ws: &worker::WebSocket) -> &JsValue {
+    let raw: &web_sys::WebSocket = ws.as_ref();
+    raw.as_ref()
+}
+
+thread_local! {
+    /// The init of every 200 JSON answer, made once: `new Response` copies it.
+    static JSON_200: JsValue = {
+        let headers = js_sys::Object::new();
+        let set = |target: &js_sys::Object, key: &str, value: &JsValue| {
+            let _ = js_sys::Reflect::set(target, &JsValue::from_str(key), value);
+        };
+        set(&headers, "Content-Type", &JsValue::from_str(crate::http::JSON_CONTENT_TYPE));
+        set(&headers, "Access-Control-Allow-Origin", &JsValue::from_str("*"));
+        let init = js_sys::Object::new();
+        set(&init, "status", &JsValue::from_f64(200.0));
+        set(&init, "headers", &headers);
+        init.into()
+    };
+}
+
+/// A 200 JSON response whose body is already a JS string.
+pub fn json_200(body: &JsValue) -> web_sys::Response {
+    JSON_200.with(|init| NewResponse::new(body, init).unchecked_into())
+}
+
+/// A publish waiting for acks, as the object's ack book holds it: settling
+/// it resolves the `deliver` Promise with the answer.
+pub struct Settle {
+    resolve: js_sys::Function,
+    timer: JsValue,
+}
+
+impl Settle {
+    /// Resolves the `deliver` Promise with `answer` and stops its timer.
+    pub fn answer(self, answer: &str) {
+        clear_timeout(&self.timer);
+        let _ = self
+            .resolve
+            .call1(&JsValue::NULL, &JsValue::from_str(answer));
+    }
+}
+
+/// The deadline of every publish of one object: called with the envelope
+/// id when a publish's ack timeout passes.
+pub struct Deadlines {
+    handler: JsValue,
+}
+
+impl Deadlines {
+    pub fn new(on_deadline: impl Fn(String) + 'static) -> Deadlines {
+        let closure = Closure::<dyn Fn(JsValue)>::new(move |id: JsValue| {
+            if let Some(id) = id.as_string() {
+                on_deadline(id);
+            }
+        });
+        Deadlines {
+            handler: closure.into_js_value(),
+        }
+    }
+
+    /// A Promise for the answer of publish `envelope_id`, whose deadline
+    /// fires after `timeout_ms` unless it is settled first.
+    pub fn start(&self, envelope_id: &str, timeout_ms: f64) -> (JsValue, Settle) {
+        let resolvers = with_resolvers();
+        let timer = set_timeout(&self.handler, timeout_ms, &JsValue::from_str(envelope_id));
+        let settle = Settle {
+            resolve: resolvers.resolve(),
+            timer,
+        };
+        (resolvers.promise(), settle)
+    }
+}
