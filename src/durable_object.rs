@@ -20,7 +20,7 @@ use worker::{
 };
 
 use crate::acks::{AckBook, AckOutcome};
-use crate::config::{Config, ConfigError, DEFAULT_MAX_FRAME_BYTES};
+use crate::config::DEFAULT_MAX_FRAME_BYTES;
 use crate::error::ApiError;
 use crate::filter::{
     add_filters, any_matches, remove_filters, Filter, TooManyFilters, MAX_FILTERS_PER_SOCKET,
@@ -29,7 +29,7 @@ use crate::glue::{js_key, send_value, Deadlines, Incoming, Settle};
 use crate::http;
 use crate::limits::{SocketLimits, Verdict};
 use crate::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, PublishOutcome, ServerFrame};
-use crate::routes::{read_config, USER_ID_HEADER};
+use crate::routes::{settings, Settings, USER_ID_HEADER};
 use crate::session::{SocketAttachment, MAX_ATTACHMENT_JSON_BYTES};
 
 /// A live socket, its decoded attachment and its abuse limits.
@@ -135,9 +135,10 @@ fn complete(book: &Book, waiter: Waiter) {
 #[wasm_bindgen(js_name = RealtimeObject)]
 pub struct HopeFlowRealtime {
     state: State,
-    /// The settings; `Err` when one is invalid (the worker then refuses
-    /// requests before they get here, and `deliver` refuses too).
-    config: std::result::Result<Config, ConfigError>,
+    /// The isolate's settings (shared with the worker, see
+    /// `routes::settings`); `Err` when one is invalid (the worker then
+    /// refuses requests before they get here, and `deliver` refuses too).
+    settings: std::result::Result<Rc<Settings>, ApiError>,
     /// Socket id → socket; `None` until first built after (re)start.
     sockets: RefCell<Option<HashMap<String, Socket>>>,
     /// Publishes waiting for acks; shared with `deadlines`.
@@ -157,10 +158,7 @@ impl HopeFlowRealtime {
             Ok(pair) => state.set_websocket_auto_response(&pair),
             Err(err) => console_warn!("could not register the ping auto-response: {err:?}"),
         }
-        let config = read_config(&env);
-        if let Err(err) = &config {
-            console_error!("configuration error: {err}");
-        }
+        let settings = settings(&env);
         let acks: Book = Rc::default();
         let book = Rc::clone(&acks);
         let deadlines = Deadlines::new(move |envelope_id| {
@@ -171,7 +169,7 @@ impl HopeFlowRealtime {
         });
         HopeFlowRealtime {
             state,
-            config,
+            settings,
             sockets: RefCell::new(None),
             acks,
             deadlines,
@@ -314,9 +312,10 @@ impl HopeFlowRealtime {
 
     fn try_deliver(&self, envelope_text: JsValue) -> std::result::Result<JsValue, ApiError> {
         let timeout = self
-            .config
+            .settings
             .as_ref()
-            .map_err(|_| ApiError::Misconfigured)?
+            .map_err(Clone::clone)?
+            .config
             .ack_timeout();
         // The worker sent the canonical envelope text: parse it for matching
         // and send that same JS string to every socket, rather than
@@ -389,9 +388,9 @@ impl HopeFlowRealtime {
     }
 
     fn max_frame_bytes(&self) -> usize {
-        self.config
+        self.settings
             .as_ref()
-            .map_or(DEFAULT_MAX_FRAME_BYTES, |c| c.max_frame_bytes)
+            .map_or(DEFAULT_MAX_FRAME_BYTES, |s| s.config.max_frame_bytes)
     }
 
     /// Takes one message from the socket's rate limit. When it is exhausted,
@@ -493,7 +492,11 @@ impl HopeFlowRealtime {
                 }
             }
         }
-        console_log!("socket index rebuilt from {} attachment(s)", sockets.len());
+        // Only after a wake-up: a new object has none, and a log line per
+        // new object was a measurable part of creating one.
+        if !sockets.is_empty() {
+            console_log!("socket index rebuilt from {} attachment(s)", sockets.len());
+        }
         sockets
     }
 }

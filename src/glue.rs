@@ -27,6 +27,17 @@ pub fn worker_fetch(request: web_sys::Request, env: Env, _ctx: JsValue) -> JsVal
     crate::routes::handle(crate::http::Incoming::new(request), &env)
 }
 
+/// How many times [`warm_up`] runs the hot path: enough for V8 to optimize
+/// it (bench/README.md, "Warm-up").
+const WARM_UP_ROUNDS: usize = 300;
+
+/// Called once by `src/shim.js` as the module is instantiated: compiles and
+/// optimizes the publish path before the first request (see `warmup`).
+#[wasm_bindgen(js_name = warmUp)]
+pub fn warm_up() -> usize {
+    crate::warmup::exercise(WARM_UP_ROUNDS)
+}
+
 /// The Durable Object's exports, wrapped by the `HopeFlowRealtime` class of
 /// `src/shim.js`, which extends the runtime's `DurableObject` so that it
 /// can be called over RPC.

@@ -17,6 +17,8 @@
 //! * [`config`]: every setting, parsed and bounded in one place.
 //! * [`limits`]: per-socket rate limit and violation counting.
 //! * [`query`]: query-parameter lookup without a URL parser.
+//! * [`warmup`]: runs the publish path's pure code on sample input as the
+//!   isolate starts, so V8 has compiled and optimized it before requests.
 //!
 //! Runtime edge (thin adapters over the pure modules; feature `runtime`, on
 //! by default, so that clients can use the pure modules without `worker`):
@@ -42,6 +44,7 @@ mod proptests;
 pub mod protocol;
 pub mod query;
 pub mod session;
+pub mod warmup;
 
 #[cfg(feature = "runtime")]
 pub mod durable_object;

@@ -62,13 +62,13 @@ fn route(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
 }
 
 /// The settings from the environment (vars and secrets alike are strings).
-pub fn read_config(env: &Env) -> std::result::Result<Config, ConfigError> {
+fn read_config(env: &Env) -> std::result::Result<Config, ConfigError> {
     Config::load(|name| env.var(name).ok().map(|value| value.to_string()))
 }
 
 /// The settings and the token verifier built from them.
-struct Settings {
-    config: Config,
+pub struct Settings {
+    pub config: Config,
     verifier: TokenVerifier,
     /// Tokens `verifier` has already checked the signature of.
     seen: RefCell<VerifiedTokens>,
@@ -82,9 +82,10 @@ thread_local! {
     static SETTINGS: OnceCell<Rc<Settings>> = const { OnceCell::new() };
 }
 
-/// The settings; an invalid one refuses the request (and says why in the
-/// log, on every request, since errors are not kept).
-fn settings(env: &Env) -> std::result::Result<Rc<Settings>, ApiError> {
+/// The settings, shared by the worker and the objects of the isolate; an
+/// invalid one refuses the request (and says why in the log, on every
+/// request, since errors are not kept).
+pub fn settings(env: &Env) -> std::result::Result<Rc<Settings>, ApiError> {
     if let Some(settings) = SETTINGS.with(|cell| cell.get().cloned()) {
         return Ok(settings);
     }

@@ -17,6 +17,8 @@ const instance = new WebAssembly.Instance(wasmModule, {
 });
 imports.__wbg_set_wasm(instance.exports);
 instance.exports.__wbindgen_start?.();
+// Compiles and optimizes the publish path now, not on the first requests.
+imports.warmUp();
 
 export default {
   fetch(request, env, ctx) {

@@ -35,6 +35,8 @@ struct Args {
     quick: bool,
     /// `--profile-scenario`: rt, tp, fanout, publish-fanout, health or all.
     profile_scenario: String,
+    /// `--only IMPL` (repeatable): compare only these servers.
+    only: Vec<Impl>,
 }
 
 fn parse_args(root: &Path) -> Result<Args, String> {
@@ -46,6 +48,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
         via_proxy: false,
         quick: false,
         profile_scenario: "all".into(),
+        only: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -63,6 +66,16 @@ fn parse_args(root: &Path) -> Result<Args, String> {
             "--profile-scenario" => {
                 args.profile_scenario = it.next().ok_or("--profile-scenario needs rt, tp, fanout or all")?;
             }
+            "--only" => {
+                let name = it.next().unwrap_or_default();
+                let which = Impl::ALL.into_iter().find(|i| i.name() == name);
+                args.only
+                    .push(which.ok_or("--only needs hopeflow, reference-js or floor")?);
+            }
+            "--scenarios" => {
+                let list = it.next().ok_or("--scenarios needs a comma-separated list")?;
+                let _ = scenarios::ONLY.set(list.split(',').map(str::to_owned).collect());
+            }
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "--profile" => {
                 let name = it.next().unwrap_or_default();
@@ -72,7 +85,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick] [--profile-scenario rt|tp|fanout|publish-fanout|health|all]"
+                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick] [--profile-scenario rt|tp|fanout|publish-fanout|health|all] [--only IMPL]... [--scenarios start,rt,tp,fanout,nobody,many,storm,idle]"
                         .into(),
                 )
             }
@@ -106,6 +119,12 @@ fn main() -> ExitCode {
         sizes.storm_sockets = 0;
         sizes.idle_sockets = 0;
     }
+    if let Some(n) = std::env::var("BENCH_RT_WARMUP")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        sizes.round_trip_warmup = n;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -138,6 +157,9 @@ fn main() -> ExitCode {
     let mut run = Run { rounds: Vec::new() };
     for round_no in 1..=args.rounds {
         for which in Impl::ALL {
+            if !args.only.is_empty() && !args.only.contains(&which) {
+                continue;
+            }
             eprintln!("round {round_no}/{}: {}", args.rounds, which.name());
             let mut round = Round::default();
             let serve = Serve {

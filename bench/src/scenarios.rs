@@ -99,30 +99,50 @@ impl Round {
     }
 }
 
+/// `--scenarios a,b`: only these (start, rt, tp, fanout, nobody, many,
+/// storm, idle), for trying a change; unset runs all.
+pub static ONLY: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+fn wanted(name: &str) -> bool {
+    ONLY.get().is_none_or(|only| only.iter().any(|n| n == name))
+}
+
 /// Runs every scenario, in a fixed order, each with its own user.
 pub async fn run_all(target: &Target, sizes: &Sizes, round: &mut Round) {
     round.set("ready_ms", ms(target.ready_after));
-    let outcome = first_request(target, sizes, round).await;
-    round.note("first request", outcome);
-    let outcome = round_trip(target, sizes, round).await;
-    round.note("round trip", outcome);
-    let outcome = throughput(target, sizes, round).await;
-    round.note("throughput", outcome);
-    let outcome = fan_out(target, sizes, round).await;
-    round.note("fan-out", outcome);
-    let outcome = nobody_listening(target, sizes, round).await;
-    round.note("nobody listening", outcome);
+    if wanted("start") {
+        let outcome = first_request(target, sizes, round).await;
+        round.note("first request", outcome);
+    }
+    if wanted("rt") {
+        let outcome = round_trip(target, sizes, round).await;
+        round.note("round trip", outcome);
+    }
+    if wanted("tp") {
+        let outcome = throughput(target, sizes, round).await;
+        round.note("throughput", outcome);
+    }
+    if wanted("fanout") {
+        let outcome = fan_out(target, sizes, round).await;
+        round.note("fan-out", outcome);
+    }
+    if wanted("nobody") {
+        let outcome = nobody_listening(target, sizes, round).await;
+        round.note("nobody listening", outcome);
+    }
     // After the one-user scenarios, so the objects it leaves behind do not
     // share the runtime with them.
-    let outcome = many_users(target, sizes, round).await;
-    round.note("many users", outcome);
+    if wanted("many") {
+        let outcome = many_users(target, sizes, round).await;
+        round.note("many users", outcome);
+    }
     // `--quick` sets these two to 0 to skip them.
-    if sizes.storm_sockets > 0 {
+    if sizes.storm_sockets > 0 && wanted("storm") {
         let outcome = connect_storm(target, sizes, round).await;
         round.note("connect storm", outcome);
     }
     // Last: it leaves the runtime with the most to clean up.
-    if sizes.idle_sockets > 0 {
+    if sizes.idle_sockets > 0 && wanted("idle") {
         let outcome = idle_sockets(target, sizes, round).await;
         round.note("idle sockets (memory, big fan-out)", outcome);
     }
