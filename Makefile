@@ -6,6 +6,11 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 PORT ?= 8787
+# `make debug`: where DevTools connects (wrangler's default).
+INSPECTOR_PORT ?= 9229
+# wrangler's levels: none, error, warn, info, log, debug. `log` (wrangler dev's
+# default) is info plus the worker's console.log; `info` hides console.log.
+LOG_LEVEL ?= log
 WORKER_BUILD_VERSION := 0.8.7
 # worker-build and the wasm-bindgen library must agree: take the CLI version
 # from Cargo.lock (Cargo.toml pins the library with `=`).
@@ -30,10 +35,11 @@ RUN_CONFIG := build/wrangler.toml
 FUZZ_SECS ?= 300
 FUZZ_TARGETS := client_frame filters publish_body token
 
-.PHONY: help dev build test bench fuzz install-cli tools rust-tools node-tools clean
+.PHONY: help dev debug build test bench fuzz install-cli tools rust-tools node-tools clean
 
 help:
 	@echo "make dev    install what is missing, build, serve on 127.0.0.1:$(PORT)"
+	@echo "make debug  as make dev, through \`wrangler dev\` with the DevTools inspector on 127.0.0.1:$(INSPECTOR_PORT)"
 	@echo "make test   fmt, clippy, unit tests, integration tests against wrangler dev"
 	@echo "make build  release build into build/ (what wrangler deploy uploads)"
 	@echo "make bench  hopeflow vs a JS reference vs the runtime floor (BENCH_ROUNDS, default 3)"
@@ -73,9 +79,25 @@ $(RUN_CONFIG): wrangler.toml
 .dev.vars:
 	cp .dev.vars.example .dev.vars
 
+# Without the DevTools inspector, which the `wrangler dev` CLI always attaches:
+# wrangler then relays 4 events per subrequest through its dev proxy and node
+# process and keeps them in memory (bench/README.md, "The inspector under make
+# dev"). serve.mjs is wrangler's own startWorker (the API behind `wrangler
+# dev`) with the inspector off; it reloads when `make build` rewrites build/.
 dev: build .dev.vars
+	node devserver/serve.mjs $(RUN_CONFIG) $(PORT) $(CURDIR)/.dev.vars \
+	  $(CURDIR)/build/.wrangler/state $(LOG_LEVEL) --watch
+
+# `wrangler dev` itself, inspector attached: for Chrome DevTools (breakpoints,
+# profiles). Same port, vars and state as `make dev`. Slower: see above, and
+# once DevTools is open, V8 runs the wasm as unoptimized debug code.
+debug: build .dev.vars
+	@echo "DevTools: https://devtools.devprod.cloudflare.dev/js_app?theme=systemPreferred&debugger=true&ws=127.0.0.1:$(INSPECTOR_PORT)/ws"
+	@echo "  (or chrome://inspect, Configure..., add 127.0.0.1:$(INSPECTOR_PORT))"
 	wrangler dev --config $(RUN_CONFIG) --env-file $(CURDIR)/.dev.vars \
-	  --ip 127.0.0.1 --port $(PORT) --show-interactive-dev-session=false
+	  --persist-to $(CURDIR)/build/.wrangler/state --log-level $(LOG_LEVEL) \
+	  --ip 127.0.0.1 --port $(PORT) --inspector-ip 127.0.0.1 --inspector-port $(INSPECTOR_PORT) \
+	  --show-interactive-dev-session=false
 
 test: build
 	cargo fmt --all -- --check
