@@ -19,13 +19,15 @@ use worker::{
     WebSocket, WebSocketPair,
 };
 
-use crate::acks::{AckBook, AckOutcome};
+use crate::acks::{AckBook, AckOutcome, DeadlineQueue};
 use crate::config::DEFAULT_MAX_FRAME_BYTES;
 use crate::error::ApiError;
 use crate::filter::{
     add_filters, any_matches, remove_filters, Filter, TooManyFilters, MAX_FILTERS_PER_SOCKET,
 };
-use crate::glue::{js_key, send_value, Deadlines, Incoming, Settle};
+use crate::glue::{
+    js_key, load_attachment, pending_answer, send_value, store_attachment, Incoming, Settle, Timer,
+};
 use crate::http;
 use crate::limits::{SocketLimits, Verdict};
 use crate::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, PublishOutcome, ServerFrame};
@@ -81,8 +83,8 @@ impl Socket {
                 too_large.bytes
             ))
         })?;
-        self.ws.serialize_attachment(&next).map_err(|err| {
-            console_error!("storing socket filters failed: {err}");
+        store_attachment(&self.ws, &next).map_err(|err| {
+            console_error!("storing socket filters failed: {err:?}");
             refused("subscription refused: the filters could not be stored".into())
         })?;
         self.attachment = next;
@@ -107,7 +109,14 @@ struct Waiter {
     settle: Settle,
 }
 
-type Book = Rc<RefCell<AckBook<Waiter>>>;
+/// Publishes in flight and their deadlines; shared with the object's timer.
+#[derive(Default)]
+struct InFlight {
+    book: AckBook<Waiter>,
+    deadlines: DeadlineQueue,
+}
+
+type Book = Rc<RefCell<InFlight>>;
 
 impl Waiter {
     /// Answers the publish with the results that arrived.
@@ -126,7 +135,7 @@ impl Waiter {
 /// Ends a publish whose last awaited socket acked or closed.
 fn complete(book: &Book, waiter: Waiter) {
     // The results are taken before answering: no borrow is held into JS.
-    let results = book.borrow_mut().finish(&waiter.envelope_id);
+    let results = book.borrow_mut().book.finish(&waiter.envelope_id);
     waiter.answer(results);
 }
 
@@ -141,13 +150,13 @@ pub struct HopeFlowRealtime {
     settings: std::result::Result<Rc<Settings>, ApiError>,
     /// Socket id → socket; `None` until first built after (re)start.
     sockets: RefCell<Option<HashMap<String, Socket>>>,
-    /// Publishes waiting for acks; shared with `deadlines`.
+    /// Publishes waiting for acks; shared with `timer`.
     acks: Book,
     /// Ends publishes whose ack timeout passed.
-    deadlines: Deadlines,
+    timer: Timer,
     /// Socket object → socket id, for the sockets in the index. Looking the
     /// id up in its tags (`getTags`) took about 10 % of the CPU of a fan-out's
-    /// acks in the profile (bench/README.md); the tags stay as the fallback.
+    /// acks in the profile (bench/README.md).
     ids: js_sys::Map,
 }
 
@@ -161,18 +170,23 @@ impl HopeFlowRealtime {
         let settings = settings(&env);
         let acks: Book = Rc::default();
         let book = Rc::clone(&acks);
-        let deadlines = Deadlines::new(move |envelope_id| {
-            let expired = book.borrow_mut().expire(&envelope_id);
-            if let Some((waiter, results)) = expired {
-                waiter.answer(results);
+        let timer = Timer::new(move || {
+            let (due, next) = book.borrow_mut().deadlines.fire(js_sys::Date::now());
+            for envelope_id in due {
+                // None when the publish completed before its deadline.
+                let expired = book.borrow_mut().book.expire(&envelope_id);
+                if let Some((waiter, results)) = expired {
+                    waiter.answer(results);
+                }
             }
+            next
         });
         HopeFlowRealtime {
             state,
             settings,
             sockets: RefCell::new(None),
             acks,
-            deadlines,
+            timer,
             ids: js_sys::Map::new(),
         }
     }
@@ -252,7 +266,11 @@ impl HopeFlowRealtime {
             } => {
                 // A statement of its own: the book's borrow must end before
                 // `charge`, which may close the socket and touch the book.
-                let outcome = self.acks.borrow_mut().ack(&envelope_id, &socket_id, result);
+                let outcome = self
+                    .acks
+                    .borrow_mut()
+                    .book
+                    .ack(&envelope_id, &socket_id, result);
                 match outcome {
                     // The publish may have timed out meanwhile; nothing to wake.
                     AckOutcome::Completed(waiter) => complete(&self.acks, waiter),
@@ -288,10 +306,12 @@ impl HopeFlowRealtime {
         }
         let pair = WebSocketPair::new()?;
         let socket_id = uuid::Uuid::new_v4().simple().to_string();
-        self.state
-            .accept_websocket_with_tags(&pair.server, &[socket_id.as_str()]);
+        self.state.accept_web_socket(&pair.server);
         let attachment = SocketAttachment::new(socket_id.clone(), user_id);
-        pair.server.serialize_attachment(&attachment)?;
+        store_attachment(&pair.server, &attachment).map_err(|err| {
+            console_error!("storing a socket attachment failed: {err:?}");
+            ApiError::Internal
+        })?;
         self.with_sockets(|sockets| {
             self.ids
                 .set(js_key(&pair.server), &JsValue::from_str(&socket_id));
@@ -346,18 +366,26 @@ impl HopeFlowRealtime {
             .map_err(|_| ApiError::Internal)?;
             return Ok(JsValue::from_str(&answer));
         }
-        let (answer, settle) = self
-            .deadlines
-            .start(&envelope.envelope_id, timeout.as_millis() as f64);
+        let (answer, settle) = pending_answer();
         let waiter = Waiter {
             envelope_id: envelope.envelope_id.clone(),
             client_count,
             settle,
         };
-        self.acks
-            .borrow_mut()
-            .begin(envelope.envelope_id, delivered, waiter)
+        let now_ms = js_sys::Date::now();
+        let mut in_flight = self.acks.borrow_mut();
+        in_flight
+            .book
+            .begin(envelope.envelope_id.clone(), delivered, waiter)
             .map_err(|_| ApiError::Internal)?;
+        let deadline_ms = now_ms + timeout.as_millis() as f64;
+        let timer = in_flight
+            .deadlines
+            .push(envelope.envelope_id, deadline_ms, now_ms);
+        drop(in_flight);
+        if let Some(delay_ms) = timer {
+            self.timer.set(delay_ms);
+        }
         Ok(answer)
     }
 
@@ -437,20 +465,20 @@ impl HopeFlowRealtime {
     /// `GET /stats`: sockets and publishes in flight, for operators and tests.
     fn stats(&self) -> std::result::Result<Response, ApiError> {
         let sockets = self.with_sockets(|sockets| sockets.len());
-        let pending = self.acks.borrow().len();
+        let pending = self.acks.borrow().book.len();
         Ok(http::json(
             200,
             &serde_json::json!({ "sockets": sockets, "pendingPublishes": pending }),
         )?)
     }
 
-    /// The socket's id: from the id map, or from the tag it was accepted
-    /// with when the index has not been rebuilt yet after a wake-up.
+    /// The socket's id, from the id map; after a wake-up the index (which
+    /// fills the map from the attachments) is built first. Sockets are
+    /// accepted without tags: the map made the tag lookup (`getTags`, about
+    /// 10 % of a fan-out's ack CPU) unneeded.
     fn socket_id(&self, ws: &WebSocket) -> Option<String> {
-        self.ids
-            .get(js_key(ws))
-            .as_string()
-            .or_else(|| self.state.get_tags(ws).into_iter().next())
+        self.with_sockets(|_| ());
+        self.ids.get(js_key(ws)).as_string()
     }
 
     /// Drops a closed socket from the index and stops waiting for its acks.
@@ -460,7 +488,7 @@ impl HopeFlowRealtime {
         };
         self.with_sockets(|sockets| sockets.remove(&socket_id));
         self.ids.delete(js_key(ws));
-        let completed = self.acks.borrow_mut().socket_gone(&socket_id);
+        let completed = self.acks.borrow_mut().book.socket_gone(&socket_id);
         for waiter in completed {
             complete(&self.acks, waiter);
         }
@@ -477,7 +505,7 @@ impl HopeFlowRealtime {
     fn load_sockets(&self) -> HashMap<String, Socket> {
         let mut sockets = HashMap::new();
         for ws in self.state.get_websockets() {
-            match ws.deserialize_attachment::<SocketAttachment>() {
+            match load_attachment(&ws) {
                 Ok(Some(attachment)) if attachment.is_current() => {
                     self.ids
                         .set(js_key(&ws), &JsValue::from_str(&attachment.id));

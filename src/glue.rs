@@ -12,12 +12,16 @@
 //! bound to its per-request argument), so a publish creates no Rust closure
 //! and no future.
 
+use std::cell::OnceCell;
+use std::rc::{Rc, Weak};
+
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{js_sys, web_sys, worker_sys, Env};
 
 use crate::durable_object::HopeFlowRealtime;
+use crate::session::SocketAttachment;
 
 /// The worker's `fetch` entry (exported as `fetch`, called by `src/shim.js`):
 /// a `Response`, or a Promise of one.
@@ -29,7 +33,7 @@ pub fn worker_fetch(request: web_sys::Request, env: Env, _ctx: JsValue) -> JsVal
 
 /// How many times [`warm_up`] runs the hot path: enough for V8 to optimize
 /// it (bench/README.md, "Warm-up").
-const WARM_UP_ROUNDS: usize = 300;
+const WARM_UP_ROUNDS: usize = 2_000;
 
 /// Called once by `src/shim.js` as the module is instantiated: compiles and
 /// optimizes the publish path before the first request (see `warmup`).
@@ -122,6 +126,12 @@ extern "C" {
     #[wasm_bindgen(method, catch, js_name = send)]
     pub fn send(this: &RawWebSocket, data: &JsValue) -> Result<(), JsValue>;
 
+    #[wasm_bindgen(method, catch, js_name = serializeAttachment)]
+    fn serialize_attachment(this: &RawWebSocket, value: &JsValue) -> Result<(), JsValue>;
+
+    #[wasm_bindgen(method, catch, js_name = deserializeAttachment)]
+    fn deserialize_attachment(this: &RawWebSocket) -> Result<JsValue, JsValue>;
+
     /// A Durable Object namespace binding, as the runtime gives it.
     pub type Namespace;
 
@@ -161,13 +171,8 @@ extern "C" {
     #[wasm_bindgen(method, getter)]
     fn resolve(this: &Resolvers) -> js_sys::Function;
 
-    /// `setTimeout(handler, ms, arg)`: the handler gets `arg`, so one
-    /// function serves every timer of an object.
     #[wasm_bindgen(js_name = setTimeout)]
-    fn set_timeout(handler: &JsValue, ms: f64, arg: &JsValue) -> JsValue;
-
-    #[wasm_bindgen(js_name = clearTimeout)]
-    fn clear_timeout(id: &JsValue);
+    fn set_timeout(handler: &JsValue, ms: f64) -> JsValue;
 
     /// `new Response(body, init)` with a body that is already a JS string.
     #[wasm_bindgen(js_name = Response)]
@@ -243,6 +248,33 @@ pub fn send_value(ws: &worker::WebSocket, frame: &JsValue) -> Result<(), JsValue
     raw.unchecked_ref::<RawWebSocket>().send(frame)
 }
 
+/// Stores the socket's attachment, as its JSON text.
+pub fn store_attachment(
+    ws: &worker::WebSocket,
+    attachment: &SocketAttachment,
+) -> Result<(), JsValue> {
+    let raw: &web_sys::WebSocket = ws.as_ref();
+    raw.unchecked_ref::<RawWebSocket>()
+        .serialize_attachment(&JsValue::from_str(&attachment.to_json()))
+}
+
+/// The socket's attachment: JSON text, or (stored by builds before the
+/// text form) an object; `None` when it has none.
+pub fn load_attachment(ws: &worker::WebSocket) -> Result<Option<SocketAttachment>, String> {
+    let raw: &web_sys::WebSocket = ws.as_ref();
+    let stored = raw
+        .unchecked_ref::<RawWebSocket>()
+        .deserialize_attachment()
+        .map_err(|err| format!("{err:?}"))?;
+    if let Some(text) = stored.as_string() {
+        return SocketAttachment::from_json(&text)
+            .map(Some)
+            .map_err(|err| err.to_string());
+    }
+    ws.deserialize_attachment::<SocketAttachment>()
+        .map_err(|err| err.to_string())
+}
+
 /// The socket's JS object, as a map key.
 pub fn js_key(ws: &worker::WebSocket) -> &JsValue {
     let raw: &web_sys::WebSocket = ws.as_ref();
@@ -270,50 +302,60 @@ pub fn json_200(body: &JsValue) -> web_sys::Response {
     JSON_200.with(|init| NewResponse::new(body, init).unchecked_into())
 }
 
-/// A publish waiting for acks, as the object's ack book holds it: settling
-/// it resolves the `deliver` Promise with the answer.
+/// The `deliver` Promise of a publish waiting for acks: settling it
+/// answers the publish.
 pub struct Settle {
     resolve: js_sys::Function,
-    timer: JsValue,
 }
 
 impl Settle {
-    /// Resolves the `deliver` Promise with `answer` and stops its timer.
+    /// Resolves the `deliver` Promise with `answer`.
     pub fn answer(self, answer: &str) {
-        clear_timeout(&self.timer);
         let _ = self
             .resolve
             .call1(&JsValue::NULL, &JsValue::from_str(answer));
     }
 }
 
-/// The deadline of every publish of one object: called with the envelope
-/// id when a publish's ack timeout passes.
-pub struct Deadlines {
-    handler: JsValue,
+/// A Promise for a publish's answer, and what settles it.
+pub fn pending_answer() -> (JsValue, Settle) {
+    let resolvers = with_resolvers();
+    let settle = Settle {
+        resolve: resolvers.resolve(),
+    };
+    (resolvers.promise(), settle)
 }
 
-impl Deadlines {
-    pub fn new(on_deadline: impl Fn(String) + 'static) -> Deadlines {
-        let closure = Closure::<dyn Fn(JsValue)>::new(move |id: JsValue| {
-            if let Some(id) = id.as_string() {
-                on_deadline(id);
+/// One runtime timer of an object, set again and again (see
+/// `acks::DeadlineQueue`).
+pub struct Timer {
+    handler: Rc<OnceCell<JsValue>>,
+}
+
+impl Timer {
+    /// `on_fire` returns the delay to set the timer again for, if any.
+    pub fn new(on_fire: impl Fn() -> Option<f64> + 'static) -> Timer {
+        let handler = Rc::new(OnceCell::new());
+        // Weak: the timer owns its handler; a strong reference back would
+        // keep both alive after the object is gone.
+        let again: Weak<OnceCell<JsValue>> = Rc::downgrade(&handler);
+        let closure = Closure::<dyn Fn()>::new(move || {
+            let Some(delay_ms) = on_fire() else {
+                return;
+            };
+            if let Some(handler) = again.upgrade() {
+                if let Some(function) = handler.get() {
+                    set_timeout(function, delay_ms);
+                }
             }
         });
-        Deadlines {
-            handler: closure.into_js_value(),
-        }
+        let _ = handler.set(closure.into_js_value());
+        Timer { handler }
     }
 
-    /// A Promise for the answer of publish `envelope_id`, whose deadline
-    /// fires after `timeout_ms` unless it is settled first.
-    pub fn start(&self, envelope_id: &str, timeout_ms: f64) -> (JsValue, Settle) {
-        let resolvers = with_resolvers();
-        let timer = set_timeout(&self.handler, timeout_ms, &JsValue::from_str(envelope_id));
-        let settle = Settle {
-            resolve: resolvers.resolve(),
-            timer,
-        };
-        (resolvers.promise(), settle)
+    pub fn set(&self, delay_ms: f64) {
+        if let Some(function) = self.handler.get() {
+            set_timeout(function, delay_ms);
+        }
     }
 }

@@ -65,6 +65,17 @@ impl SocketAttachment {
     pub fn is_current(&self) -> bool {
         self.v == ATTACHMENT_VERSION
     }
+
+    /// The stored form: JSON text, which the runtime keeps as one string
+    /// (cheaper to store and read than an object built field by field).
+    pub fn to_json(&self) -> String {
+        // Strings and a version number: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(text: &str) -> Result<SocketAttachment, serde_json::Error> {
+        serde_json::from_str(text)
+    }
 }
 
 #[cfg(test)]
@@ -78,12 +89,12 @@ mod tests {
         let a = SocketAttachment::new("s1".into(), "alice".into())
             .with_filters(vec![filter])
             .expect("fits");
-        let text = serde_json::to_string(&a).expect("json");
+        let text = a.to_json();
         assert_eq!(
             text,
             r#"{"v":1,"id":"s1","u":"alice","f":[{"type":"chat"}]}"#
         );
-        let back: SocketAttachment = serde_json::from_str(&text).expect("json");
+        let back = SocketAttachment::from_json(&text).expect("json");
         assert_eq!(back, a);
         assert!(back.is_current());
     }

@@ -177,6 +177,18 @@ const METRICS: &[Metric] = &[
         "ms",
         Better::Lower,
     ),
+    metric(
+        "second_object_publish_ms",
+        "then a publish to a second new user",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "first_object_again_ms",
+        "then the first user again",
+        "ms",
+        Better::Lower,
+    ),
 ];
 
 /// All rounds of all implementations, in run order.

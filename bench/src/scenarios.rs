@@ -187,9 +187,17 @@ fn user(scenario: &str) -> String {
 
 /// The first publish after start-up: creates the first Durable Object and,
 /// for hopeflow, runs the first token check through the wasm module.
+/// The first publish after start, then one to a second new user and one
+/// to the first again: what the first costs beyond creating an object
+/// (code run for the first time) and what creating an object costs.
 async fn first_request(target: &Target, _: &Sizes, round: &mut Round) -> Result<(), String> {
-    let took = target.publish(&user("first"), 0, 0).await?;
+    let first = user("first");
+    let took = target.publish(&first, 0, 0).await?;
     round.set("first_publish_ms", ms(took));
+    let took = target.publish(&user("second"), 0, 0).await?;
+    round.set("second_object_publish_ms", ms(took));
+    let took = target.publish(&first, 1, 0).await?;
+    round.set("first_object_again_ms", ms(took));
     Ok(())
 }
 
