@@ -173,7 +173,7 @@ impl TokenVerifier {
             // Bounded memory without bookkeeping: start over.
             seen.entries.clear();
         }
-        seen.entries.insert(token.to_string(), raw.clone());
+        seen.entries.insert(token.to_owned(), raw.clone());
         self.accept(raw, now)
     }
 

@@ -61,9 +61,16 @@ fn route(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     }
 }
 
-/// The settings from the environment (vars and secrets alike are strings).
+/// The settings from the environment (vars and secrets alike are strings),
+/// read straight off the `env` object: `Env::var` formats each value
+/// through `Display`, which was a sixth of the first publish's busy time
+/// in the profile (bench/README.md, "Cold start").
 fn read_config(env: &Env) -> std::result::Result<Config, ConfigError> {
-    Config::load(|name| env.var(name).ok().map(|value| value.to_string()))
+    Config::load(|name| {
+        js_sys::Reflect::get(env.as_ref(), &JsValue::from_str(name))
+            .ok()
+            .and_then(|value| value.as_string())
+    })
 }
 
 /// The settings and the token verifier built from them.

@@ -17,7 +17,8 @@ const instance = new WebAssembly.Instance(wasmModule, {
 });
 imports.__wbg_set_wasm(instance.exports);
 instance.exports.__wbindgen_start?.();
-// Compiles and optimizes the publish path now, not on the first requests.
+// Compiles and optimizes the publish path now, not on the first requests
+// (src/warmup.rs). Only pure code: the global scope may not build responses.
 imports.warmUp();
 
 export default {

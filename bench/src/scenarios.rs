@@ -161,6 +161,11 @@ pub async fn profile_workload(target: &Target, sizes: &Sizes, which: &str, round
         }
         return;
     }
+    if which == "first" {
+        let outcome = first_request(target, sizes, round).await;
+        round.note("first request", outcome);
+        return;
+    }
     let all = !["rt", "tp", "fanout"].contains(&which);
     if all || which == "rt" {
         let outcome = round_trip(target, sizes, round).await;
