@@ -179,6 +179,8 @@ impl Target {
             .map_err(|e| format!("publish body: {e}"))?;
         let elapsed = started.elapsed();
         if !status.is_success() {
+            // Error pages (wrangler's are HTML) would bury the report.
+            let text: String = text.chars().take(300).collect();
             return Err(format!("publish answered {status}: {text}"));
         }
         let answer: Value =

@@ -35,12 +35,21 @@ export class Floor extends DurableObject {
       for (const ws of sockets) ws.send(FRAME);
       if (sockets.length === 0) return new Response('{"clientCount":0,"results":[]}');
       await new Promise((resolve) => {
-        const entry = { left: sockets.length, resolve };
-        this.waiting.push(entry);
-        setTimeout(() => {
+        // The timer is cleared once answered: left running, one per
+        // publish, they hit the runtime's limit of 10,000 active timeouts
+        // under the throughput scenario's load.
+        const timer = setTimeout(() => {
           this.waiting = this.waiting.filter((e) => e !== entry);
           resolve();
         }, 5000);
+        const entry = {
+          left: sockets.length,
+          resolve: () => {
+            clearTimeout(timer);
+            resolve();
+          },
+        };
+        this.waiting.push(entry);
       });
       return new Response(`{"clientCount":${sockets.length},"results":[]}`);
     }
