@@ -158,7 +158,9 @@ impl TokenVerifier {
     /// a backend sends the same token with every publish, and decoding and
     /// checking the signature was about 6 % of a publish's CPU in the profile
     /// (bench/README.md). Time and the other claims are checked on every use.
-    /// `seen` must only ever be used with this verifier.
+    /// `seen` must only ever be used with this verifier. Out of line, so the
+    /// start-up warm-up optimizes this very function (see `warmup`).
+    #[inline(never)]
     pub fn verify_cached(
         &self,
         token: &str,

@@ -125,9 +125,9 @@ impl Waiter {
             client_count: self.client_count,
             results,
         };
-        match serde_json::to_string(&outcome) {
-            Ok(text) => self.settle.answer(&text),
-            Err(err) => console_error!("serializing a publish outcome failed: {err}"),
+        match outcome.to_text() {
+            Some(text) => self.settle.answer(&text),
+            None => console_error!("serializing a publish outcome failed"),
         }
     }
 }
@@ -341,7 +341,7 @@ impl HopeFlowRealtime {
         // and send that same JS string to every socket, rather than
         // serializing it again or decoding it out of wasm memory per socket.
         let text = envelope_text.as_string().ok_or(ApiError::Internal)?;
-        let envelope: Envelope = serde_json::from_str(&text).map_err(|_| ApiError::Internal)?;
+        let envelope = Envelope::parse(&text).ok_or(ApiError::Internal)?;
         let delivered: Vec<String> = self.with_sockets(|sockets| {
             sockets
                 .iter()
@@ -359,11 +359,12 @@ impl HopeFlowRealtime {
         });
         let client_count = delivered.len();
         if client_count == 0 {
-            let answer = serde_json::to_string(&PublishOutcome {
+            let answer = PublishOutcome {
                 client_count,
                 results: Vec::new(),
-            })
-            .map_err(|_| ApiError::Internal)?;
+            }
+            .to_text()
+            .ok_or(ApiError::Internal)?;
             return Ok(JsValue::from_str(&answer));
         }
         let (answer, settle) = pending_answer();

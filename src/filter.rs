@@ -117,6 +117,7 @@ impl Filter {
 }
 
 /// Whether any filter of a socket matches the envelope.
+#[inline(never)]
 pub fn any_matches(filters: &[Filter], envelope_type: &str, payload: &Value) -> bool {
     filters.iter().any(|f| f.matches(envelope_type, payload))
 }

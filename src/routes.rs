@@ -272,7 +272,7 @@ fn deliver(namespace: Namespace, body: &JsValue) -> std::result::Result<JsValue,
         .get_by_name(&request.user_id)
         .map_err(unavailable_err)?;
     let envelope = request.into_envelope(uuid::Uuid::new_v4().to_string());
-    let envelope_json = serde_json::to_string(&envelope).map_err(|_| ApiError::Internal)?;
+    let envelope_json = envelope.to_text().ok_or(ApiError::Internal)?;
     let answer = stub
         .deliver(&JsValue::from_str(&envelope_json))
         .map_err(unavailable_err)?;

@@ -52,10 +52,10 @@ pub fn exercise(rounds: usize) -> usize {
             continue;
         };
         let envelope = request.into_envelope(format!("warm-up-{round}"));
-        let Ok(text) = serde_json::to_string(&envelope) else {
+        let Some(text) = envelope.to_text() else {
             continue;
         };
-        let Ok(parsed) = serde_json::from_str::<Envelope>(&text) else {
+        let Some(parsed) = Envelope::parse(&text) else {
             continue;
         };
         if !any_matches(&filters, &parsed.envelope_type, &parsed.payload) {
@@ -84,7 +84,7 @@ pub fn exercise(rounds: usize) -> usize {
             client_count: 1,
             results: book.finish(&parsed.envelope_id),
         };
-        if serde_json::to_string(&outcome).is_err() {
+        if outcome.to_text().is_none() {
             continue;
         }
         if !matches!(
