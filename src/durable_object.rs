@@ -26,7 +26,8 @@ use crate::filter::{
     add_filters, any_matches, remove_filters, Filter, TooManyFilters, MAX_FILTERS_PER_SOCKET,
 };
 use crate::glue::{
-    js_key, load_attachment, pending_answer, send_value, store_attachment, Incoming, Settle, Timer,
+    js_key, load_attachment, pending_answer, send_value, store_attachment, IncomingFrame, Settle,
+    Timer,
 };
 use crate::http;
 use crate::limits::{SocketLimits, Verdict};
@@ -225,13 +226,13 @@ impl HopeFlowRealtime {
 }
 
 impl HopeFlowRealtime {
-    pub fn websocket_message(&self, ws: &WebSocket, message: Incoming) {
+    pub fn websocket_message(&self, ws: &WebSocket, message: IncomingFrame) {
         let Some(socket_id) = self.socket_id(ws) else {
             return;
         };
         let size = match &message {
-            Incoming::Text(text) => text.len(),
-            Incoming::Binary { len } => *len,
+            IncomingFrame::Text(text) => text.len(),
+            IncomingFrame::Binary { len } => *len,
         };
         if size > self.max_frame_bytes() {
             self.close_socket(ws, CloseCode::MessageTooBig);
@@ -240,8 +241,8 @@ impl HopeFlowRealtime {
         // The static `Date.now()`: `worker::Date::now()` allocates a Date.
         let now_ms = js_sys::Date::now();
         let text = match message {
-            Incoming::Text(text) => text,
-            Incoming::Binary { .. } => {
+            IncomingFrame::Text(text) => text,
+            IncomingFrame::Binary { .. } => {
                 let frame = ServerFrame::error(
                     ErrorCode::BinaryNotSupported,
                     "binary frames are not supported; send JSON text frames",

@@ -82,9 +82,9 @@ impl HopeFlowRealtime {
     #[wasm_bindgen(js_name = webSocketMessage)]
     pub fn on_websocket_message(&self, ws: web_sys::WebSocket, message: JsValue) {
         let message = match message.as_string() {
-            Some(text) => Incoming::Text(text),
+            Some(text) => IncomingFrame::Text(text),
             // Refused unread, so only its size is needed.
-            None => Incoming::Binary {
+            None => IncomingFrame::Binary {
                 len: message
                     .dyn_ref::<js_sys::ArrayBuffer>()
                     .map_or(0, |buffer| buffer.byte_length() as usize),
@@ -111,7 +111,7 @@ impl HopeFlowRealtime {
 }
 
 /// A frame as the runtime delivered it.
-pub enum Incoming {
+pub enum IncomingFrame {
     Text(String),
     Binary { len: usize },
 }
