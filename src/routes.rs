@@ -138,22 +138,26 @@ fn authenticate(req: &Incoming, settings: &Settings) -> std::result::Result<Clai
         .map_err(ApiError::Unauthorized)
 }
 
-/// The stub of `user_id`'s object.
-fn user_stub(env: &Env, user_id: &str) -> std::result::Result<ObjectStub, ApiError> {
-    let namespace = glue::namespace(env, BINDING).ok_or_else(|| {
+/// The objects' namespace binding.
+fn namespace(env: &Env) -> std::result::Result<Namespace, ApiError> {
+    glue::namespace(env, BINDING).ok_or_else(|| {
         console_error!("the {BINDING} binding is missing");
         ApiError::Misconfigured
-    })?;
-    namespace.get_by_name(user_id).map_err(|err| {
+    })
+}
+
+/// The stub of `user_id`'s object.
+fn user_stub(env: &Env, user_id: &str) -> std::result::Result<ObjectStub, ApiError> {
+    namespace(env)?.get_by_name(user_id).map_err(|err| {
         console_error!("durable object stub: {err:?}");
         ApiError::Unavailable
     })
 }
 
-/// A failed call to an object becomes 503 `unavailable`.
+/// A failed call to an object becomes 503 `unavailable` (the continuation
+/// form of [`unavailable_err`]).
 fn unavailable(err: JsValue) -> JsValue {
-    console_error!("durable object unreachable: {err:?}");
-    http::error_js(&ApiError::Unavailable)
+    http::error_js(&unavailable_err(err))
 }
 
 thread_local! {
@@ -196,6 +200,7 @@ fn connect(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     ))
 }
 
+/// A failed call to an object: logged, and 503 `unavailable` to the client.
 fn unavailable_err(err: JsValue) -> ApiError {
     console_error!("durable object unreachable: {err:?}");
     ApiError::Unavailable
@@ -227,10 +232,7 @@ fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     if declared_len.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let namespace = glue::namespace(env, BINDING).ok_or_else(|| {
-        console_error!("the {BINDING} binding is missing");
-        ApiError::Misconfigured
-    })?;
+    let namespace = namespace(env)?;
     let body = glue::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
     let answer = PUBLISH_BODY
         .with(|on_body| BODY_UNREADABLE.with(|on_err| body.then_with(on_body, &namespace, on_err)));
