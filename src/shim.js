@@ -17,8 +17,9 @@ const instance = new WebAssembly.Instance(wasmModule, {
 });
 imports.__wbg_set_wasm(instance.exports);
 instance.exports.__wbindgen_start?.();
-// Compiles and optimizes the publish path now, not on the first requests
-// (src/warmup.rs). Only pure code: the global scope may not build responses.
+// Compiles and optimizes the publish path now, not on the first requests:
+// its pure code (src/warmup.rs) and its crossings into JavaScript
+// (glue::warm_up). The global scope may not build a response or set a timer.
 imports.warmUp();
 
 export default {
