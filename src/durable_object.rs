@@ -78,13 +78,13 @@ impl Socket {
             remove_filters(&mut filters, &change)
         };
         let total = filters.len();
-        let next = self.attachment.with_filters(filters).map_err(|too_large| {
+        let (next, json) = self.attachment.with_filters(filters).map_err(|too_large| {
             refused(format!(
                 "subscription refused: the socket's filters would take {} bytes, over the {MAX_ATTACHMENT_JSON_BYTES} byte limit; unsubscribe some first",
                 too_large.bytes
             ))
         })?;
-        store_attachment(&self.ws, &next).map_err(|err| {
+        store_attachment(&self.ws, &json).map_err(|err| {
             console_error!("storing socket filters failed: {err:?}");
             refused("subscription refused: the filters could not be stored".into())
         })?;
@@ -309,7 +309,7 @@ impl HopeFlowRealtime {
         let socket_id = uuid::Uuid::new_v4().simple().to_string();
         self.state.accept_web_socket(&pair.server);
         let attachment = SocketAttachment::new(socket_id.clone(), user_id);
-        store_attachment(&pair.server, &attachment).map_err(|err| {
+        store_attachment(&pair.server, &attachment.to_json()).map_err(|err| {
             console_error!("storing a socket attachment failed: {err:?}");
             ApiError::Internal
         })?;

@@ -175,9 +175,6 @@ extern "C" {
     #[wasm_bindgen(method, js_name = then)]
     fn then2(this: &Thenable, on_ok: &JsValue, on_err: &JsValue) -> Thenable;
 
-    #[wasm_bindgen(method, js_name = then)]
-    fn then1(this: &Thenable, on_ok: &JsValue) -> Thenable;
-
     /// `Promise.withResolvers()`: a Promise and its `resolve`, without a
     /// Rust executor closure.
     type Resolvers;
@@ -268,14 +265,12 @@ pub fn send_value(ws: &worker::WebSocket, frame: &JsValue) -> Result<(), JsValue
     raw.unchecked_ref::<RawWebSocket>().send(frame)
 }
 
-/// Stores the socket's attachment, as its JSON text.
-pub fn store_attachment(
-    ws: &worker::WebSocket,
-    attachment: &SocketAttachment,
-) -> Result<(), JsValue> {
+/// Stores the socket's attachment, as its JSON text
+/// (`SocketAttachment::to_json`).
+pub fn store_attachment(ws: &worker::WebSocket, json: &str) -> Result<(), JsValue> {
     let raw: &web_sys::WebSocket = ws.as_ref();
     raw.unchecked_ref::<RawWebSocket>()
-        .serialize_attachment(&JsValue::from_str(&attachment.to_json()))
+        .serialize_attachment(&JsValue::from_str(json))
 }
 
 /// The socket's attachment: JSON text, or (stored by builds before the

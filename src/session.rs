@@ -44,22 +44,21 @@ impl SocketAttachment {
         }
     }
 
-    /// This attachment with `filters`, if it still fits the runtime's limit.
+    /// This attachment with `filters`, and its stored form (the JSON text
+    /// its size is checked on), if it still fits the runtime's limit.
     pub fn with_filters(
         &self,
         filters: Vec<Filter>,
-    ) -> Result<SocketAttachment, AttachmentTooLarge> {
+    ) -> Result<(SocketAttachment, String), AttachmentTooLarge> {
         let next = SocketAttachment {
             filters,
             ..self.clone()
         };
-        let bytes = serde_json::to_vec(&next)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        if bytes > MAX_ATTACHMENT_JSON_BYTES {
-            return Err(AttachmentTooLarge { bytes });
+        let json = next.to_json();
+        if json.len() > MAX_ATTACHMENT_JSON_BYTES {
+            return Err(AttachmentTooLarge { bytes: json.len() });
         }
-        Ok(next)
+        Ok((next, json))
     }
 
     pub fn is_current(&self) -> bool {
@@ -86,10 +85,10 @@ mod tests {
     #[test]
     fn round_trips_and_is_compact() {
         let filter: Filter = serde_json::from_value(json!({"type": "chat"})).expect("filter");
-        let a = SocketAttachment::new("s1".into(), "alice".into())
+        let (a, text) = SocketAttachment::new("s1".into(), "alice".into())
             .with_filters(vec![filter])
             .expect("fits");
-        let text = a.to_json();
+        assert_eq!(a.to_json(), text);
         assert_eq!(
             text,
             r#"{"v":1,"id":"s1","u":"alice","f":[{"type":"chat"}]}"#
