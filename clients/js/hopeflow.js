@@ -1,0 +1,383 @@
+// HopeFlow Realtime client for browsers and Node 20+: one socket per client,
+// confirmed subscriptions, acks from a handler, reconnection with backoff.
+// No dependencies; types in hopeflow.d.ts, behaviour in README.md.
+
+/** Per subscribe/unsubscribe frame the server reads this many filters. */
+const PER_MESSAGE = 50;
+
+/**
+ * Delay before reconnect attempt `attempt` (1-based): `initial` doubled per
+ * attempt, capped at `max`, times 50–100 % so clients dropped together do
+ * not come back together.
+ */
+export const backoffDelay = (attempt, initial, max, random = Math.random()) =>
+  Math.min(initial * 2 ** Math.min(attempt - 1, 40), max) * (0.5 + random / 2);
+
+/**
+ * The socket URL: the service root gets its "/", the token goes in `?token=`
+ * because browsers cannot set headers on a WebSocket.
+ */
+export const connectUrl = (url, token) =>
+  url.replace(/^(\w+:\/\/[^/?]+)(?=\?|$)/, "$1/") +
+  (url.includes("?") ? "&" : "?") +
+  "token=" +
+  encodeURIComponent(token);
+
+const failure = (code, message, extra) =>
+  Object.assign(new Error(message), { code }, extra);
+
+const closedError = () => failure("closed", "HopeFlowClient is closed");
+
+// Equal filters are equal sets of pairs, whatever the key order.
+const filterKey = (filter) =>
+  JSON.stringify(Object.entries(filter).sort(([a], [b]) => (a < b ? -1 : 1)));
+
+// The server applies only objects of strings (size caps aside).
+const isFilter = (filter) =>
+  filter &&
+  typeof filter == "object" &&
+  !Array.isArray(filter) &&
+  Object.values(filter).every((value) => typeof value == "string");
+
+const listen = (socket, type, listener) =>
+  socket.addEventListener
+    ? socket.addEventListener(type, listener)
+    : (socket["on" + type] = listener);
+
+// A throwing listener must not break the connection loop: its error is
+// reported as uncaught instead (reportError in browsers; Node has none).
+const notify = (listeners, ...args) => {
+  for (const listener of listeners) {
+    try {
+      listener(...args);
+    } catch (error) {
+      (globalThis.reportError ??
+        ((error) =>
+          queueMicrotask(() => {
+            throw error;
+          })))(error);
+    }
+  }
+};
+
+export class HopeFlowClient {
+  #options;
+  #state = "connecting";
+  #closed = false;
+  /** The open socket, or null while (re)connecting. */
+  #socket = null;
+  /** Ends the current attempt: closes its socket, resolves its promise. */
+  #end = null;
+  /** Filters the server confirmed, by filterKey: re-subscribed on a new socket. */
+  #filters = new Map();
+  /** Requests waiting for a socket. */
+  #queue = [];
+  /** Requests sent, waiting for their confirmation (answered in order). */
+  #pending = [];
+  #handler = null;
+  /** Envelopes that arrived before a handler was set, with their socket. */
+  #backlog = [];
+  #stateListeners = new Set();
+  #errorListeners = new Set();
+  /** The ping or the backoff timer; never both at once. */
+  #timer;
+  #wake;
+
+  constructor(url, options = {}) {
+    const WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (!WebSocket) {
+      throw new TypeError(
+        "HopeFlowClient: no global WebSocket here; pass options.WebSocket",
+      );
+    }
+    if (!/^wss?:\/\//i.test(url)) {
+      throw new TypeError("HopeFlowClient: url must start with ws:// or wss://");
+    }
+    const { token, getToken = () => token } = options;
+    if (token == null && !options.getToken) {
+      throw new TypeError("HopeFlowClient: options.token or options.getToken is required");
+    }
+    this.#options = {
+      backoffInitial: 500,
+      backoffMax: 30000,
+      pingInterval: 25000,
+      pingTimeout: 10000,
+      ...options,
+      url,
+      WebSocket,
+      getToken,
+      fetch: options.fetch ?? globalThis.fetch,
+    };
+    this.#run();
+  }
+
+  /** "connecting" | "open" | "reconnecting" | "closed" */
+  get state() {
+    return this.#state;
+  }
+
+  onEnvelope(handler) {
+    this.#handler = handler;
+    for (const [socket, envelope] of this.#backlog.splice(0)) {
+      this.#deliver(socket, envelope);
+    }
+    return () => {
+      if (this.#handler == handler) this.#handler = null;
+    };
+  }
+
+  onState(listener) {
+    this.#stateListeners.add(listener);
+    return () => this.#stateListeners.delete(listener);
+  }
+
+  onError(listener) {
+    this.#errorListeners.add(listener);
+    return () => this.#errorListeners.delete(listener);
+  }
+
+  subscribe(filters) {
+    return this.#request("subscribe", filters);
+  }
+
+  unsubscribe(filters) {
+    return this.#request("unsubscribe", filters);
+  }
+
+  close() {
+    if (this.#closed) return;
+    this.#end?.({});
+    this.#wake?.();
+    this.#stop({ code: 1000, reason: "closed by the client" });
+  }
+
+  #request(type, filters) {
+    return new Promise((resolve, reject) => {
+      if (this.#closed) return reject(closedError());
+      if (!Array.isArray(filters)) {
+        throw new TypeError(`HopeFlowClient.${type}: filters must be an array`);
+      }
+      const request = {
+        type,
+        filters,
+        done: (error, result) => (error ? reject(error) : resolve(result)),
+      };
+      // While reconnecting it waits for the next socket instead of failing.
+      this.#socket ? this.#send(request) : this.#queue.push(request);
+    });
+  }
+
+  #send(request) {
+    request.error = null;
+    this.#pending.push(request);
+    this.#socket.send(JSON.stringify({ type: request.type, filters: request.filters }));
+  }
+
+  #set(state, detail) {
+    if (state == this.#state) return;
+    this.#state = state;
+    notify(this.#stateListeners, state, detail);
+  }
+
+  #stop(detail) {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#set("closed", detail);
+    for (const request of this.#pending.splice(0).concat(this.#queue.splice(0))) {
+      request.done?.(closedError());
+    }
+  }
+
+  async #run() {
+    // Listeners registered right after the constructor still see "connecting".
+    await null;
+    if (this.#closed) return;
+    notify(this.#stateListeners, "connecting");
+    const options = this.#options;
+    let attempt = 0;
+    let token;
+    while (!this.#closed) {
+      let detail = {};
+      try {
+        token ??= await options.getToken();
+        if (this.#closed) return;
+        const end = await this.#connect(token);
+        if (this.#closed) return;
+        ({ code: detail.code, reason: detail.reason } = end);
+        // The server refuses these for what the client sent: retrying repeats them.
+        if (end.code == 1008 || end.code == 1009) return this.#stop(detail);
+        if (end.opened) {
+          attempt = 0;
+          token = undefined;
+        } else {
+          // A browser cannot see why a handshake failed; a plain GET with
+          // the same token runs the same checks and says.
+          const refusal = await this.#probe(token);
+          if (this.#closed) return;
+          if (refusal?.status == 403) return this.#stop(refusal);
+          if (refusal?.status == 401) {
+            detail = refusal;
+            const next = await options.getToken();
+            if (this.#closed) return;
+            if (next === token) return this.#stop(refusal);
+            token = next;
+          } else {
+            token = undefined;
+          }
+        }
+      } catch (error) {
+        // getToken failed: retried like a failed connection.
+        token = undefined;
+        detail = { error };
+        notify(this.#errorListeners, failure("token_failed", `getToken failed: ${error}`, { cause: error }));
+        if (this.#closed) return;
+      }
+      this.#set("reconnecting", detail);
+      await new Promise((wake) => {
+        this.#wake = wake;
+        this.#timer = setTimeout(
+          wake,
+          backoffDelay(++attempt, options.backoffInitial, options.backoffMax),
+        );
+      });
+    }
+  }
+
+  /** Runs one socket; resolves with how it ended. */
+  #connect(token) {
+    return new Promise((resolve) => {
+      const { WebSocket, url } = this.#options;
+      let opened = false;
+      let socket;
+      const end = (detail) => {
+        if (this.#end != end) return;
+        this.#end = this.#socket = null;
+        clearTimeout(this.#timer);
+        // A new socket starts with no filters: unconfirmed requests are sent
+        // again there, after the re-subscription of the confirmed ones.
+        this.#queue.unshift(...this.#pending.splice(0).filter((request) => request.done));
+        try {
+          socket?.close(1000);
+        } catch {}
+        resolve({ opened, ...detail });
+      };
+      this.#end = end;
+      try {
+        socket = new WebSocket(connectUrl(url, token));
+      } catch (error) {
+        return end({ reason: String(error) });
+      }
+      listen(socket, "open", () => {
+        if (this.#end != end) return;
+        opened = true;
+        this.#socket = socket;
+        this.#ping(socket);
+        const confirmed = [...this.#filters.values()];
+        if (!confirmed.length) this.#set("open");
+        for (let i = 0; i < confirmed.length; i += PER_MESSAGE) {
+          const last = i + PER_MESSAGE >= confirmed.length;
+          this.#send({
+            type: "subscribe",
+            filters: confirmed.slice(i, i + PER_MESSAGE),
+            // No `done`: these are not sent again after a drop, but rebuilt.
+            resubscribed: (error) => {
+              if (error) notify(this.#errorListeners, error);
+              // "open" once the filters are back: publishes from now reach us.
+              if (last) this.#set("open");
+            },
+          });
+        }
+        for (const request of this.#queue.splice(0)) this.#send(request);
+      });
+      listen(socket, "message", (event) => {
+        if (this.#end == end && typeof event.data == "string") {
+          this.#message(socket, event.data);
+        }
+      });
+      listen(socket, "close", (event) => end({ code: event.code, reason: event.reason }));
+    });
+  }
+
+  /** Sends `ping` after pingInterval; no `pong` within pingTimeout ends the socket. */
+  #ping(socket) {
+    const { pingInterval, pingTimeout } = this.#options;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      socket.send("ping");
+      this.#timer = setTimeout(
+        () => this.#end?.({ reason: "no pong in time" }),
+        pingTimeout,
+      );
+    }, pingInterval);
+  }
+
+  /** Whether the server refused the token (401) or the origin (403). */
+  async #probe(token) {
+    const { fetch, url } = this.#options;
+    try {
+      const response = await fetch(connectUrl(url.replace(/^ws/i, "http"), token));
+      if (response.status == 401 || response.status == 403) {
+        return { status: response.status, ...(await response.json()) };
+      }
+    } catch {
+      // No fetch, or it failed: a network failure, retried.
+    }
+  }
+
+  #message(socket, text) {
+    if (text == "pong") return this.#ping(socket);
+    let message;
+    try {
+      message = JSON.parse(text);
+    } catch {
+      return;
+    }
+    // Only deliveries carry an envelopeId.
+    if (message.envelopeId != null) return this.#deliver(socket, message);
+    const request = this.#pending[0];
+    const finish = (error, result) => {
+      this.#pending.shift();
+      request.done ? request.done(error, result) : request.resubscribed(error);
+    };
+    const { type, code } = message;
+    if (request && (type == "subscribed" || type == "unsubscribed")) {
+      // The valid entries among the first 50 took effect, warnings or not.
+      for (const filter of request.filters.slice(0, PER_MESSAGE)) {
+        if (!isFilter(filter)) continue;
+        if (type == "subscribed") this.#filters.set(filterKey(filter), filter);
+        else this.#filters.delete(filterKey(filter));
+      }
+      delete message.type;
+      finish(request.error && Object.assign(request.error, { result: message }), message);
+    } else if (type == "error") {
+      const error = failure(code, message.message);
+      if (request && (code == "invalid_filter" || code == "too_many_filters")) {
+        // A warning about the oldest request; its confirmation follows.
+        request.error ??= error;
+      } else if (request && (code == "subscription_limit" || code == "rate_limited")) {
+        // The oldest request was dropped whole: no confirmation follows.
+        finish(error);
+      } else {
+        notify(this.#errorListeners, error);
+      }
+    }
+  }
+
+  #deliver(socket, envelope) {
+    const handler = this.#handler;
+    if (!handler) return this.#backlog.push([socket, envelope]);
+    (async () => handler(envelope))().then(
+      (result) => {
+        // An ack counts only on the socket the envelope came by.
+        if (socket == this.#socket) {
+          socket.send(JSON.stringify({ type: "ack", envelopeId: envelope.envelopeId, result }));
+        }
+      },
+      (error) =>
+        notify(
+          this.#errorListeners,
+          failure("handler_failed", `onEnvelope handler failed: ${error}`, { cause: error, envelope }),
+        ),
+    );
+  }
+}

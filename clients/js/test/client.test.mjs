@@ -1,0 +1,589 @@
+// The client's state machine against a fake socket, with mocked timers:
+// nothing here waits on the wall clock.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { HopeFlowClient, backoffDelay, connectUrl } from "../hopeflow.js";
+
+/** Lets every pending promise chain run (setImmediate is not mocked). */
+const flush = () => new Promise((resolve) => setImmediate(resolve));
+
+/** A socket the test drives by hand; the shape of the browser's, as far as the client uses it. */
+function fakeSocketClass() {
+  const sockets = [];
+  class FakeSocket {
+    constructor(url) {
+      this.url = url;
+      this.sent = [];
+      this.closedWith = undefined;
+      sockets.push(this);
+    }
+    send(text) {
+      this.sent.push(text);
+    }
+    close(code) {
+      this.closedWith ??= code;
+    }
+    // Test side.
+    open() {
+      this.onopen?.({});
+    }
+    receive(message) {
+      this.onmessage?.({ data: typeof message == "string" ? message : JSON.stringify(message) });
+    }
+    drop(code = 1006, reason = "") {
+      this.onclose?.({ code, reason });
+    }
+    /** JSON frames sent, pings left out. */
+    frames() {
+      return this.sent.filter((text) => text != "ping").map((text) => JSON.parse(text));
+    }
+  }
+  return { FakeSocket, sockets };
+}
+
+const answer = (status, body = {}) => async () => ({ status, json: async () => body });
+
+/**
+ * A client on a fake socket, timers mocked. Options override the defaults;
+ * `fetch` defaults to the server saying the token is fine (426).
+ */
+async function setup(t, options = {}) {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const { FakeSocket, sockets } = fakeSocketClass();
+  const client = new HopeFlowClient("ws://realtime.test", {
+    token: "tok",
+    WebSocket: FakeSocket,
+    fetch: answer(426, { error: "upgrade_required" }),
+    ...options,
+  });
+  const states = [];
+  const details = [];
+  const errors = [];
+  client.onState((state, detail) => {
+    states.push(state);
+    details.push(detail);
+  });
+  client.onError((error) => errors.push(error));
+  await flush();
+  const socket = () => sockets.at(-1);
+  /** Runs the backoff timer and whatever it starts. */
+  const elapse = async (ms) => {
+    t.mock.timers.tick(ms);
+    await flush();
+  };
+  /** Opens the newest socket and confirms its re-subscriptions. */
+  const reopen = async () => {
+    const s = socket();
+    s.open();
+    for (const frame of s.frames()) {
+      if (frame.type == "subscribe") s.receive({ type: "subscribed", added: frame.filters.length, total: 0 });
+    }
+    await flush();
+    return s;
+  };
+  t.after(() => client.close());
+  return { client, sockets, socket, states, details, errors, elapse, reopen };
+}
+
+/** Whether a promise has settled, without waiting for it. */
+async function settled(promise) {
+  let done = false;
+  promise.then(
+    () => (done = true),
+    () => (done = true),
+  );
+  await flush();
+  return done;
+}
+
+test("connectUrl adds the root path and a URL-encoded ?token=", () => {
+  assert.equal(connectUrl("wss://realtime.example.com", "a.b.c"), "wss://realtime.example.com/?token=a.b.c");
+  assert.equal(connectUrl("ws://h:8787/", "t"), "ws://h:8787/?token=t");
+  assert.equal(connectUrl("ws://h?x=1", "t"), "ws://h/?x=1&token=t");
+  assert.equal(connectUrl("wss://h/sub/path?x=1", "t"), "wss://h/sub/path?x=1&token=t");
+  const odd = "a b+c/d=e&f?g#h%é";
+  assert.equal(connectUrl("ws://h", odd), `ws://h/?token=${encodeURIComponent(odd)}`);
+  assert.equal(new URL(connectUrl("ws://h", odd)).searchParams.get("token"), odd);
+});
+
+test("the socket URL carries the token in ?token=", async (t) => {
+  const { socket } = await setup(t, { token: "x y/z" });
+  assert.equal(socket().url, "ws://realtime.test/?token=x%20y%2Fz");
+});
+
+test("constructor refuses a missing WebSocket, a non-ws URL and a missing token", () => {
+  const saved = Object.getOwnPropertyDescriptor(globalThis, "WebSocket");
+  delete globalThis.WebSocket;
+  try {
+    assert.throws(() => new HopeFlowClient("ws://h", { token: "t" }), /options\.WebSocket/);
+  } finally {
+    if (saved) Object.defineProperty(globalThis, "WebSocket", saved);
+  }
+  const { FakeSocket } = fakeSocketClass();
+  assert.throws(() => new HopeFlowClient("http://h", { token: "t", WebSocket: FakeSocket }), TypeError);
+  assert.throws(() => new HopeFlowClient("ws://h", { WebSocket: FakeSocket }), /token/);
+});
+
+test("states: connecting, open, reconnecting, open, closed", async (t) => {
+  const { client, socket, states, details, elapse, reopen } = await setup(t);
+  assert.deepEqual(states, ["connecting"]);
+  assert.equal(client.state, "connecting");
+  await reopen();
+  assert.deepEqual(states, ["connecting", "open"]);
+  socket().drop(1006, "gone");
+  await flush();
+  assert.deepEqual(states.at(-1), "reconnecting");
+  assert.deepEqual(details.at(-1), { code: 1006, reason: "gone" });
+  await elapse(500);
+  await reopen();
+  assert.deepEqual(states, ["connecting", "open", "reconnecting", "open"]);
+  client.close();
+  assert.equal(client.state, "closed");
+  assert.deepEqual(details.at(-1), { code: 1000, reason: "closed by the client" });
+  assert.equal(socket().closedWith, 1000);
+});
+
+test("a first connection that fails goes from connecting to reconnecting", async (t) => {
+  const { socket, states, elapse, reopen, sockets } = await setup(t);
+  socket().drop(1006);
+  await flush();
+  assert.deepEqual(states, ["connecting", "reconnecting"]);
+  await elapse(500);
+  assert.equal(sockets.length, 2);
+  await reopen();
+  assert.deepEqual(states, ["connecting", "reconnecting", "open"]);
+});
+
+test("subscribe resolves on the server's confirmation, with its counts", async (t) => {
+  const { client, socket, reopen } = await setup(t);
+  await reopen();
+  const subscribed = client.subscribe([{ type: "chat_message" }]);
+  assert.deepEqual(socket().frames(), [{ type: "subscribe", filters: [{ type: "chat_message" }] }]);
+  assert.equal(await settled(subscribed), false);
+  socket().receive({ type: "subscribed", added: 1, total: 1 });
+  assert.deepEqual(await subscribed, { added: 1, total: 1 });
+  const unsubscribed = client.unsubscribe([{ type: "chat_message" }]);
+  socket().receive({ type: "unsubscribed", removed: 1, total: 0 });
+  assert.deepEqual(await unsubscribed, { removed: 1, total: 0 });
+});
+
+test("subscribe and unsubscribe reject with the server's error code", async (t) => {
+  const { client, socket, reopen, errors } = await setup(t);
+  await reopen();
+  // Refused whole: no confirmation follows, the next one is the next request's.
+  const limited = client.subscribe([{ type: "a" }]);
+  const next = client.subscribe([{ type: "b" }]);
+  socket().receive({ type: "error", code: "subscription_limit", message: "too many" });
+  socket().receive({ type: "subscribed", added: 1, total: 1 });
+  await assert.rejects(limited, { code: "subscription_limit", message: "too many" });
+  assert.deepEqual(await next, { added: 1, total: 1 });
+
+  // A warning, then the confirmation of the valid part: rejects, says what applied.
+  const partly = client.subscribe([{ type: 1 }, { type: "c" }]);
+  socket().receive({ type: "error", code: "invalid_filter", message: "skipped invalid filters: filters[0]" });
+  assert.equal(await settled(partly), false);
+  socket().receive({ type: "subscribed", added: 1, total: 2 });
+  await assert.rejects(partly, { code: "invalid_filter", result: { added: 1, total: 2 } });
+
+  const unsubscribe = client.unsubscribe(Array.from({ length: 51 }, () => ({})));
+  socket().receive({ type: "error", code: "too_many_filters", message: "1 ignored" });
+  socket().receive({ type: "unsubscribed", removed: 0, total: 2 });
+  await assert.rejects(unsubscribe, { code: "too_many_filters" });
+
+  const dropped = client.subscribe([{ type: "d" }]);
+  socket().receive({ type: "error", code: "rate_limited", message: "slow down" });
+  await assert.rejects(dropped, { code: "rate_limited" });
+
+  // Not tied to a request: reported through onError.
+  socket().receive({ type: "error", code: "invalid_json", message: "?" });
+  assert.deepEqual(
+    errors.map((e) => e.code),
+    ["invalid_json"],
+  );
+  await assert.rejects(client.subscribe("nope"), TypeError);
+});
+
+test("subscribe before the first open and while reconnecting waits for the socket", async (t) => {
+  const { client, socket, sockets, elapse } = await setup(t);
+  const early = client.subscribe([{ type: "a" }]);
+  assert.deepEqual(socket().sent, []);
+  socket().open();
+  assert.deepEqual(socket().frames(), [{ type: "subscribe", filters: [{ type: "a" }] }]);
+  socket().receive({ type: "subscribed", added: 1, total: 1 });
+  assert.deepEqual(await early, { added: 1, total: 1 });
+
+  socket().drop(1006);
+  await flush();
+  const late = client.subscribe([{ type: "b" }]);
+  const gone = client.unsubscribe([{ type: "a" }]);
+  assert.equal(await settled(late), false);
+  await elapse(500);
+  assert.equal(sockets.length, 2);
+  socket().open();
+  // Confirmed filters first, then the requests that waited, in order.
+  assert.deepEqual(socket().frames(), [
+    { type: "subscribe", filters: [{ type: "a" }] },
+    { type: "subscribe", filters: [{ type: "b" }] },
+    { type: "unsubscribe", filters: [{ type: "a" }] },
+  ]);
+  socket().receive({ type: "subscribed", added: 1, total: 1 });
+  socket().receive({ type: "subscribed", added: 1, total: 2 });
+  socket().receive({ type: "unsubscribed", removed: 1, total: 1 });
+  assert.deepEqual(await late, { added: 1, total: 2 });
+  assert.deepEqual(await gone, { removed: 1, total: 1 });
+});
+
+test("after a reconnect every confirmed filter is subscribed again before 'open'", async (t) => {
+  const { client, socket, states, elapse } = await setup(t);
+  socket().open();
+  const many = Array.from({ length: 60 }, (_, i) => ({ type: "t", n: String(i) }));
+  const a = client.subscribe(many.slice(0, 40));
+  const b = client.subscribe(many.slice(40));
+  const c = client.subscribe([{ type: "removed" }]);
+  socket().receive({ type: "subscribed", added: 40, total: 40 });
+  socket().receive({ type: "subscribed", added: 20, total: 60 });
+  socket().receive({ type: "subscribed", added: 1, total: 61 });
+  await Promise.all([a, b, c]);
+  // Equal whatever the key order.
+  const d = client.unsubscribe([{ type: "removed" }, { n: "0", type: "t" }]);
+  socket().receive({ type: "unsubscribed", removed: 2, total: 59 });
+  await d;
+  // In flight when the socket drops: sent again on the next socket.
+  const inFlight = client.subscribe([{ type: "new" }]);
+  socket().drop(1012, "socket state lost");
+  await flush();
+  await elapse(500);
+  socket().open();
+  await flush();
+  assert.equal(states.at(-1), "reconnecting", "not open before the filters are back");
+  const frames = socket().frames();
+  assert.deepEqual(
+    frames.map((f) => f.filters.length),
+    [50, 9, 1],
+  );
+  assert.deepEqual(frames.slice(0, 2).flatMap((f) => f.filters), many.slice(1));
+  assert.deepEqual(frames[2], { type: "subscribe", filters: [{ type: "new" }] });
+  socket().receive({ type: "subscribed", added: 50, total: 50 });
+  await flush();
+  assert.equal(states.at(-1), "reconnecting");
+  socket().receive({ type: "subscribed", added: 9, total: 59 });
+  await flush();
+  assert.equal(states.at(-1), "open");
+  socket().receive({ type: "subscribed", added: 1, total: 60 });
+  assert.deepEqual(await inFlight, { added: 1, total: 60 });
+});
+
+test("filters that partly applied are re-subscribed as the server kept them", async (t) => {
+  const { client, socket, elapse } = await setup(t);
+  socket().open();
+  const partly = client.subscribe([{ type: "ok" }, { type: 5 }, "x"]);
+  socket().receive({ type: "error", code: "invalid_filter", message: "" });
+  socket().receive({ type: "subscribed", added: 1, total: 1 });
+  await assert.rejects(partly, { code: "invalid_filter" });
+  socket().drop();
+  await flush();
+  await elapse(500);
+  socket().open();
+  assert.deepEqual(socket().frames(), [{ type: "subscribe", filters: [{ type: "ok" }] }]);
+});
+
+test("getToken is called before every connect, and its token is used", async (t) => {
+  let calls = 0;
+  const { socket, sockets, elapse, reopen } = await setup(t, {
+    token: undefined,
+    getToken: async () => `token-${++calls}`,
+  });
+  assert.equal(socket().url, "ws://realtime.test/?token=token-1");
+  await reopen();
+  socket().drop();
+  await flush();
+  await elapse(500);
+  assert.equal(socket().url, "ws://realtime.test/?token=token-2");
+  socket().drop(); // before open: the probe says the token is fine
+  await flush();
+  await elapse(1000);
+  assert.equal(socket().url, "ws://realtime.test/?token=token-3");
+  assert.equal(calls, sockets.length);
+});
+
+test("a failing getToken is retried with backoff and reported", async (t) => {
+  let calls = 0;
+  const { sockets, states, errors, elapse } = await setup(t, {
+    token: undefined,
+    getToken: async () => {
+      if (++calls == 1) throw new Error("auth server down");
+      return "fresh";
+    },
+  });
+  assert.equal(sockets.length, 0);
+  assert.equal(states.at(-1), "reconnecting");
+  assert.equal(errors[0].code, "token_failed");
+  await elapse(500);
+  assert.equal(sockets.at(-1).url, "ws://realtime.test/?token=fresh");
+});
+
+for (const code of [1008, 1009]) {
+  test(`no reconnect after close code ${code}`, async (t) => {
+    const { client, socket, sockets, details, reopen } = await setup(t);
+    await reopen();
+    const pending = client.subscribe([{ type: "a" }]).catch((error) => error);
+    socket().drop(code, "fix the client");
+    await flush();
+    assert.equal(client.state, "closed");
+    assert.deepEqual(details.at(-1), { code, reason: "fix the client" });
+    assert.equal((await pending).code, "closed");
+    t.mock.timers.tick(10 * 60 * 1000);
+    await flush();
+    assert.equal(sockets.length, 1);
+  });
+}
+
+test("no reconnect after close(); pending and later calls reject with 'closed'", async (t) => {
+  const { client, socket, sockets, states, reopen } = await setup(t);
+  await reopen();
+  const inFlight = client.subscribe([{ type: "a" }]);
+  client.close();
+  await assert.rejects(inFlight, { code: "closed" });
+  await assert.rejects(client.subscribe([{ type: "b" }]), { code: "closed" });
+  assert.equal(socket().closedWith, 1000);
+  socket().drop(1000); // the close event comes later and changes nothing
+  t.mock.timers.tick(10 * 60 * 1000);
+  await flush();
+  assert.equal(sockets.length, 1);
+  assert.deepEqual(states, ["connecting", "open", "closed"]);
+});
+
+test("close() while waiting to reconnect stops the loop", async (t) => {
+  const { client, socket, sockets } = await setup(t);
+  socket().drop();
+  await flush();
+  const queued = client.subscribe([{ type: "a" }]);
+  client.close();
+  await assert.rejects(queued, { code: "closed" });
+  t.mock.timers.tick(10 * 60 * 1000);
+  await flush();
+  assert.equal(sockets.length, 1);
+});
+
+test("a 401 stops only when getToken gives the same token again", async (t) => {
+  const probed = [];
+  const refused = async (url) => {
+    probed.push(url);
+    return { status: 401, json: async () => ({ error: "token_expired", message: "expired" }) };
+  };
+
+  await t.test("same token: closed, with the reason", async (t) => {
+    const { client, sockets, socket, details } = await setup(t, { token: "old", fetch: refused });
+    socket().drop(1006);
+    await flush();
+    assert.equal(client.state, "closed");
+    assert.deepEqual(details.at(-1), { status: 401, error: "token_expired", message: "expired" });
+    assert.deepEqual(probed, ["http://realtime.test/?token=old"]);
+    t.mock.timers.tick(10 * 60 * 1000);
+    await flush();
+    assert.equal(sockets.length, 1);
+  });
+
+  await t.test("a new token: reconnects with it", async (t) => {
+    const tokens = ["old", "new"];
+    let calls = 0;
+    const { client, sockets, socket, details, elapse, reopen } = await setup(t, {
+      token: undefined,
+      getToken: () => tokens[calls++],
+      fetch: refused,
+    });
+    socket().drop(1006);
+    await flush();
+    assert.equal(client.state, "reconnecting");
+    assert.equal(details.at(-1).status, 401);
+    await elapse(500);
+    assert.equal(socket().url, "ws://realtime.test/?token=new");
+    assert.equal(calls, sockets.length);
+    await reopen();
+    assert.equal(client.state, "open");
+  });
+});
+
+test("a 403 (origin refused) stops at once", async (t) => {
+  let tokenCalls = 0;
+  const { client, socket, details } = await setup(t, {
+    token: undefined,
+    getToken: () => (tokenCalls++, "t"),
+    fetch: answer(403, { error: "origin_not_allowed", message: "no" }),
+  });
+  socket().drop(1006);
+  await flush();
+  assert.equal(client.state, "closed");
+  assert.equal(details.at(-1).error, "origin_not_allowed");
+  assert.equal(tokenCalls, 1);
+});
+
+test("a failed probe (no fetch, network error, 426, 5xx) keeps retrying", async (t) => {
+  for (const [name, fetch] of [
+    ["no fetch", null],
+    [
+      "network error",
+      async () => {
+        throw new TypeError("fetch failed");
+      },
+    ],
+    ["426", answer(426)],
+    ["503", answer(503)],
+  ]) {
+    await t.test(name, async (t) => {
+      if (!fetch) {
+        const saved = globalThis.fetch;
+        globalThis.fetch = undefined;
+        t.after(() => (globalThis.fetch = saved));
+      }
+      const { sockets, socket, states, elapse } = await setup(t, { fetch: fetch ?? undefined });
+      socket().drop(1006);
+      await flush();
+      assert.equal(states.at(-1), "reconnecting");
+      await elapse(500);
+      assert.equal(sockets.length, 2);
+    });
+  }
+});
+
+test("ping on an interval; a missing pong ends the socket and reconnects", async (t) => {
+  const { client, socket, sockets, states, details, elapse, reopen } = await setup(t, {
+    pingInterval: 1000,
+    pingTimeout: 300,
+  });
+  const first = await reopen();
+  await elapse(999);
+  assert.deepEqual(first.sent, []);
+  await elapse(1);
+  assert.deepEqual(first.sent, ["ping"]);
+  first.receive("pong");
+  await elapse(1000);
+  assert.deepEqual(first.sent, ["ping", "ping"]);
+  await elapse(299);
+  assert.equal(states.at(-1), "open");
+  await elapse(1);
+  assert.equal(states.at(-1), "reconnecting");
+  assert.equal(details.at(-1).reason, "no pong in time");
+  assert.equal(first.closedWith, 1000);
+  await elapse(500);
+  assert.equal(sockets.length, 2);
+  await reopen();
+  // The old socket's late events change nothing.
+  first.receive("pong");
+  first.drop(1006);
+  await flush();
+  assert.equal(states.at(-1), "open");
+  assert.equal(socket(), sockets[1]);
+  client.subscribe([{ type: "a" }]).catch(() => {});
+  assert.deepEqual(sockets[1].frames(), [{ type: "subscribe", filters: [{ type: "a" }] }]);
+  await elapse(1000);
+  assert.deepEqual(sockets[1].sent.at(-1), "ping");
+});
+
+test("the handler's value or resolved value is the ack result", async (t) => {
+  const { client, socket, reopen } = await setup(t);
+  await reopen();
+  client.onEnvelope((envelope) =>
+    envelope.payload.async ? Promise.resolve({ seen: envelope.envelopeId }) : envelope.payload.n,
+  );
+  socket().receive({ envelopeId: "e1", type: "chat_message", payload: { n: 7 } });
+  socket().receive({ envelopeId: "e2", type: "chat_message", payload: { async: true } });
+  await flush();
+  assert.deepEqual(socket().frames(), [
+    { type: "ack", envelopeId: "e1", result: 7 },
+    { type: "ack", envelopeId: "e2", result: { seen: "e2" } },
+  ]);
+  client.onEnvelope(() => {});
+  socket().receive({ envelopeId: "e3", type: "x", payload: null });
+  await flush();
+  // undefined is sent as no result, which the server records as null.
+  assert.deepEqual(socket().frames()[2], { type: "ack", envelopeId: "e3" });
+});
+
+test("a handler that throws or rejects acks nothing and is reported", async (t) => {
+  const { client, socket, errors, reopen } = await setup(t);
+  await reopen();
+  client.onEnvelope((envelope) => {
+    if (envelope.payload == "sync") throw new Error("boom");
+    return Promise.reject(new Error("later"));
+  });
+  socket().receive({ envelopeId: "e1", type: "m", payload: "sync" });
+  socket().receive({ envelopeId: "e2", type: "m", payload: "async" });
+  await flush();
+  assert.deepEqual(socket().sent, []);
+  assert.deepEqual(
+    errors.map((e) => [e.code, e.envelope.envelopeId, e.cause.message]),
+    [
+      ["handler_failed", "e1", "boom"],
+      ["handler_failed", "e2", "later"],
+    ],
+  );
+});
+
+test("envelopes that arrive before a handler wait for it; acks go only to their socket", async (t) => {
+  const { client, socket, elapse, reopen } = await setup(t);
+  const first = await reopen();
+  first.receive({ envelopeId: "early", type: "m", payload: 1 });
+  let release;
+  const seen = [];
+  client.onEnvelope((envelope) => {
+    seen.push(envelope.envelopeId);
+    return new Promise((resolve) => (release = resolve));
+  });
+  assert.deepEqual(seen, ["early"]);
+  release("done");
+  await flush();
+  assert.deepEqual(first.frames(), [{ type: "ack", envelopeId: "early", result: "done" }]);
+
+  first.receive({ envelopeId: "slow", type: "m", payload: 2 });
+  first.drop();
+  await flush();
+  await elapse(500);
+  const second = await reopen();
+  release("too late");
+  await flush();
+  assert.equal(first.frames().length, 1);
+  assert.deepEqual(second.frames(), []);
+  assert.equal(socket(), second);
+});
+
+test("backoff grows, is capped and jittered between 50 and 100 %", async (t) => {
+  assert.equal(backoffDelay(1, 500, 30000, 1), 500);
+  assert.equal(backoffDelay(1, 500, 30000, 0), 250);
+  assert.equal(backoffDelay(4, 500, 30000, 1), 4000);
+  assert.equal(backoffDelay(7, 500, 30000, 1), 30000);
+  assert.equal(backoffDelay(1000, 500, 30000, 0), 15000);
+  for (let attempt = 1; attempt < 50; attempt++) {
+    const delay = backoffDelay(attempt, 500, 30000);
+    const full = Math.min(500 * 2 ** (attempt - 1), 30000);
+    assert.ok(delay >= full / 2 && delay <= full, `${attempt}: ${delay}`);
+  }
+
+  // The client waits at least half and at most all of each step, up to the cap.
+  const { sockets, socket, elapse } = await setup(t, { backoffInitial: 100, backoffMax: 1000 });
+  for (let attempt = 1; attempt <= 8; attempt++) {
+    const full = Math.min(100 * 2 ** (attempt - 1), 1000);
+    socket().drop(1006);
+    await flush();
+    await elapse(full / 2 - 1);
+    assert.equal(sockets.length, attempt, `attempt ${attempt} came before half its delay`);
+    await elapse(full / 2 + 1);
+    assert.equal(sockets.length, attempt + 1, `attempt ${attempt} came after its full delay`);
+  }
+});
+
+test("a state listener that throws does not stop the client", async (t) => {
+  const reported = [];
+  const saved = globalThis.reportError;
+  globalThis.reportError = (error) => reported.push(error.message);
+  t.after(() => (globalThis.reportError = saved));
+  const { client, states, reopen } = await setup(t);
+  const remove = client.onState(() => {
+    throw new Error("listener bug");
+  });
+  await reopen();
+  remove();
+  assert.equal(client.state, "open");
+  assert.deepEqual(states, ["connecting", "open"]);
+  assert.deepEqual(reported, ["listener bug"]);
+});
