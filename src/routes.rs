@@ -54,7 +54,7 @@ fn route(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
             allow: "POST, OPTIONS",
         }),
         ("/", Method::Get) if is_websocket_upgrade(&req)? => connect(req, env),
-        ("/", Method::Get) => Err(ApiError::UpgradeRequired),
+        ("/", Method::Get) => handshake_checks(&req, env).and(Err(ApiError::UpgradeRequired)),
         ("/", _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         (STATS_PATH, Method::Get) => stats(req, env),
         _ => Err(ApiError::NotFound),
@@ -171,7 +171,11 @@ thread_local! {
 
 /// WebSocket upgrade: hand the request to the user's Durable Object; its
 /// answer (the 101 with the client socket) is passed on as it is.
-fn connect(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
+/// What a handshake checks before it reaches the object: the origin, then
+/// the token. A plain `GET /` runs them too and answers 426 only when they
+/// pass, because a browser cannot read why a WebSocket handshake failed:
+/// its client asks this way whether a refusal was the token's fault.
+fn handshake_checks(req: &Incoming, env: &Env) -> std::result::Result<Claims, ApiError> {
     let settings = settings(env)?;
     if !settings
         .config
@@ -179,7 +183,11 @@ fn connect(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     {
         return Err(ApiError::OriginNotAllowed);
     }
-    let claims = authenticate(&req, &settings)?;
+    authenticate(req, &settings)
+}
+
+fn connect(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
+    let claims = handshake_checks(&req, env)?;
     // A copy of the client's headers, in one call; the client must not
     // choose the user id the object sees, so ours replaces any it sent.
     let headers =

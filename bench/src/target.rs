@@ -92,6 +92,7 @@ impl Target {
             // service, not wrangler's terminal output.
             log_level: "warn",
             inspector: serve.inspector,
+            https: None,
         })
         .map_err(|e| format!("spawn wrangler dev: {e}"))?;
         let ready_after = process.wait_ready(Duration::from_secs(120))?;

@@ -2,12 +2,21 @@
 //! honours `Retry-After`.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub use hopeflow_realtime::protocol::PublishOutcome;
+
+use crate::tls::{self, TlsError, Trust};
+
+/// How long connecting (TCP and TLS) may take by default.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a whole publish may take by default: longer than the server's
+/// longest ack wait (`ACK_TIMEOUT_MS` is at most 30 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The server's JSON error body.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -38,7 +47,8 @@ pub enum PublishError {
     },
     /// Any other status.
     Status { status: u16, body: String },
-    /// The request did not complete (connection refused, timeout...).
+    /// The request did not complete: the one-line cause (connection
+    /// refused, untrusted certificate, timeout...).
     Transport(String),
 }
 
@@ -71,22 +81,51 @@ impl std::error::Error for PublishError {}
 /// ```
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    http: reqwest::Client,
+    /// Why the HTTP client could not be built, reported by `publish`.
+    http: Result<reqwest::Client, String>,
     url: String,
     token: String,
     /// Extra attempts after a 503 (0: none).
     retries: u32,
+    trust: Trust,
+    connect_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl Publisher {
-    /// A publisher for the server at `base_url` (e.g. `http://127.0.0.1:8787`).
+    /// A publisher for the server at `base_url` (`https://realtime.example.com`,
+    /// or `http://127.0.0.1:8787` for `make dev`), trusting the public roots.
     pub fn new(base_url: &str, token: impl Into<String>) -> Publisher {
         Publisher {
-            http: reqwest::Client::new(),
+            http: Err(String::new()),
             url: format!("{}/publish", base_url.trim_end_matches('/')),
             token: token.into(),
             retries: 0,
+            trust: Trust::public_roots(),
+            connect_timeout: CONNECT_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
         }
+        .rebuilt()
+    }
+
+    /// Also trusts the CA certificate(s) in the PEM file at `path` (a
+    /// private CA); certificates are always verified.
+    pub fn with_ca_cert(self, path: impl AsRef<Path>) -> Result<Publisher, TlsError> {
+        let trust = self.trust.clone().add_ca_file(path)?;
+        Ok(self.with_trust(trust))
+    }
+
+    /// Trusts exactly `trust` (e.g. [`Trust::from_env`]).
+    pub fn with_trust(mut self, trust: Trust) -> Publisher {
+        self.trust = trust;
+        self.rebuilt()
+    }
+
+    /// Limits connecting (TCP and TLS) and the whole request.
+    pub fn with_timeouts(mut self, connect: Duration, request: Duration) -> Publisher {
+        self.connect_timeout = connect;
+        self.request_timeout = request;
+        self.rebuilt()
     }
 
     /// Retries a 503 up to `retries` times, waiting `Retry-After` (or 1 s).
@@ -119,15 +158,28 @@ impl Publisher {
         }
     }
 
+    fn rebuilt(mut self) -> Publisher {
+        self.http = reqwest::Client::builder()
+            .use_preconfigured_tls((*self.trust.client_config()).clone())
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.request_timeout)
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client: {}", tls::describe(&e)));
+        self
+    }
+
     async fn publish_once(&self, body: &Value) -> Result<PublishOutcome, PublishError> {
-        let response = self
+        let http = self
             .http
+            .as_ref()
+            .map_err(|why| PublishError::Transport(why.clone()))?;
+        let response = http
             .post(&self.url)
             .bearer_auth(&self.token)
             .json(body)
             .send()
             .await
-            .map_err(|e| PublishError::Transport(e.to_string()))?;
+            .map_err(|e| self.transport(&e))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -135,15 +187,28 @@ impl Publisher {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let text = response
-            .text()
-            .await
-            .map_err(|e| PublishError::Transport(e.to_string()))?;
+        let text = response.text().await.map_err(|e| self.transport(&e))?;
         if status == 200 {
             return serde_json::from_str(&text)
                 .map_err(|_| PublishError::Status { status, body: text });
         }
         Err(classify(status, text, retry_after))
+    }
+
+    /// The one-line cause of a failed request.
+    fn transport(&self, err: &reqwest::Error) -> PublishError {
+        // reqwest's own timeout error says only "operation timed out".
+        let why = if err.is_timeout() {
+            let limit = if err.is_connect() {
+                self.connect_timeout
+            } else {
+                self.request_timeout
+            };
+            format!("timed out after {} s", limit.as_secs_f64())
+        } else {
+            tls::describe(err)
+        };
+        PublishError::Transport(why)
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -17,11 +18,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use hopeflow_realtime::filter::{Filter, MAX_FILTERS_PER_MESSAGE};
 use hopeflow_realtime::protocol::{ClientFrame, ServerFrame, ServerMessage};
 pub use hopeflow_realtime::protocol::{CloseCode, Envelope, ErrorCode};
+
+use crate::publisher::CONNECT_TIMEOUT;
+use crate::tls::{self, TlsError, Trust};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -47,6 +51,10 @@ pub struct ClientOptions {
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// The CAs `wss://` certificates are checked against (always checked).
+    pub trust: Trust,
+    /// How long one connection attempt (TCP, TLS, upgrade) may take.
+    pub connect_timeout: Duration,
 }
 
 impl ClientOptions {
@@ -58,7 +66,16 @@ impl ClientOptions {
             reconnect: true,
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
+            trust: Trust::public_roots(),
+            connect_timeout: CONNECT_TIMEOUT,
         }
+    }
+
+    /// Also trusts the CA certificate(s) in the PEM file at `path` (a
+    /// private CA).
+    pub fn with_ca_cert(mut self, path: impl AsRef<Path>) -> Result<ClientOptions, TlsError> {
+        self.trust = self.trust.add_ca_file(path)?;
+        Ok(self)
     }
 }
 
@@ -305,7 +322,17 @@ async fn open(options: &ClientOptions) -> Result<Ws, ClientError> {
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         request.headers_mut().insert("Authorization", value);
     }
-    match tokio_tungstenite::connect_async(request).await {
+    let connector = Connector::Rustls(options.trust.client_config());
+    // Nagle off: frames are small and latency is the point.
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
+    let Ok(connected) = tokio::time::timeout(options.connect_timeout, connecting).await else {
+        return Err(ClientError::Connect(format!(
+            "timed out after {} s",
+            options.connect_timeout.as_secs_f64()
+        )));
+    };
+    match connected {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(ClientError::Rejected {
             status: response.status().as_u16(),
@@ -315,7 +342,7 @@ async fn open(options: &ClientOptions) -> Result<Ws, ClientError> {
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default(),
         }),
-        Err(e) => Err(ClientError::Connect(e.to_string())),
+        Err(e) => Err(ClientError::Connect(tls::describe(&e))),
     }
 }
 

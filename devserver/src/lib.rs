@@ -31,6 +31,17 @@ pub struct Launch<'a> {
     /// API behind `wrangler dev`): the inspector streams an event per request
     /// to wrangler's node process, which then takes CPU from the runtime.
     pub inspector: bool,
+    /// Serve `https://` and `wss://` with this key and certificate (PEM),
+    /// as `wrangler dev --local-protocol https` does; needs `inspector`
+    /// (the `wrangler dev` CLI). Probe readiness with [`DevServer::wait_until`].
+    pub https: Option<Https<'a>>,
+}
+
+/// A server key and certificate, PEM files.
+#[derive(Clone, Copy)]
+pub struct Https<'a> {
+    pub key: &'a Path,
+    pub cert: &'a Path,
 }
 
 /// A running `wrangler dev`.
@@ -78,8 +89,20 @@ impl DevServer {
                 .args(["--inspector-port", &inspector_port.to_string()])
                 .arg("--show-interactive-dev-session=false")
                 .args(["--log-level", launch.log_level]);
+            if let Some(https) = launch.https {
+                command
+                    .args(["--local-protocol", "https", "--https-key-path"])
+                    .arg(https.key)
+                    .arg("--https-cert-path")
+                    .arg(https.cert);
+            }
             command
         } else {
+            if launch.https.is_some() {
+                return Err(std::io::Error::other(
+                    "https needs the wrangler dev CLI: set inspector",
+                ));
+            }
             let mut command = Command::new("node");
             command
                 .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("serve.mjs"))
@@ -113,12 +136,22 @@ impl DevServer {
     /// Waits until `GET /health` answers 200 and returns the time since the
     /// spawn; fails fast with the log if wrangler exits.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<Duration, String> {
+        self.wait_until(timeout, health_ok)
+    }
+
+    /// Waits until `probe(port)` is true (e.g. a `GET /health` over TLS)
+    /// and returns the time since the spawn; fails fast if wrangler exits.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        mut probe: impl FnMut(u16) -> bool,
+    ) -> Result<Duration, String> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("wrangler dev exited ({status}):\n{}", self.log()));
             }
-            if health_ok(self.port) {
+            if probe(self.port) {
                 return Ok(self.started.elapsed());
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -184,8 +184,9 @@ async fn publisher_errors_are_typed(ctx: Arc<Ctx>) {
     }
 }
 
-/// The `hopeflow` binary built by `make test`.
-fn hopeflow() -> Command {
+/// The `hopeflow` binary built by `make test`, in an environment without
+/// the settings it reads (`JWT_SECRET`, `HOPEFLOW_CA_CERT`).
+pub fn hopeflow() -> Command {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
@@ -196,7 +197,10 @@ fn hopeflow() -> Command {
         binary.display()
     );
     let mut command = Command::new(binary);
-    command.env_remove("JWT_SECRET").kill_on_drop(true);
+    command
+        .env_remove("JWT_SECRET")
+        .env_remove("HOPEFLOW_CA_CERT")
+        .kill_on_drop(true);
     command
 }
 

@@ -200,7 +200,7 @@ async fn oversized_token_is_401(ctx: Arc<Ctx>) {
 }
 
 /// A token the strict server accepts, with `changes` applied (`null` removes).
-fn strict_token(ctx: &Ctx, user: &str, changes: Value) -> String {
+pub fn strict_token(ctx: &Ctx, user: &str, changes: Value) -> String {
     let mut claims = json!({
         "userId": user,
         "exp": now() + 600,

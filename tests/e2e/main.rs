@@ -11,13 +11,14 @@ mod frames;
 mod hostile;
 mod routes;
 mod support;
+mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::Server;
+use support::{Server, TestCa};
 
 /// The servers every test can use.
 pub struct Ctx {
@@ -29,8 +30,14 @@ pub struct Ctx {
     pub strict: Server,
     /// A secret, but an out-of-range `ACK_TIMEOUT_MS`.
     pub misconfigured: Server,
+    /// Default settings, serving `https://` and `wss://` with a certificate
+    /// of [`Ctx::ca`] for `localhost`.
+    pub tls: Server,
     /// The main server's `STATS_SECRET`.
     pub stats_secret: String,
+    /// Made for this run; after `tls`, so the server stops before its
+    /// certificate files go.
+    pub ca: TestCa,
 }
 
 /// The strict server's settings (its JWT_SECRET is added at start).
@@ -79,6 +86,7 @@ fn main() {
     all.extend(delivery::tests());
     all.extend(hostile::tests());
     all.extend(client::tests());
+    all.extend(tls::tests());
     let selected: Vec<Test> = all
         .into_iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
@@ -93,7 +101,8 @@ fn main() {
     let started = Instant::now();
     let mut strict_vars = vec![("JWT_SECRET", secret.as_str())];
     strict_vars.extend_from_slice(STRICT);
-    // Start all four at once; each takes a few seconds to be ready.
+    let ca = TestCa::generate("e2e");
+    // Start all five at once; each takes a few seconds to be ready.
     let server = Server::spawn(
         "main",
         &[("JWT_SECRET", &secret), ("STATS_SECRET", &stats_secret)],
@@ -104,12 +113,15 @@ fn main() {
         "misconfigured",
         &[("JWT_SECRET", &secret), ("ACK_TIMEOUT_MS", "5")],
     );
+    let tls = Server::spawn_tls("tls", &[("JWT_SECRET", &secret)], &ca);
     let ctx = Arc::new(Ctx {
         server: server.wait_ready(),
         unconfigured: unconfigured.wait_ready(),
         strict: strict.wait_ready(),
         misconfigured: misconfigured.wait_ready(),
+        tls: tls.wait_ready(),
         stats_secret,
+        ca,
     });
     println!(
         "servers ready in {:.1}s; running {} tests",
@@ -119,7 +131,11 @@ fn main() {
 
     let mut failures = run(selected, ctx.clone());
 
-    for (name, server) in [("main", &ctx.server), ("strict", &ctx.strict)] {
+    for (name, server) in [
+        ("main", &ctx.server),
+        ("strict", &ctx.strict),
+        ("tls", &ctx.tls),
+    ] {
         let log = server.log();
         // Tokens (all start with `eyJ`, base64 of `{"`) must never reach a
         // log, whether sent in a header or in `?token=`.

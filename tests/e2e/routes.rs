@@ -14,6 +14,7 @@ pub fn tests() -> Vec<Test> {
         unknown_path_is_404,
         wrong_method_is_405,
         plain_get_root_is_426,
+        plain_get_root_checks_the_handshake_first,
         preflight_allows_post_with_auth_headers,
         publish_success_carries_cors,
         publish_without_json_content_type_is_415,
@@ -77,6 +78,25 @@ async fn plain_get_root_is_426(ctx: Arc<Ctx>) {
     let token = ctx.server.token(&unique_user("plain"));
     let r = send(ctx.server.request(Method::GET, "/").bearer_auth(&token)).await;
     r.assert_error(426, "upgrade_required");
+    let r = send(ctx.server.request(Method::GET, &format!("/?token={token}"))).await;
+    r.assert_error(426, "upgrade_required");
+}
+
+/// A plain GET runs the handshake's checks first, so a browser (which
+/// cannot read a refused handshake's status) can ask why it was refused.
+async fn plain_get_root_checks_the_handshake_first(ctx: Arc<Ctx>) {
+    let r = send(ctx.server.request(Method::GET, "/")).await;
+    r.assert_error(401, "missing_token");
+    let r = send(ctx.server.request(Method::GET, "/?token=not-a-jwt")).await;
+    r.assert_error(401, "invalid_token");
+    let token = crate::hostile::strict_token(&ctx, &unique_user("plain"), json!({}));
+    let r = send(
+        ctx.strict
+            .request(Method::GET, &format!("/?token={token}"))
+            .header("Origin", "https://evil.example"),
+    )
+    .await;
+    r.assert_error(403, "origin_not_allowed");
 }
 
 async fn preflight_allows_post_with_auth_headers(ctx: Arc<Ctx>) {

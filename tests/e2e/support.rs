@@ -2,10 +2,11 @@
 //! on a free port (in its own process group, stopped as a group), mints
 //! tokens, connects sockets and publishes.
 
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use devserver::{free_port, DevServer, Launch};
+use devserver::{free_port, DevServer, Https, Launch};
 
 use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -25,6 +26,8 @@ pub struct Server {
     pub port: u16,
     /// The `JWT_SECRET` the server was started with, if any.
     pub secret: Option<String>,
+    /// Serving `https://` and `wss://` with a certificate of this CA.
+    pub tls: Option<PathBuf>,
 }
 
 impl Server {
@@ -36,6 +39,16 @@ impl Server {
 
     /// [`Server::spawn`] on a given port (to restart a server in place).
     pub fn spawn_on(name: &str, vars: &[(&str, &str)], port: u16) -> Server {
+        Server::launch(name, vars, port, None)
+    }
+
+    /// [`Server::spawn`] over TLS with `ca`'s server certificate (for
+    /// `localhost`); call [`Server::wait_ready`] before using it.
+    pub fn spawn_tls(name: &str, vars: &[(&str, &str)], ca: &TestCa) -> Server {
+        Server::launch(name, vars, free_port(), Some(ca))
+    }
+
+    fn launch(name: &str, vars: &[(&str, &str)], port: u16, ca: Option<&TestCa>) -> Server {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let config = root.join("build/wrangler.toml");
         assert!(
@@ -53,11 +66,16 @@ impl Server {
             port,
             log_level: &log_level,
             inspector: true,
+            https: ca.map(|ca| Https {
+                key: &ca.server_key,
+                cert: &ca.server_cert,
+            }),
         })
         .expect("spawn wrangler dev");
         Server {
             process,
             port,
+            tls: ca.map(|ca| ca.ca_cert.clone()),
             secret: vars
                 .iter()
                 .find(|(k, _)| *k == "JWT_SECRET")
@@ -67,7 +85,16 @@ impl Server {
 
     /// Waits for `/health` to answer 200; fails fast if wrangler exits.
     pub fn wait_ready(mut self) -> Server {
-        if let Err(why) = self.process.wait_ready(Duration::from_secs(90)) {
+        let timeout = Duration::from_secs(90);
+        let ready = match &self.tls {
+            None => self.process.wait_ready(timeout),
+            Some(ca) => {
+                let trust = hopeflow_client::Trust::with_ca_file(ca).expect("test CA");
+                self.process
+                    .wait_until(timeout, |port| tls_health_ok(port, &trust))
+            }
+        };
+        if let Err(why) = ready {
             panic!("{why}");
         }
         self
@@ -78,15 +105,21 @@ impl Server {
     }
 
     pub fn base_ws(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("ws://127.0.0.1:{}", self.port),
+            Some(_) => format!("wss://localhost:{}", self.port),
+        }
     }
 
     pub fn http(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("http://127.0.0.1:{}", self.port),
+            Some(_) => format!("https://localhost:{}", self.port),
+        }
     }
 
     pub fn ws(&self) -> String {
-        format!("ws://127.0.0.1:{}/", self.port)
+        format!("{}/", self.base_ws())
     }
 
     /// A request to `path` on this server.
@@ -105,6 +138,77 @@ impl Server {
         let secret = self.secret.as_deref().expect("server has a secret");
         sign(secret, &claims)
     }
+}
+
+/// A private CA and a server certificate it signed for `localhost` (only:
+/// `127.0.0.1` is a name mismatch), as PEM files in a temp dir.
+pub struct TestCa {
+    dir: PathBuf,
+    pub ca_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub server_cert: PathBuf,
+}
+
+impl TestCa {
+    pub fn generate(name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = std::env::temp_dir().join(format!(
+            "hopeflow-ca-{}-{name}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("CA dir");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "HopeFlow e2e test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().expect("server key");
+        let server_params =
+            CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+        let server_cert = server_params
+            .signed_by(&server_key, &issuer)
+            .expect("server certificate");
+        let ca = TestCa {
+            ca_cert: dir.join("ca.pem"),
+            server_key: dir.join("server-key.pem"),
+            server_cert: dir.join("server.pem"),
+            dir,
+        };
+        std::fs::write(&ca.ca_cert, ca_cert.pem()).expect("write CA");
+        std::fs::write(&ca.server_key, server_key.serialize_pem()).expect("write key");
+        std::fs::write(&ca.server_cert, server_cert.pem()).expect("write certificate");
+        ca
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A blocking `GET /health` over TLS to localhost:`port`, trusting `trust`.
+fn tls_health_ok(port: u16, trust: &hopeflow_client::Trust) -> bool {
+    let Ok(tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    let Ok(connection) = rustls::ClientConnection::new(trust.client_config(), name) else {
+        return false;
+    };
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    let request = "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    response.starts_with(b"HTTP/1.1 200")
 }
 
 /// Signs `claims` with HS256.

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 
 use hopeflow_client::cli::{find_secret, parse_claim, parse_filter};
-use hopeflow_client::{token, Client, ClientOptions, Event, PublishError, Publisher};
+use hopeflow_client::{token, Client, ClientOptions, Event, PublishError, Publisher, Trust};
 
 const EXAMPLES: &str = "\
 Examples (after `make dev`, which serves on 127.0.0.1:8787 with .dev.vars):
@@ -15,8 +15,10 @@ Examples (after `make dev`, which serves on 127.0.0.1:8787 with .dev.vars):
   hopeflow check-token eyJhbGciOi...
   hopeflow listen --user alice --filter type=chat_message,questId=q1
   hopeflow publish --user alice --type chat_message --payload '{\"questId\":\"q1\"}'
+  hopeflow listen --url wss://realtime.example.com --token \"$TOKEN\" --ca-cert ca.pem
 
-The secret comes from --secret, else $JWT_SECRET, else JWT_SECRET in ./.dev.vars.";
+The secret comes from --secret, else $JWT_SECRET, else JWT_SECRET in ./.dev.vars.
+wss:// and https:// trust the public roots, plus --ca-cert (or $HOPEFLOW_CA_CERT).";
 
 #[derive(Parser)]
 #[command(name = "hopeflow", version, about = "HopeFlow Realtime tool", after_help = EXAMPLES)]
@@ -75,6 +77,8 @@ enum Command {
         /// Exit when the connection drops instead of reconnecting.
         #[arg(long)]
         no_reconnect: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Publish an envelope to a user and print the response.
     #[command(
@@ -100,7 +104,26 @@ enum Command {
         /// Retry this many times when the server answers 503.
         #[arg(long, default_value_t = 0)]
         retries: u32,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
+}
+
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Also trust the CA certificate(s) in this PEM file for wss:// and
+    /// https:// (a private CA); certificates are always verified.
+    #[arg(long, value_name = "FILE", env = "HOPEFLOW_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    fn trust(&self) -> Result<Trust, String> {
+        match &self.ca_cert {
+            Some(path) => Trust::with_ca_file(path).map_err(|e| e.to_string()),
+            None => Ok(Trust::public_roots()),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -179,6 +202,7 @@ async fn run(command: Command) -> Result<(), String> {
             ack_result,
             no_ack,
             no_reconnect,
+            tls,
         } => {
             let ack_result: Value = serde_json::from_str(&ack_result)
                 .map_err(|e| format!("--ack-result is not JSON: {e}"))?;
@@ -192,6 +216,7 @@ async fn run(command: Command) -> Result<(), String> {
             };
             let mut options = ClientOptions::new(&url, token_for(&user, token, flag.as_deref())?);
             options.reconnect = !no_reconnect;
+            options.trust = tls.trust()?;
             let mut client = Client::connect(options).await.map_err(|e| e.to_string())?;
             eprintln!("connected to {url} as {user}");
             let confirmation = client.subscribe(filters).await.map_err(|e| e.to_string())?;
@@ -212,6 +237,7 @@ async fn run(command: Command) -> Result<(), String> {
             token,
             secret: flag,
             retries,
+            tls,
         } => {
             let payload = match payload {
                 Some(text) => text,
@@ -226,7 +252,9 @@ async fn run(command: Command) -> Result<(), String> {
             let payload: Value = serde_json::from_str(&payload)
                 .map_err(|e| format!("the payload is not JSON: {e}"))?;
             let token = token_for("hopeflow-cli", token, flag.as_deref())?;
-            let publisher = Publisher::new(&url, token).with_retries(retries);
+            let publisher = Publisher::new(&url, token)
+                .with_trust(tls.trust()?)
+                .with_retries(retries);
             let outcome = publisher
                 .publish(&user, kind.as_deref(), payload)
                 .await
