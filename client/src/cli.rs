@@ -1,9 +1,16 @@
 //! Pure helpers of the `hopeflow` tool: parsing `--filter` and `--claim`
-//! arguments and finding the secret.
+//! arguments, finding the secret, and wording outcomes.
 
 use std::path::Path;
 
 use serde_json::{Map, Value};
+
+use crate::api::BatchOutcome;
+use crate::token;
+
+/// The user id of the tokens the tool mints for itself (publish and the
+/// operator commands, and `token --operator` without `--user`).
+pub const CLI_USER: &str = "hopeflow-cli";
 
 /// Parses `--filter type=chat_message,questId=q1` into a filter object.
 /// An empty string is the match-everything filter `{}`.
@@ -32,6 +39,51 @@ pub fn parse_claim(text: &str) -> Result<(String, Value), String> {
     }
     let value = serde_json::from_str(value).unwrap_or_else(|_| Value::from(value));
     Ok((key.to_owned(), value))
+}
+
+/// The extra claims of `hopeflow token`: each `--claim k=v`, then, with
+/// `--operator`, the operator scope added to `scope` (so `--claim
+/// scope=publish --operator` gives `"publish operator"`).
+pub fn token_claims(claims: &[String], operator: bool) -> Result<Map<String, Value>, String> {
+    let mut extra = claims
+        .iter()
+        .map(|c| parse_claim(c))
+        .collect::<Result<Map<_, _>, _>>()?;
+    if operator {
+        token::add_scope(&mut extra, token::OPERATOR_SCOPE)?;
+    }
+    Ok(extra)
+}
+
+/// The error line of a batch where some users failed, or `None` when all
+/// were reached: `1 of 2 users failed: b (unavailable: ...)`.
+pub fn batch_failures(batch: &BatchOutcome) -> Option<String> {
+    let failed: Vec<String> = batch
+        .failures()
+        .map(|(user, error)| format!("{user} ({error})"))
+        .collect();
+    (!failed.is_empty()).then(|| {
+        format!(
+            "{} of {} users failed: {}",
+            failed.len(),
+            batch.users.len(),
+            failed.join(", ")
+        )
+    })
+}
+
+/// Why `listen` stopped, from the last close the server sent.
+pub fn describe_close(code: Option<u16>, reason: &str) -> String {
+    let reason = if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    };
+    match code {
+        Some(4001) => format!("disconnected by an operator (close code 4001){reason}"),
+        Some(code) => format!("connection closed (close code {code}){reason}"),
+        None => format!("connection closed{reason}"),
+    }
 }
 
 /// The secret: `--secret`, else `JWT_SECRET`, else `JWT_SECRET` in
@@ -88,6 +140,64 @@ mod tests {
             Ok(("scope".into(), json!("read publish")))
         );
         assert!(parse_claim("nothing").is_err());
+    }
+
+    #[test]
+    fn operator_tokens_add_their_scope() {
+        assert_eq!(token_claims(&[], false), Ok(Map::new()));
+        assert_eq!(
+            token_claims(&[], true).map(Value::Object),
+            Ok(json!({"scope": "operator"}))
+        );
+        assert_eq!(
+            token_claims(&["scope=publish".into(), "role=ops".into()], true).map(Value::Object),
+            Ok(json!({"scope": "publish operator", "role": "ops"}))
+        );
+        assert_eq!(
+            token_claims(&["scope=operator".into()], true).map(Value::Object),
+            Ok(json!({"scope": "operator"}))
+        );
+        assert_eq!(
+            token_claims(&["scope=publish".into()], false).map(Value::Object),
+            Ok(json!({"scope": "publish"}))
+        );
+        assert!(token_claims(&["scope=[1]".into()], true).is_err());
+        assert!(token_claims(&["nothing".into()], false).is_err());
+    }
+
+    #[test]
+    fn batch_failures_are_summed_up() {
+        let batch: BatchOutcome = serde_json::from_value(json!({
+            "envelopeId": "e",
+            "users": [
+                {"userId": "a", "clientCount": 1, "results": [null]},
+                {"userId": "b", "error": {"error": "unavailable", "message": "retry"}},
+            ]
+        }))
+        .expect("batch");
+        assert_eq!(
+            batch_failures(&batch).as_deref(),
+            Some("1 of 2 users failed: b (unavailable: retry)")
+        );
+        let fine: BatchOutcome = serde_json::from_value(json!({
+            "envelopeId": "e",
+            "users": [{"userId": "a", "clientCount": 0, "results": []}]
+        }))
+        .expect("batch");
+        assert_eq!(batch_failures(&fine), None);
+    }
+
+    #[test]
+    fn closes_are_worded() {
+        assert_eq!(
+            describe_close(Some(4001), "maintenance"),
+            "disconnected by an operator (close code 4001): maintenance"
+        );
+        assert_eq!(
+            describe_close(Some(1008), ""),
+            "connection closed (close code 1008)"
+        );
+        assert_eq!(describe_close(None, ""), "connection closed");
     }
 
     #[test]

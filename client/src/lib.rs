@@ -4,7 +4,11 @@
 //!
 //! * [`socket`]: [`Client`], a socket with confirmed subscriptions, typed
 //!   events, acks, pings and automatic reconnection.
-//! * [`publisher`]: [`Publisher`], `POST /publish` with typed errors.
+//! * [`publisher`]: [`Publisher`], publishing (one user or a batch,
+//!   idempotency keys, per-socket detail) and the operator routes (list and
+//!   disconnect a user's sockets), with typed errors.
+//! * [`api`]: the HTTP answers as typed structs, [`IdempotencyKey`],
+//!   [`PublishOptions`] and path encoding (pure).
 //! * [`token`]: minting and checking HS256 tokens for development and tests.
 //! * [`tls`]: what `wss://` and `https://` trust (public roots, private CAs)
 //!   and one-line connection errors.
@@ -15,15 +19,20 @@
 //! two sides cannot drift apart.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod publisher;
 pub mod socket;
 pub mod tls;
 pub mod token;
 
-pub use publisher::{ApiError, PublishError, PublishOutcome, Publisher};
+pub use api::{
+    ApiError, BatchOutcome, Delivery, DeliveryStatus, DisconnectOutcome, IdempotencyKey,
+    InvalidIdempotencyKey, PublishOptions, PublishOutcome, SocketInfo, UserOutcome, UserSockets,
+};
+pub use publisher::{PublishError, Publisher};
 pub use socket::{
     Client, ClientError, ClientOptions, CloseCode, Confirmation, Envelope, ErrorCode, Event,
-    TokenPlacement,
+    TokenPlacement, TokenProvider,
 };
 pub use tls::{TlsError, Trust};

@@ -1,15 +1,21 @@
-//! `POST /publish` over reqwest, with typed errors and an opt-in retry that
-//! honours `Retry-After`.
+//! The HTTP API over reqwest: `POST /publish` and `/publish/batch`, and
+//! the operator routes `GET /users/{id}/sockets` and
+//! `POST /users/{id}/disconnect`; typed errors, idempotency keys and an
+//! opt-in retry that honours `Retry-After`.
 
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-pub use hopeflow_realtime::protocol::PublishOutcome;
-
+use crate::api::user_path;
+pub use crate::api::{
+    ApiError, BatchOutcome, Delivery, DeliveryStatus, DisconnectOutcome, IdempotencyKey,
+    PublishOptions, PublishOutcome, SocketInfo, UserOutcome, UserSockets,
+};
 use crate::tls::{self, TlsError, Trust};
 
 /// How long connecting (TCP and TLS) may take by default.
@@ -18,24 +24,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// longest ack wait (`ACK_TIMEOUT_MS` is at most 30 s).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The server's JSON error body.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ApiError {
-    /// Stable code, e.g. `invalid_body`.
-    pub error: String,
-    /// Human text.
-    pub message: String,
-}
-
-/// Why a publish failed.
+/// Why a [`Publisher`] call failed (publish, batch, sockets, disconnect).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishError {
-    /// 400: the body was refused.
+    /// 400: the body was refused (or the idempotency key).
     BadRequest(ApiError),
     /// 401: no, invalid or expired token.
     Unauthorized(ApiError),
-    /// 403: the token lacks the publish scope.
+    /// 403: the token lacks the publish or operator scope.
     Forbidden(ApiError),
+    /// 409: this idempotency key was used with another body
+    /// (`idempotency_conflict`).
+    Conflict(ApiError),
     /// 413: the body is over the server's limit.
     PayloadTooLarge(ApiError),
     /// 415: wrong content type (not produced by this client).
@@ -45,11 +45,14 @@ pub enum PublishError {
         error: ApiError,
         retry_after: Option<Duration>,
     },
-    /// Any other status.
+    /// Any other status, or a 200 whose body this client cannot read.
     Status { status: u16, body: String },
     /// The request did not complete: the one-line cause (connection
     /// refused, untrusted certificate, timeout...).
     Transport(String),
+    /// Not sent: the arguments cannot make a request (e.g. a user id of
+    /// `..`, which no URL path can carry).
+    InvalidInput(String),
 }
 
 impl fmt::Display for PublishError {
@@ -58,32 +61,56 @@ impl fmt::Display for PublishError {
             PublishError::BadRequest(e)
             | PublishError::Unauthorized(e)
             | PublishError::Forbidden(e)
+            | PublishError::Conflict(e)
             | PublishError::PayloadTooLarge(e)
             | PublishError::UnsupportedMediaType(e)
-            | PublishError::Unavailable { error: e, .. } => write!(f, "{}: {}", e.error, e.message),
+            | PublishError::Unavailable { error: e, .. } => e.fmt(f),
             PublishError::Status { status, body } => write!(f, "HTTP {status}: {body}"),
             PublishError::Transport(why) => write!(f, "request failed: {why}"),
+            PublishError::InvalidInput(why) => write!(f, "not sent: {why}"),
         }
     }
 }
 
 impl std::error::Error for PublishError {}
 
-/// Publishes envelopes to users.
+/// Publishes envelopes to users, and (with an operator token) lists and
+/// disconnects their sockets.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), hopeflow_client::PublishError> {
-/// use hopeflow_client::{token, Publisher};
+/// use hopeflow_client::{token, IdempotencyKey, PublishOptions, Publisher};
+/// use serde_json::json;
+///
 /// let publisher = Publisher::new("http://127.0.0.1:8787", token::mint("secret", "backend", None, Default::default()));
-/// let outcome = publisher.publish("alice", Some("chat"), serde_json::json!({"text": "hi"})).await?;
+/// let outcome = publisher.publish("alice", Some("chat"), json!({"text": "hi"})).await?;
 /// println!("{} sockets, results {:?}", outcome.client_count, outcome.results);
+///
+/// // Safe to repeat: a second call with the key is answered, not delivered.
+/// let key = IdempotencyKey::new("order-1234-shipped").expect("a valid key");
+/// let options = PublishOptions::new().with_idempotency_key(key).with_detail(true);
+/// let outcome = publisher.publish_with("alice", Some("order"), json!({"id": 1234}), options.clone()).await?;
+/// for delivery in outcome.deliveries.unwrap_or_default() {
+///     println!("{}: {} after {:?} ms", delivery.socket_id, delivery.status.as_str(), delivery.ack_ms);
+/// }
+/// let batch = publisher.publish_batch(["alice", "bob"], Some("news"), json!({}), PublishOptions::new()).await?;
+/// for (user, error) in batch.failures() {
+///     eprintln!("{user}: {error}");
+/// }
+///
+/// // Operator routes: the token's `scope` must hold the operator scope.
+/// let operator = Publisher::new("http://127.0.0.1:8787", token::mint("secret", "ops", None, token::operator_claims()));
+/// let sockets = operator.sockets("alice").await?;
+/// println!("alice has {} sockets", sockets.count);
+/// operator.disconnect("alice", None, true, Some("token rotated")).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    /// Why the HTTP client could not be built, reported by `publish`.
+    /// Why the HTTP client could not be built, reported by every call.
     http: Result<reqwest::Client, String>,
-    url: String,
+    /// The service root, without a trailing `/`.
+    base: String,
     token: String,
     /// Extra attempts after a 503 (0: none).
     retries: u32,
@@ -92,13 +119,19 @@ pub struct Publisher {
     request_timeout: Duration,
 }
 
+/// A 200 answer: its body, and whether it is an idempotent replay.
+struct Answer {
+    text: String,
+    replayed: bool,
+}
+
 impl Publisher {
     /// A publisher for the server at `base_url` (`https://realtime.example.com`,
     /// or `http://127.0.0.1:8787` for `make dev`), trusting the public roots.
     pub fn new(base_url: &str, token: impl Into<String>) -> Publisher {
         Publisher {
             http: Err(String::new()),
-            url: format!("{}/publish", base_url.trim_end_matches('/')),
+            base: base_url.trim_end_matches('/').to_owned(),
             token: token.into(),
             retries: 0,
             trust: Trust::public_roots(),
@@ -129,6 +162,8 @@ impl Publisher {
     }
 
     /// Retries a 503 up to `retries` times, waiting `Retry-After` (or 1 s).
+    /// A 503 means the user's object was not reached, so nothing was
+    /// delivered; every call retries it.
     pub fn with_retries(mut self, retries: u32) -> Publisher {
         self.retries = retries;
         self
@@ -142,20 +177,105 @@ impl Publisher {
         kind: Option<&str>,
         payload: Value,
     ) -> Result<PublishOutcome, PublishError> {
+        self.publish_with(user_id, kind, payload, PublishOptions::default())
+            .await
+    }
+
+    /// [`Publisher::publish`] with an idempotency key and / or per-socket
+    /// detail ([`PublishOptions`]).
+    pub async fn publish_with(
+        &self,
+        user_id: &str,
+        kind: Option<&str>,
+        payload: Value,
+        options: PublishOptions,
+    ) -> Result<PublishOutcome, PublishError> {
         let mut body = json!({ "userId": user_id, "payload": payload });
         if let Some(kind) = kind {
             body["type"] = Value::from(kind);
         }
-        let mut attempt = 0;
-        loop {
-            match self.publish_once(&body).await {
-                Err(PublishError::Unavailable { retry_after, .. }) if attempt < self.retries => {
-                    attempt += 1;
-                    tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1))).await;
-                }
-                outcome => return outcome,
-            }
+        let path = publish_path("/publish", options.detail);
+        let answer = self
+            .call(
+                Method::POST,
+                &path,
+                Some(&body),
+                options.idempotency_key.as_ref(),
+            )
+            .await?;
+        let mut outcome: PublishOutcome = parse(answer.text)?;
+        outcome.replayed = answer.replayed;
+        Ok(outcome)
+    }
+
+    /// Publishes one envelope to several users (`POST /publish/batch`; the
+    /// server takes 1 to 100 distinct ids) and returns each user's outcome
+    /// in the order given. A user whose object could not be reached has an
+    /// `Err` in its [`UserOutcome`]; the call itself still succeeds.
+    pub async fn publish_batch<I>(
+        &self,
+        user_ids: I,
+        kind: Option<&str>,
+        payload: Value,
+        options: PublishOptions,
+    ) -> Result<BatchOutcome, PublishError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let user_ids: Vec<Value> = user_ids
+            .into_iter()
+            .map(|id| Value::from(id.as_ref()))
+            .collect();
+        let mut body = json!({ "userIds": user_ids, "payload": payload });
+        if let Some(kind) = kind {
+            body["type"] = Value::from(kind);
         }
+        let path = publish_path("/publish/batch", options.detail);
+        let answer = self
+            .call(
+                Method::POST,
+                &path,
+                Some(&body),
+                options.idempotency_key.as_ref(),
+            )
+            .await?;
+        let mut outcome: BatchOutcome = parse(answer.text)?;
+        outcome.replayed = answer.replayed;
+        Ok(outcome)
+    }
+
+    /// The user's open sockets, their filters and the publishes waiting
+    /// for their acks. Needs an operator token.
+    pub async fn sockets(&self, user_id: &str) -> Result<UserSockets, PublishError> {
+        let path = user_path(user_id, "sockets").map_err(PublishError::InvalidInput)?;
+        parse(self.call(Method::GET, &path, None, None).await?.text)
+    }
+
+    /// Closes the user's sockets, or only `socket_id`. With `reconnect`
+    /// they close with 4000 and clients come back with a fresh token;
+    /// otherwise with 4001 and clients stay away. `reason` is the close
+    /// frame's reason. Needs an operator token.
+    pub async fn disconnect(
+        &self,
+        user_id: &str,
+        socket_id: Option<&str>,
+        reconnect: bool,
+        reason: Option<&str>,
+    ) -> Result<DisconnectOutcome, PublishError> {
+        let path = user_path(user_id, "disconnect").map_err(PublishError::InvalidInput)?;
+        let mut body = json!({ "reconnect": reconnect });
+        if let Some(socket_id) = socket_id {
+            body["socketId"] = Value::from(socket_id);
+        }
+        if let Some(reason) = reason {
+            body["reason"] = Value::from(reason);
+        }
+        parse(
+            self.call(Method::POST, &path, Some(&body), None)
+                .await?
+                .text,
+        )
     }
 
     fn rebuilt(mut self) -> Publisher {
@@ -168,29 +288,64 @@ impl Publisher {
         self
     }
 
-    async fn publish_once(&self, body: &Value) -> Result<PublishOutcome, PublishError> {
+    /// One request, retried after a 503 as configured; a 200's body, or the
+    /// error the status means.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Answer, PublishError> {
+        let mut attempt = 0;
+        loop {
+            match self.call_once(method.clone(), path, body, key).await {
+                Err(PublishError::Unavailable { retry_after, .. }) if attempt < self.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1))).await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Answer, PublishError> {
         let http = self
             .http
             .as_ref()
             .map_err(|why| PublishError::Transport(why.clone()))?;
-        let response = http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.transport(&e))?;
+        let mut request = http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key.as_str());
+        }
+        let response = request.send().await.map_err(|e| self.transport(&e))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_owned())
+        };
+        let retry_after = header("retry-after")
+            .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs);
+        let replayed =
+            header("idempotent-replayed").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let text = response.text().await.map_err(|e| self.transport(&e))?;
         if status == 200 {
-            return serde_json::from_str(&text)
-                .map_err(|_| PublishError::Status { status, body: text });
+            return Ok(Answer { text, replayed });
         }
         Err(classify(status, text, retry_after))
     }
@@ -212,6 +367,23 @@ impl Publisher {
     }
 }
 
+/// `/publish` or `/publish/batch`, with `?detail=true` when asked.
+fn publish_path(path: &str, detail: bool) -> String {
+    if detail {
+        format!("{path}?detail=true")
+    } else {
+        path.to_owned()
+    }
+}
+
+/// A 200's body as `T`; one this client cannot read is reported whole.
+fn parse<T: DeserializeOwned>(text: String) -> Result<T, PublishError> {
+    serde_json::from_str(&text).map_err(|_| PublishError::Status {
+        status: 200,
+        body: text,
+    })
+}
+
 /// Maps an error status and body to a [`PublishError`].
 pub fn classify(status: u16, body: String, retry_after: Option<Duration>) -> PublishError {
     let Ok(error) = serde_json::from_str::<ApiError>(&body) else {
@@ -221,6 +393,7 @@ pub fn classify(status: u16, body: String, retry_after: Option<Duration>) -> Pub
         400 => PublishError::BadRequest(error),
         401 => PublishError::Unauthorized(error),
         403 => PublishError::Forbidden(error),
+        409 => PublishError::Conflict(error),
         413 => PublishError::PayloadTooLarge(error),
         415 => PublishError::UnsupportedMediaType(error),
         503 => PublishError::Unavailable { error, retry_after },
@@ -252,6 +425,10 @@ mod tests {
             PublishError::Forbidden(e())
         );
         assert_eq!(
+            classify(409, body.clone(), None),
+            PublishError::Conflict(e())
+        );
+        assert_eq!(
             classify(413, body.clone(), None),
             PublishError::PayloadTooLarge(e())
         );
@@ -278,5 +455,70 @@ mod tests {
             classify(401, r#"{"error":"x","message":"m"}"#.into(), None).to_string(),
             "x: m"
         );
+    }
+
+    #[test]
+    fn idempotency_errors_are_typed() {
+        let conflict = r#"{"error":"idempotency_conflict","message":"key used with another body"}"#;
+        match classify(409, conflict.into(), None) {
+            PublishError::Conflict(e) => assert_eq!(e.error, "idempotency_conflict"),
+            other => panic!("expected Conflict, got {other:?}"),
+        }
+        assert_eq!(
+            classify(409, conflict.into(), None).to_string(),
+            "idempotency_conflict: key used with another body"
+        );
+        let malformed = r#"{"error":"invalid_idempotency_key","message":"m"}"#;
+        assert!(matches!(
+            classify(400, malformed.into(), None),
+            PublishError::BadRequest(e) if e.error == "invalid_idempotency_key"
+        ));
+        // A 409 without our error body stays a plain status.
+        assert!(matches!(
+            classify(409, "conflict".into(), None),
+            PublishError::Status { status: 409, .. }
+        ));
+    }
+
+    #[test]
+    fn paths_and_unreadable_answers() {
+        assert_eq!(publish_path("/publish", false), "/publish");
+        assert_eq!(publish_path("/publish", true), "/publish?detail=true");
+        assert_eq!(
+            publish_path("/publish/batch", true),
+            "/publish/batch?detail=true"
+        );
+        assert_eq!(
+            parse::<DisconnectOutcome>(r#"{"closed":1}"#.into()),
+            Ok(DisconnectOutcome { closed: 1 })
+        );
+        assert_eq!(
+            parse::<DisconnectOutcome>("<html>".into()),
+            Err(PublishError::Status {
+                status: 200,
+                body: "<html>".into()
+            })
+        );
+        assert_eq!(
+            PublishError::InvalidInput("the user id is empty".into()).to_string(),
+            "not sent: the user id is empty"
+        );
+    }
+
+    /// Operator calls with a user id no path can carry fail before sending
+    /// (nothing listens on port 9: a sent request would be a transport error).
+    #[tokio::test]
+    async fn unsendable_user_ids_are_refused_locally() {
+        let publisher = Publisher::new("http://127.0.0.1:9", "t");
+        for user in ["", ".", ".."] {
+            assert!(matches!(
+                publisher.sockets(user).await,
+                Err(PublishError::InvalidInput(_))
+            ));
+            assert!(matches!(
+                publisher.disconnect(user, None, false, None).await,
+                Err(PublishError::InvalidInput(_))
+            ));
+        }
     }
 }

@@ -1,13 +1,17 @@
 //! A HopeFlow socket over tokio-tungstenite: confirmed subscriptions, a
 //! stream of typed events, acks, pings, and automatic reconnection with
-//! jittered exponential backoff that re-subscribes the current filters.
+//! jittered exponential backoff that re-subscribes the current filters,
+//! optionally with a fresh token from a [`TokenProvider`] each time.
 //!
 //! One background task owns the connection; [`Client`] talks to it through
 //! channels, so every method takes `&self` and the client can be shared.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -38,12 +42,61 @@ pub enum TokenPlacement {
     Query,
 }
 
+/// What a [`TokenProvider`] returns: a token, or why there is none.
+pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// Where a [`Client`] gets a fresh token before each reconnect attempt
+/// (tokens expire; an operator's disconnect with close code 4000 asks for a
+/// new one): an async function, typically a call to your auth service.
+/// A failure or a wait longer than [`ClientOptions::connect_timeout`]
+/// counts as a failed attempt: the client backs off and asks again.
+///
+/// ```
+/// use hopeflow_client::{token, ClientOptions};
+///
+/// let options = ClientOptions::new("ws://127.0.0.1:8787", "")
+///     .with_token_provider(|| async {
+///         // e.g. a request to your backend; here, minted locally.
+///         Ok::<_, String>(token::mint("dev-secret", "alice", None, Default::default()))
+///     });
+/// assert!(options.token_provider.is_some());
+/// ```
+#[derive(Clone)]
+pub struct TokenProvider(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+
+impl TokenProvider {
+    pub fn new<F, Fut>(fetch: F) -> TokenProvider
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        TokenProvider(Arc::new(move || -> TokenFuture { Box::pin(fetch()) }))
+    }
+
+    /// Asks for a token.
+    pub async fn token(&self) -> Result<String, String> {
+        (self.0)().await
+    }
+}
+
+impl fmt::Debug for TokenProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenProvider")
+    }
+}
+
 /// How a [`Client`] connects and reconnects.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// `ws://` or `wss://` URL of the service root.
     pub url: String,
+    /// The token of the first connection (and of every one, without a
+    /// `token_provider`). Left empty with a provider, the first connection
+    /// asks the provider too.
     pub token: String,
+    /// Asked for a fresh token before every reconnect attempt; the token it
+    /// returns replaces `token`.
+    pub token_provider: Option<TokenProvider>,
     pub token_placement: TokenPlacement,
     /// Reconnect after the connection drops (on by default).
     pub reconnect: bool,
@@ -62,6 +115,7 @@ impl ClientOptions {
         ClientOptions {
             url: url.into(),
             token: token.into(),
+            token_provider: None,
             token_placement: TokenPlacement::Header,
             reconnect: true,
             backoff_initial: Duration::from_millis(200),
@@ -77,6 +131,16 @@ impl ClientOptions {
         self.trust = self.trust.add_ca_file(path)?;
         Ok(self)
     }
+
+    /// Sets [`ClientOptions::token_provider`] to the async function `fetch`.
+    pub fn with_token_provider<F, Fut>(mut self, fetch: F) -> ClientOptions
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        self.token_provider = Some(TokenProvider::new(fetch));
+        self
+    }
 }
 
 /// What happens on the socket, in order.
@@ -87,7 +151,12 @@ pub enum Event {
     /// An error frame not tied to a request of ours (e.g. `rate_limited`).
     ServerError { code: ErrorCode, message: String },
     /// The connection dropped (close code if the server sent one; see
-    /// [`CloseCode::from_code`] for ours).
+    /// [`CloseCode::from_code`] for ours). The client reconnects unless the
+    /// code says not to ([`reconnect_after`]: 1008, 1009, and 4001, an
+    /// operator's disconnect), in which case no event follows and
+    /// [`Client::next_event`] returns `None`. After 4000 (an operator's
+    /// disconnect asking for a fresh token) it reconnects with one from the
+    /// [`TokenProvider`].
     Disconnected { code: Option<u16>, reason: String },
     /// Connected again after `attempt` tries; filters were re-subscribed.
     Reconnected { attempt: u32 },
@@ -113,6 +182,8 @@ pub enum ClientError {
     Rejected { status: u16, body: String },
     /// Could not connect at all.
     Connect(String),
+    /// The [`TokenProvider`] gave no token for the first connection.
+    Token(String),
     /// The server refused the request (e.g. `subscription_limit`).
     Refused { code: ErrorCode, message: String },
     /// The connection dropped before the answer came.
@@ -128,6 +199,7 @@ impl fmt::Display for ClientError {
                 write!(f, "upgrade refused ({status}): {body}")
             }
             ClientError::Connect(why) => write!(f, "cannot connect: {why}"),
+            ClientError::Token(why) => write!(f, "cannot get a token: {why}"),
             ClientError::Refused { code, message } => write!(f, "{}: {message}", code.as_str()),
             ClientError::Disconnected => f.write_str("connection lost before the answer"),
             ClientError::Closed => f.write_str("client is closed"),
@@ -179,7 +251,14 @@ pub struct Client {
 
 impl Client {
     /// Connects; fails if the first connection is refused.
-    pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
+    pub async fn connect(mut options: ClientOptions) -> Result<Client, ClientError> {
+        if options.token.is_empty() {
+            if let Some(provider) = &options.token_provider {
+                options.token = fetch_token(provider, options.connect_timeout)
+                    .await
+                    .map_err(ClientError::Token)?;
+            }
+        }
         let ws = open(&options).await?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::unbounded_channel();
@@ -286,6 +365,34 @@ pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32, jitter: f64
     capped.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
+/// Whether a client should reconnect after the server closed with `code`
+/// (`None`: the connection dropped without a close frame). Not after 1008
+/// and 1009 (the client must change) nor 4001 (an operator said so).
+pub fn reconnect_after(code: Option<u16>) -> bool {
+    match code {
+        // An operator's disconnect (issue 11): matched by number until the
+        // server crate's CloseCode lists 4000 / 4001 in every build.
+        Some(4001) => false,
+        Some(4000) => true,
+        Some(code) => CloseCode::from_code(code).is_none_or(CloseCode::reconnect),
+        None => true,
+    }
+}
+
+/// Asks `provider` for a token, giving up after `limit`.
+async fn fetch_token(provider: &TokenProvider, limit: Duration) -> Result<String, String> {
+    match tokio::time::timeout(limit, provider.token()).await {
+        Ok(Ok(token)) if token.is_empty() => {
+            Err("the token provider returned an empty token".into())
+        }
+        Ok(answer) => answer,
+        Err(_) => Err(format!(
+            "the token provider gave no answer within {} s",
+            limit.as_secs_f64()
+        )),
+    }
+}
+
 /// A cheap jitter source: the sub-second clock.
 fn jitter() -> f64 {
     std::time::SystemTime::now()
@@ -380,11 +487,7 @@ impl Connection {
                 code,
                 reason: reason.clone(),
             });
-            // 1008 / 1009 mean the client must change, not retry.
-            let hopeless = code
-                .and_then(CloseCode::from_code)
-                .is_some_and(|close| !close.reconnect());
-            if !self.options.reconnect || hopeless {
+            if !self.options.reconnect || !reconnect_after(code) {
                 return;
             }
             match self.reconnect().await {
@@ -567,6 +670,13 @@ impl Connection {
                     }
                 }
             }
+            if let Some(provider) = &self.options.token_provider {
+                // A failed fetch is a failed attempt; the next one backs off.
+                let Ok(token) = fetch_token(provider, self.options.connect_timeout).await else {
+                    continue;
+                };
+                self.options.token = token;
+            }
             let Ok(mut ws) = open(&self.options).await else {
                 continue;
             };
@@ -612,6 +722,61 @@ mod tests {
             "wss://h/x?a=1&token=t"
         );
         assert_eq!(connect_url("ws://h?a=1", "t", Header), "ws://h/?a=1");
+    }
+
+    #[test]
+    fn close_codes_say_whether_to_reconnect() {
+        // The server's own codes.
+        assert!(!reconnect_after(Some(1008)));
+        assert!(!reconnect_after(Some(1009)));
+        assert!(reconnect_after(Some(1012)));
+        // An operator's disconnect: for good, or with a fresh token.
+        assert!(!reconnect_after(Some(4001)));
+        assert!(reconnect_after(Some(4000)));
+        // Anything else (a restart, a proxy, no close frame at all) is a
+        // dropped connection: come back.
+        assert!(reconnect_after(Some(1001)));
+        assert!(reconnect_after(Some(1006)));
+        assert!(reconnect_after(Some(4999)));
+        assert!(reconnect_after(None));
+    }
+
+    #[tokio::test]
+    async fn token_providers_answer_fail_and_time_out() {
+        let limit = Duration::from_millis(200);
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = counter.clone();
+        let provider = TokenProvider::new(move || {
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok(format!("token-{n}")) }
+        });
+        assert_eq!(fetch_token(&provider, limit).await, Ok("token-0".into()));
+        assert_eq!(fetch_token(&provider, limit).await, Ok("token-1".into()));
+        let failing = TokenProvider::new(|| async { Err("auth service down".to_owned()) });
+        assert_eq!(
+            fetch_token(&failing, limit).await,
+            Err("auth service down".into())
+        );
+        let empty = TokenProvider::new(|| async { Ok(String::new()) });
+        assert!(fetch_token(&empty, limit).await.is_err());
+        let hanging = TokenProvider::new(std::future::pending);
+        assert!(fetch_token(&hanging, limit)
+            .await
+            .is_err_and(|why| why.contains("no answer")));
+        assert_eq!(format!("{provider:?}"), "TokenProvider");
+    }
+
+    /// Without a token, the first connection asks the provider; its failure
+    /// is typed (and nothing is dialled).
+    #[tokio::test]
+    async fn first_connection_asks_the_provider_for_a_missing_token() {
+        let options = ClientOptions::new("ws://127.0.0.1:9", "")
+            .with_token_provider(|| async { Err("no session".to_owned()) });
+        match Client::connect(options).await {
+            Err(ClientError::Token(why)) => assert_eq!(why, "no session"),
+            Err(other) => panic!("expected Token, got {other:?}"),
+            Ok(_) => panic!("expected Token, got a connection"),
+        }
     }
 
     #[test]

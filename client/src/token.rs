@@ -54,6 +54,50 @@ pub fn mint(
     .unwrap_or_default()
 }
 
+/// The scope the operator routes need on a server with the default
+/// `OPERATOR_SCOPE`.
+pub const OPERATOR_SCOPE: &str = "operator";
+
+/// `{"scope": "operator"}`: extra claims for [`mint`] that make an operator
+/// token (for the default `OPERATOR_SCOPE`).
+pub fn operator_claims() -> Map<String, Value> {
+    let mut claims = Map::new();
+    claims.insert("scope".into(), Value::from(OPERATOR_SCOPE));
+    claims
+}
+
+/// Adds `scope` to the space-separated `scope` claim of `claims` (created
+/// when absent, left alone when it already lists `scope`). Fails when the
+/// claim is not a string, which the server would not read as scopes.
+///
+/// ```
+/// use hopeflow_client::token::add_scope;
+/// use serde_json::{json, Map};
+///
+/// let mut claims = Map::new();
+/// claims.insert("scope".into(), json!("publish"));
+/// add_scope(&mut claims, "operator").expect("a string scope");
+/// assert_eq!(claims["scope"], "publish operator");
+/// ```
+pub fn add_scope(claims: &mut Map<String, Value>, scope: &str) -> Result<(), String> {
+    match claims.get_mut("scope") {
+        None => {
+            claims.insert("scope".into(), Value::from(scope));
+            Ok(())
+        }
+        Some(Value::String(scopes)) => {
+            if !scopes.split_whitespace().any(|s| s == scope) {
+                let joined = format!("{} {scope}", scopes.trim());
+                *scopes = joined.trim_start().to_owned();
+            }
+            Ok(())
+        }
+        Some(other) => Err(format!(
+            "the scope claim must be a space-separated string to add {scope:?} to it, not {other}"
+        )),
+    }
+}
+
 /// Checks a token exactly as the server does with default settings.
 pub fn verify(secret: &str, token: &str) -> Result<Claims, AuthError> {
     TokenVerifier::new(&[secret.to_owned()], &AuthPolicy::default()).verify(token, now_secs())
@@ -123,6 +167,31 @@ mod tests {
         )
         .expect("encode");
         assert_eq!(verify("s", &expired), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn scopes_are_added_once() {
+        let scope = |claims: Value| {
+            let mut claims = claims.as_object().cloned().unwrap_or_default();
+            add_scope(&mut claims, "operator").map(|()| claims.get("scope").cloned())
+        };
+        assert_eq!(scope(json!({})), Ok(Some(json!("operator"))));
+        assert_eq!(
+            scope(json!({"scope": "publish"})),
+            Ok(Some(json!("publish operator")))
+        );
+        assert_eq!(
+            scope(json!({"scope": "operator publish"})),
+            Ok(Some(json!("operator publish")))
+        );
+        // "operators" is another scope, not this one.
+        assert_eq!(
+            scope(json!({"scope": "operators"})),
+            Ok(Some(json!("operators operator")))
+        );
+        assert_eq!(scope(json!({"scope": " "})), Ok(Some(json!("operator"))));
+        assert!(scope(json!({"scope": ["operator"]})).is_err());
+        assert_eq!(operator_claims().get("scope"), Some(&json!(OPERATOR_SCOPE)));
     }
 
     #[test]

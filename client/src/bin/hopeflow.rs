@@ -1,23 +1,38 @@
-//! `hopeflow`: mint and check tokens, watch a user's deliveries, publish by hand.
+//! `hopeflow`: mint and check tokens, watch a user's deliveries, publish by
+//! hand, and list or disconnect a user's sockets.
 
 use std::io::Read;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
-use hopeflow_client::cli::{find_secret, parse_claim, parse_filter};
-use hopeflow_client::{token, Client, ClientOptions, Event, PublishError, Publisher, Trust};
+use hopeflow_client::cli::{
+    batch_failures, describe_close, find_secret, parse_filter, token_claims, CLI_USER,
+};
+use hopeflow_client::{
+    token, Client, ClientOptions, Event, IdempotencyKey, PublishError, PublishOptions, Publisher,
+    Trust,
+};
 
 const EXAMPLES: &str = "\
 Examples (after `make dev`, which serves on 127.0.0.1:8787 with .dev.vars):
   hopeflow token --user alice --ttl 1h
+  hopeflow token --operator --ttl 1h
   hopeflow check-token eyJhbGciOi...
   hopeflow listen --user alice --filter type=chat_message,questId=q1
   hopeflow publish --user alice --type chat_message --payload '{\"questId\":\"q1\"}'
+  hopeflow publish --user alice --user bob --payload '{\"news\":1}' --idempotency-key news-1
+  hopeflow publish --user alice --payload '{}' --detail
+  hopeflow sockets --user alice
+  hopeflow disconnect --user alice --reconnect --reason 'token rotated'
   hopeflow listen --url wss://realtime.example.com --token \"$TOKEN\" --ca-cert ca.pem
 
 The secret comes from --secret, else $JWT_SECRET, else JWT_SECRET in ./.dev.vars.
+Without --token, publish, sockets and disconnect mint a token for hopeflow-cli
+with scope \"operator\" (what the operator routes need by default).
+Answers are printed as one JSON line on stdout (pipe to jq to indent them).
 wss:// and https:// trust the public roots, plus --ca-cert (or $HOPEFLOW_CA_CERT).";
 
 #[derive(Parser)]
@@ -30,11 +45,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print an HS256 token for a user.
-    #[command(after_help = "Example:\n  hopeflow token --user alice --ttl 1h --claim role=tester")]
+    #[command(
+        after_help = "Examples:\n  hopeflow token --user alice --ttl 1h --claim role=tester\n  hopeflow token --operator --ttl 10m\n  hopeflow token --user ops --operator --claim scope=publish   # scope \"publish operator\""
+    )]
     Token {
-        /// The token's userId.
+        /// The token's userId (default with --operator: hopeflow-cli).
+        #[arg(long, required_unless_present = "operator")]
+        user: Option<String>,
+        /// Add "operator" to the token's scope claim (the operator routes
+        /// need it: sockets, disconnect).
         #[arg(long)]
-        user: String,
+        operator: bool,
         /// Lifetime (90s, 30m, 1h, 2d); without it the token has no exp.
         #[arg(long)]
         ttl: Option<String>,
@@ -53,7 +74,7 @@ enum Command {
     },
     /// Connect as a user, print each delivery as a JSON line, and ack it.
     #[command(
-        after_help = "Example:\n  hopeflow listen --user alice --filter type=chat_message --ack-result '{\"seen\":true}'"
+        after_help = "Example:\n  hopeflow listen --user alice --filter type=chat_message --ack-result '{\"seen\":true}'\n\nWithout --token it mints its token, and a fresh one before every reconnect.\nIt stops when an operator disconnects it for good (close code 4001)."
     )]
     Listen {
         #[arg(long, default_value = "ws://127.0.0.1:8787")]
@@ -80,32 +101,56 @@ enum Command {
         #[command(flatten)]
         tls: TlsArgs,
     },
-    /// Publish an envelope to a user and print the response.
+    /// Publish an envelope to one user, or to several at once, and print the answer.
     #[command(
-        after_help = "Examples:\n  hopeflow publish --user alice --payload '{\"hi\":1}'\n  echo '{\"hi\":1}' | hopeflow publish --user alice --type greeting"
+        after_help = "Examples:\n  hopeflow publish --user alice --payload '{\"hi\":1}'\n  echo '{\"hi\":1}' | hopeflow publish --user alice --type greeting\n  hopeflow publish --user alice --user bob --payload '{\"hi\":1}'\n  hopeflow publish --user alice --payload '{\"hi\":1}' --idempotency-key hi-1 --detail\n\nOne --user posts /publish; several post /publish/batch (1 to 100 distinct users):\nthe answer lists each user's outcome, and the exit status is 1 if any user failed.\nA repeat with the same --idempotency-key prints the first answer again and says\n\"replayed\" on stderr; nothing is delivered twice."
     )]
     Publish {
-        #[arg(long, default_value = "http://127.0.0.1:8787")]
-        url: String,
-        /// The target user.
-        #[arg(long)]
-        user: String,
+        /// The target user; repeat for a batch.
+        #[arg(long = "user", value_name = "USER", required = true)]
+        users: Vec<String>,
         /// Envelope type (server default: message).
         #[arg(long = "type")]
         kind: Option<String>,
         /// JSON payload; read from stdin when absent.
         #[arg(long)]
         payload: Option<String>,
-        /// Use this token instead of minting one.
+        /// Sent as Idempotency-Key (1 to 255 visible ASCII characters): a
+        /// repeat is answered, not delivered again.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<IdempotencyKey>,
+        /// Add each socket's delivery (acked, closed, timed_out; result; ackMs).
         #[arg(long)]
-        token: Option<String>,
-        #[arg(long)]
-        secret: Option<String>,
-        /// Retry this many times when the server answers 503.
-        #[arg(long, default_value_t = 0)]
-        retries: u32,
+        detail: bool,
         #[command(flatten)]
-        tls: TlsArgs,
+        server: ServerArgs,
+    },
+    /// List a user's open sockets, their filters and pending publishes (operator).
+    #[command(after_help = "Example:\n  hopeflow sockets --user alice | jq .")]
+    Sockets {
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Close a user's sockets, or one of them (operator); prints {"closed":N}.
+    #[command(
+        after_help = "Examples:\n  hopeflow disconnect --user alice\n  hopeflow disconnect --user alice --socket 6f1c... --reconnect --reason 'token rotated'\n\nWithout --reconnect the sockets close with 4001 and clients stay away;\nwith it, 4000: clients reconnect with a fresh token."
+    )]
+    Disconnect {
+        #[arg(long)]
+        user: String,
+        /// Only this socket (a socketId from `hopeflow sockets`).
+        #[arg(long, value_name = "ID")]
+        socket: Option<String>,
+        /// Ask the clients to reconnect with a fresh token (close code 4000).
+        #[arg(long)]
+        reconnect: bool,
+        /// The close frame's reason.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 
@@ -122,6 +167,51 @@ impl TlsArgs {
         match &self.ca_cert {
             Some(path) => Trust::with_ca_file(path).map_err(|e| e.to_string()),
             None => Ok(Trust::public_roots()),
+        }
+    }
+}
+
+/// Where and as whom the HTTP commands talk to the server.
+#[derive(clap::Args)]
+struct ServerArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8787")]
+    url: String,
+    /// Use this token instead of minting one (for hopeflow-cli, scope operator).
+    #[arg(long)]
+    token: Option<String>,
+    /// Mint the token with this secret.
+    #[arg(long)]
+    secret: Option<String>,
+    /// Retry this many times when the server answers 503.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+impl ServerArgs {
+    fn publisher(&self) -> Result<Publisher, String> {
+        let token = match &self.token {
+            Some(token) => token.clone(),
+            // Operator scope: the operator routes need it, and it is
+            // harmless on a publish.
+            None => token::mint(
+                &secret(self.secret.as_deref())?,
+                CLI_USER,
+                None,
+                token::operator_claims(),
+            ),
+        };
+        Ok(Publisher::new(&self.url, token)
+            .with_trust(self.tls.trust()?)
+            .with_retries(self.retries))
+    }
+
+    /// The one-line error of a failed call.
+    fn error(&self, error: PublishError) -> String {
+        match error {
+            PublishError::Transport(why) => format!("cannot reach {}: {why}", self.url),
+            other => other.to_string(),
         }
     }
 }
@@ -150,34 +240,29 @@ fn secret(flag: Option<&str>) -> Result<String, String> {
         .ok_or_else(|| "no secret: pass --secret, set JWT_SECRET, or run where .dev.vars is".into())
 }
 
-/// `--token`, or one minted for `user` with the secret.
-fn token_for(
-    user: &str,
-    given: Option<String>,
-    secret_flag: Option<&str>,
-) -> Result<String, String> {
-    match given {
-        Some(token) => Ok(token),
-        None => Ok(token::mint(&secret(secret_flag)?, user, None, Map::new())),
-    }
+/// Prints an answer as one JSON line.
+fn print(answer: &impl Serialize) {
+    println!("{}", serde_json::to_string(answer).unwrap_or_default());
 }
+
+const REPLAYED: &str =
+    "replayed: the server answered with the first publish under this idempotency key; nothing was delivered again";
 
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Token {
             user,
+            operator,
             ttl,
             claims,
             secret: flag,
         } => {
             let ttl = ttl.as_deref().map(token::parse_ttl).transpose()?;
-            let extra = claims
-                .iter()
-                .map(|c| parse_claim(c))
-                .collect::<Result<Map<_, _>, _>>()?;
+            let extra = token_claims(&claims, operator)?;
+            let user = user.as_deref().unwrap_or(CLI_USER);
             println!(
                 "{}",
-                token::mint(&secret(flag.as_deref())?, &user, ttl, extra)
+                token::mint(&secret(flag.as_deref())?, user, ttl, extra)
             );
             Ok(())
         }
@@ -214,7 +299,20 @@ async fn run(command: Command) -> Result<(), String> {
                     .map(|f| parse_filter(f))
                     .collect::<Result<_, _>>()?
             };
-            let mut options = ClientOptions::new(&url, token_for(&user, token, flag.as_deref())?);
+            let mut options = match token {
+                Some(token) => ClientOptions::new(&url, token),
+                None => {
+                    // Minted again before every reconnect: after an
+                    // operator's 4000 the server wants a fresh token.
+                    let secret = secret(flag.as_deref())?;
+                    let first = token::mint(&secret, &user, None, Map::new());
+                    let owner = user.clone();
+                    ClientOptions::new(&url, first).with_token_provider(move || {
+                        let token = token::mint(&secret, &owner, None, Map::new());
+                        async move { Ok(token) }
+                    })
+                }
+            };
             options.reconnect = !no_reconnect;
             options.trust = tls.trust()?;
             let mut client = Client::connect(options).await.map_err(|e| e.to_string())?;
@@ -230,14 +328,12 @@ async fn run(command: Command) -> Result<(), String> {
             listen(&mut client, (!no_ack).then_some(ack_result)).await
         }
         Command::Publish {
-            url,
-            user,
+            users,
             kind,
             payload,
-            token,
-            secret: flag,
-            retries,
-            tls,
+            idempotency_key,
+            detail,
+            server,
         } => {
             let payload = match payload {
                 Some(text) => text,
@@ -251,26 +347,67 @@ async fn run(command: Command) -> Result<(), String> {
             };
             let payload: Value = serde_json::from_str(&payload)
                 .map_err(|e| format!("the payload is not JSON: {e}"))?;
-            let token = token_for("hopeflow-cli", token, flag.as_deref())?;
-            let publisher = Publisher::new(&url, token)
-                .with_trust(tls.trust()?)
-                .with_retries(retries);
-            let outcome = publisher
-                .publish(&user, kind.as_deref(), payload)
+            let publisher = server.publisher()?;
+            let options = PublishOptions {
+                idempotency_key,
+                detail,
+            };
+            match users.as_slice() {
+                [user] => {
+                    let outcome = publisher
+                        .publish_with(user, kind.as_deref(), payload, options)
+                        .await
+                        .map_err(|e| server.error(e))?;
+                    print(&outcome);
+                    if outcome.replayed {
+                        eprintln!("{REPLAYED}");
+                    }
+                    Ok(())
+                }
+                _ => {
+                    let batch = publisher
+                        .publish_batch(&users, kind.as_deref(), payload, options)
+                        .await
+                        .map_err(|e| server.error(e))?;
+                    print(&batch);
+                    if batch.replayed {
+                        eprintln!("{REPLAYED}");
+                    }
+                    batch_failures(&batch).map_or(Ok(()), Err)
+                }
+            }
+        }
+        Command::Sockets { user, server } => {
+            let sockets = server
+                .publisher()?
+                .sockets(&user)
                 .await
-                .map_err(|e| match e {
-                    PublishError::Transport(why) => format!("cannot reach {url}: {why}"),
-                    other => other.to_string(),
-                })?;
-            println!("{}", serde_json::to_string(&outcome).unwrap_or_default());
+                .map_err(|e| server.error(e))?;
+            print(&sockets);
+            Ok(())
+        }
+        Command::Disconnect {
+            user,
+            socket,
+            reconnect,
+            reason,
+            server,
+        } => {
+            let outcome = server
+                .publisher()?
+                .disconnect(&user, socket.as_deref(), reconnect, reason.as_deref())
+                .await
+                .map_err(|e| server.error(e))?;
+            print(&outcome);
             Ok(())
         }
     }
 }
 
 /// Prints deliveries on stdout (one JSON line each) and connection events on
-/// stderr until the client closes for good.
+/// stderr until the client closes for good; then says why.
 async fn listen(client: &mut Client, ack_result: Option<Value>) -> Result<(), String> {
+    let mut last_close = (None, String::new());
     while let Some(event) = client.next_event().await {
         match event {
             Event::Envelope(envelope) => {
@@ -286,12 +423,148 @@ async fn listen(client: &mut Client, ack_result: Option<Value>) -> Result<(), St
                 eprintln!("server error: {}: {message}", code.as_str())
             }
             Event::Disconnected { code, reason } => {
-                eprintln!("disconnected (code {code:?}) {reason}")
+                eprintln!("disconnected (code {code:?}) {reason}");
+                last_close = (code, reason);
             }
             Event::Reconnected { attempt } => {
                 eprintln!("reconnected after {attempt} attempt(s); filters re-subscribed")
             }
         }
     }
-    Err("connection closed".into())
+    Err(describe_close(last_close.0, &last_close.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        Cli::try_parse_from(std::iter::once("hopeflow").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn publish_takes_several_users_a_key_and_detail() {
+        let Ok(Command::Publish {
+            users,
+            idempotency_key,
+            detail,
+            server,
+            ..
+        }) = parse(&[
+            "publish",
+            "--user",
+            "a",
+            "--user",
+            "b",
+            "--idempotency-key",
+            "k-1",
+            "--detail",
+            "--payload",
+            "1",
+        ])
+        else {
+            panic!("publish did not parse");
+        };
+        assert_eq!(users, ["a", "b"]);
+        assert_eq!(idempotency_key.map(|k| k.to_string()), Some("k-1".into()));
+        assert!(detail);
+        assert_eq!(server.url, "http://127.0.0.1:8787");
+        let Ok(Command::Publish {
+            users,
+            idempotency_key: None,
+            detail: false,
+            ..
+        }) = parse(&["publish", "--user", "a"])
+        else {
+            panic!("a plain publish did not parse");
+        };
+        assert_eq!(users, ["a"]);
+        assert!(parse(&["publish", "--payload", "1"]).is_err());
+        let bad_key = parse(&["publish", "--user", "a", "--idempotency-key", "a b"]);
+        assert!(bad_key.is_err_and(|e| e.contains("visible ASCII")));
+    }
+
+    #[test]
+    fn operator_commands_parse() {
+        let Ok(Command::Sockets { user, server }) = parse(&[
+            "sockets",
+            "--user",
+            "alice",
+            "--url",
+            "https://h",
+            "--token",
+            "t",
+            "--ca-cert",
+            "ca.pem",
+        ]) else {
+            panic!("sockets did not parse");
+        };
+        assert_eq!((user.as_str(), server.url.as_str()), ("alice", "https://h"));
+        assert_eq!(server.token.as_deref(), Some("t"));
+        assert!(server.tls.ca_cert.is_some());
+        let Ok(Command::Disconnect {
+            user,
+            socket,
+            reconnect,
+            reason,
+            ..
+        }) = parse(&[
+            "disconnect",
+            "--user",
+            "alice",
+            "--socket",
+            "s1",
+            "--reconnect",
+            "--reason",
+            "token rotated",
+        ])
+        else {
+            panic!("disconnect did not parse");
+        };
+        assert_eq!(user, "alice");
+        assert_eq!(socket.as_deref(), Some("s1"));
+        assert!(reconnect);
+        assert_eq!(reason.as_deref(), Some("token rotated"));
+        let Ok(Command::Disconnect {
+            socket: None,
+            reconnect: false,
+            reason: None,
+            ..
+        }) = parse(&["disconnect", "--user", "alice"])
+        else {
+            panic!("a plain disconnect did not parse");
+        };
+        assert!(parse(&["sockets"]).is_err());
+        assert!(parse(&["disconnect"]).is_err());
+    }
+
+    #[test]
+    fn token_needs_a_user_unless_operator() {
+        let Ok(Command::Token {
+            user: None,
+            operator: true,
+            ..
+        }) = parse(&["token", "--operator"])
+        else {
+            panic!("token --operator did not parse");
+        };
+        let Ok(Command::Token {
+            user: Some(user),
+            operator: false,
+            ..
+        }) = parse(&["token", "--user", "alice"])
+        else {
+            panic!("token --user did not parse");
+        };
+        assert_eq!(user, "alice");
+        assert!(parse(&["token"]).is_err());
+    }
 }

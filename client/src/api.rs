@@ -1,0 +1,629 @@
+//! The HTTP API as this client reads it: the answers of `/publish`,
+//! `/publish/batch`, `/users/{id}/sockets` and `/users/{id}/disconnect`,
+//! idempotency keys, publish options and path encoding. Pure: no I/O.
+//!
+//! The answers are the client's own types, not the server crate's: they
+//! accept what a newer or older server may add or leave out (unknown fields
+//! are ignored, unknown delivery statuses kept), so a 200 is never lost to a
+//! parse error, and they carry what only the response headers say
+//! (`replayed`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+/// The server's JSON error body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable code, e.g. `invalid_body`.
+    pub error: String,
+    /// Human text.
+    pub message: String,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.error, self.message)
+    }
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// The answer to `POST /publish`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishOutcome {
+    /// How many sockets were sent the envelope.
+    #[serde(rename = "clientCount")]
+    pub client_count: usize,
+    /// The ack results that arrived, in arrival order.
+    pub results: Vec<Value>,
+    /// What became of each socket; only asked for with
+    /// [`PublishOptions::with_detail`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<Vec<Delivery>>,
+    /// Some results were replaced by `null`: together they were over the
+    /// server's `MAX_RESULTS_BYTES`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+    /// The server answered a repeated `Idempotency-Key` with the first
+    /// publish's answer (`Idempotent-Replayed: true`): nothing was delivered
+    /// this time. Not part of the JSON body.
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+/// What became of one socket a publish was sent to (`?detail=true`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    #[serde(rename = "socketId")]
+    pub socket_id: String,
+    pub status: DeliveryStatus,
+    /// The ack's result (`Some(Value::Null)` for an ack without one, or one
+    /// cut by `truncated`); `None` when the socket did not ack.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub result: Option<Value>,
+    /// Milliseconds from sending to the ack; acked only.
+    #[serde(
+        rename = "ackMs",
+        default,
+        deserialize_with = "millis",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ack_ms: Option<u64>,
+}
+
+/// A present field is `Some`, even when it is `null` (serde's `Option`
+/// would make `null` a `None`, and an ack's `null` result is a result).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// Milliseconds as any JSON number: a server computing them from
+/// JavaScript's `Date.now()` may send `12.0`.
+fn millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let number = Option::<f64>::deserialize(deserializer)?;
+    Ok(number.map(|ms| ms.max(0.0).round() as u64))
+}
+
+/// [`Delivery::status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum DeliveryStatus {
+    /// The socket acked; its result is in [`Delivery::result`].
+    Acked,
+    /// The socket closed before it acked.
+    Closed,
+    /// No ack within the server's `ACK_TIMEOUT_MS`.
+    TimedOut,
+    /// A status this version does not know, kept as sent.
+    Other(String),
+}
+
+impl DeliveryStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            DeliveryStatus::Acked => "acked",
+            DeliveryStatus::Closed => "closed",
+            DeliveryStatus::TimedOut => "timed_out",
+            DeliveryStatus::Other(other) => other,
+        }
+    }
+}
+
+impl From<String> for DeliveryStatus {
+    fn from(text: String) -> DeliveryStatus {
+        match text.as_str() {
+            "acked" => DeliveryStatus::Acked,
+            "closed" => DeliveryStatus::Closed,
+            "timed_out" => DeliveryStatus::TimedOut,
+            _ => DeliveryStatus::Other(text),
+        }
+    }
+}
+
+impl From<DeliveryStatus> for String {
+    fn from(status: DeliveryStatus) -> String {
+        match status {
+            DeliveryStatus::Other(other) => other,
+            known => known.as_str().to_owned(),
+        }
+    }
+}
+
+/// The answer to `POST /publish/batch`: one envelope, each user's outcome
+/// in request order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    /// The one envelope every user's sockets were sent.
+    #[serde(rename = "envelopeId")]
+    pub envelope_id: String,
+    pub users: Vec<UserOutcome>,
+    /// Some results were cut (also said per user, in
+    /// [`PublishOutcome::truncated`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+    /// As [`PublishOutcome::replayed`]. Not part of the JSON body.
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+impl BatchOutcome {
+    /// The users whose publish failed, with why.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &ApiError)> {
+        self.users
+            .iter()
+            .filter_map(|user| Some((user.user_id.as_str(), user.outcome.as_ref().err()?)))
+    }
+}
+
+/// One user's part of a batch: its publish outcome, or why that user's
+/// object could not be reached (the others still got the envelope).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "UserOutcomeBody", into = "UserOutcomeBody")]
+pub struct UserOutcome {
+    pub user_id: String,
+    pub outcome: Result<PublishOutcome, ApiError>,
+}
+
+/// [`UserOutcome`] as it is sent: the outcome's fields, or `error`.
+#[derive(Serialize, Deserialize)]
+struct UserOutcomeBody {
+    #[serde(rename = "userId")]
+    user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<ApiError>,
+    #[serde(
+        rename = "clientCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    client_count: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    results: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deliveries: Option<Vec<Delivery>>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    truncated: bool,
+}
+
+impl TryFrom<UserOutcomeBody> for UserOutcome {
+    type Error = String;
+
+    fn try_from(body: UserOutcomeBody) -> Result<UserOutcome, String> {
+        let outcome = match (body.error, body.client_count) {
+            (Some(error), _) => Err(error),
+            (None, Some(client_count)) => Ok(PublishOutcome {
+                client_count,
+                results: body.results.unwrap_or_default(),
+                deliveries: body.deliveries,
+                truncated: body.truncated,
+                replayed: false,
+            }),
+            (None, None) => {
+                return Err(format!(
+                    "the entry of user {:?} has neither clientCount nor error",
+                    body.user_id
+                ))
+            }
+        };
+        Ok(UserOutcome {
+            user_id: body.user_id,
+            outcome,
+        })
+    }
+}
+
+impl From<UserOutcome> for UserOutcomeBody {
+    fn from(user: UserOutcome) -> UserOutcomeBody {
+        match user.outcome {
+            Ok(outcome) => UserOutcomeBody {
+                user_id: user.user_id,
+                error: None,
+                client_count: Some(outcome.client_count),
+                results: Some(outcome.results),
+                deliveries: outcome.deliveries,
+                truncated: outcome.truncated,
+            },
+            Err(error) => UserOutcomeBody {
+                user_id: user.user_id,
+                error: Some(error),
+                client_count: None,
+                results: None,
+                deliveries: None,
+                truncated: false,
+            },
+        }
+    }
+}
+
+/// The answer to `GET /users/{id}/sockets`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserSockets {
+    #[serde(rename = "userId")]
+    pub user_id: String,
+    /// Open sockets of the user.
+    pub count: usize,
+    /// Publishes to the user still waiting for acks.
+    #[serde(rename = "pendingPublishes", default)]
+    pub pending_publishes: usize,
+    pub sockets: Vec<SocketInfo>,
+}
+
+/// One open socket of a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SocketInfo {
+    /// What `disconnect` and `Delivery::socket_id` name it by.
+    #[serde(rename = "socketId")]
+    pub socket_id: String,
+    /// Milliseconds since the Unix epoch.
+    #[serde(rename = "connectedAt", deserialize_with = "epoch_millis")]
+    pub connected_at: u64,
+    /// The socket's filters (objects of strings).
+    #[serde(default)]
+    pub filters: Vec<Value>,
+}
+
+fn epoch_millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    millis(deserializer).map(Option::unwrap_or_default)
+}
+
+/// The answer to `POST /users/{id}/disconnect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisconnectOutcome {
+    /// Sockets closed.
+    pub closed: usize,
+}
+
+/// An `Idempotency-Key`: 1 to 255 visible ASCII characters (`!` to `~`).
+/// Checked here because a key with other characters could not even be sent
+/// as a header.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+/// Why a text is not an [`IdempotencyKey`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvalidIdempotencyKey {
+    Empty,
+    /// Longer than [`IdempotencyKey::MAX_LEN`] characters.
+    TooLong(usize),
+    /// A character outside `!`..=`~` (spaces and controls included).
+    Character {
+        index: usize,
+        character: char,
+    },
+}
+
+impl fmt::Display for InvalidIdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an idempotency key is 1 to 255 visible ASCII characters: ")?;
+        match self {
+            InvalidIdempotencyKey::Empty => f.write_str("this one is empty"),
+            InvalidIdempotencyKey::TooLong(len) => write!(f, "this one has {len}"),
+            InvalidIdempotencyKey::Character { index, character } => {
+                write!(f, "character {index} is {character:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for InvalidIdempotencyKey {}
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn new(key: impl Into<String>) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
+        let key = key.into();
+        if key.is_empty() {
+            return Err(InvalidIdempotencyKey::Empty);
+        }
+        if let Some((index, character)) = key
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !matches!(c, '!'..='~'))
+        {
+            return Err(InvalidIdempotencyKey::Character { index, character });
+        }
+        // All ASCII from here: bytes are characters.
+        if key.len() > IdempotencyKey::MAX_LEN {
+            return Err(InvalidIdempotencyKey::TooLong(key.len()));
+        }
+        Ok(IdempotencyKey(key))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for IdempotencyKey {
+    type Err = InvalidIdempotencyKey;
+
+    fn from_str(text: &str) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
+        IdempotencyKey::new(text)
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How to publish: [`crate::Publisher::publish_with`] and
+/// [`crate::Publisher::publish_batch`].
+///
+/// ```
+/// use hopeflow_client::{IdempotencyKey, PublishOptions};
+/// let key = IdempotencyKey::new("order-1234-shipped").expect("a valid key");
+/// let options = PublishOptions::new().with_idempotency_key(key).with_detail(true);
+/// assert!(options.detail);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Sent as `Idempotency-Key`: a repeat of the same publish with the same
+    /// key is answered with the first answer instead of delivering again
+    /// (safe retries); the same key with another body is refused
+    /// ([`crate::PublishError::Conflict`]).
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// Asks for [`PublishOutcome::deliveries`] (`?detail=true`).
+    pub detail: bool,
+}
+
+impl PublishOptions {
+    pub fn new() -> PublishOptions {
+        PublishOptions::default()
+    }
+
+    pub fn with_idempotency_key(mut self, key: IdempotencyKey) -> PublishOptions {
+        self.idempotency_key = Some(key);
+        self
+    }
+
+    pub fn with_detail(mut self, detail: bool) -> PublishOptions {
+        self.detail = detail;
+        self
+    }
+}
+
+/// Percent-encodes `text` as one URL path segment: everything but the
+/// unreserved characters (`A-Z a-z 0-9 - . _ ~`), as UTF-8 bytes.
+pub fn path_segment(text: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push('%');
+            encoded.push(char::from(HEX[usize::from(byte >> 4)]));
+            encoded.push(char::from(HEX[usize::from(byte & 0xF)]));
+        }
+    }
+    encoded
+}
+
+/// The path `/users/{user_id}/{action}`, or why `user_id` cannot be in one:
+/// empty, or `.` / `..`, which URL parsers resolve away (encoded or not).
+pub fn user_path(user_id: &str, action: &str) -> Result<String, String> {
+    if user_id.is_empty() {
+        return Err("the user id is empty".into());
+    }
+    if user_id == "." || user_id == ".." {
+        return Err(format!(
+            "the user id {user_id:?} cannot be sent in a URL path"
+        ));
+    }
+    Ok(format!("/users/{}/{action}", path_segment(user_id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(path_segment("alice"), "alice");
+        assert_eq!(path_segment("A-z_0.9~"), "A-z_0.9~");
+        assert_eq!(path_segment("a b/c?d#e%f"), "a%20b%2Fc%3Fd%23e%25f");
+        assert_eq!(path_segment("é"), "%C3%A9");
+        assert_eq!(path_segment("user:1+2@x"), "user%3A1%2B2%40x");
+        assert_eq!(path_segment(""), "");
+        assert_eq!(
+            user_path("a/b", "sockets"),
+            Ok("/users/a%2Fb/sockets".into())
+        );
+        for bad in ["", ".", ".."] {
+            assert!(user_path(bad, "sockets").is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            user_path("...", "disconnect"),
+            Ok("/users/.../disconnect".into())
+        );
+    }
+
+    /// reqwest's URL parser keeps an encoded segment as it is (it must not
+    /// decode `%2F` into a path separator), but resolves `.` and `..`.
+    #[test]
+    fn url_parser_keeps_encoded_segments() {
+        let url = |path: &str| {
+            reqwest::Url::parse(&format!("http://h{path}"))
+                .map(|u| u.path().to_owned())
+                .unwrap_or_default()
+        };
+        let path = user_path("a b/../c", "sockets").unwrap_or_default();
+        assert_eq!(url(&path), "/users/a%20b%2F..%2Fc/sockets");
+        assert_eq!(url("/users/%2E%2E/sockets"), "/sockets");
+    }
+
+    #[test]
+    fn publish_outcomes_parse_with_and_without_detail() {
+        let plain: PublishOutcome =
+            serde_json::from_str(r#"{"clientCount":1,"results":[{"ok":true}]}"#).expect("plain");
+        assert_eq!(plain.client_count, 1);
+        assert_eq!((plain.deliveries.as_ref(), plain.truncated), (None, false));
+        // Serialized as the server sent it: no empty extras.
+        assert_eq!(
+            serde_json::to_value(&plain).expect("json"),
+            json!({"clientCount": 1, "results": [{"ok": true}]})
+        );
+
+        let text = r#"{"clientCount":3,"results":[null,null],"truncated":true,"deliveries":[
+            {"socketId":"s1","status":"acked","result":null,"ackMs":12},
+            {"socketId":"s2","status":"acked","result":{"n":1},"ackMs":3.0},
+            {"socketId":"s3","status":"timed_out"},
+            {"socketId":"s4","status":"closed"},
+            {"socketId":"s5","status":"lost_in_space","extra":1}],"future":true}"#;
+        let detailed: PublishOutcome = serde_json::from_str(text).expect("detailed");
+        assert!(detailed.truncated);
+        let deliveries = detailed.deliveries.clone().expect("deliveries");
+        assert_eq!(
+            deliveries[0],
+            Delivery {
+                socket_id: "s1".into(),
+                status: DeliveryStatus::Acked,
+                result: Some(Value::Null),
+                ack_ms: Some(12),
+            }
+        );
+        assert_eq!(deliveries[1].ack_ms, Some(3));
+        assert_eq!(deliveries[1].result, Some(json!({"n": 1})));
+        assert_eq!(deliveries[2].status, DeliveryStatus::TimedOut);
+        assert_eq!(
+            (deliveries[2].result.as_ref(), deliveries[2].ack_ms),
+            (None, None)
+        );
+        assert_eq!(deliveries[3].status, DeliveryStatus::Closed);
+        assert_eq!(
+            deliveries[4].status,
+            DeliveryStatus::Other("lost_in_space".into())
+        );
+        // Round trip: an acked `null` stays a present `null`; statuses as sent.
+        let again = serde_json::to_value(&detailed).expect("json");
+        assert_eq!(again["deliveries"][0]["result"], Value::Null);
+        assert!(again["deliveries"][0]
+            .as_object()
+            .is_some_and(|d| d.contains_key("result")));
+        assert!(again["deliveries"][2]
+            .as_object()
+            .is_some_and(|d| !d.contains_key("result") && !d.contains_key("ackMs")));
+        assert_eq!(again["deliveries"][4]["status"], "lost_in_space");
+        assert_eq!(again["truncated"], true);
+        assert!(again.get("future").is_none());
+    }
+
+    #[test]
+    fn batch_outcomes_split_results_from_errors() {
+        let text = r#"{"envelopeId":"e1","users":[
+            {"userId":"a","clientCount":1,"results":[{"ok":true}]},
+            {"userId":"b","error":{"error":"unavailable","message":"try later"}},
+            {"userId":"c","clientCount":0,"results":[],"truncated":true}]}"#;
+        let batch: BatchOutcome = serde_json::from_str(text).expect("batch");
+        assert_eq!(batch.envelope_id, "e1");
+        assert_eq!(batch.users.len(), 3);
+        assert_eq!(batch.users[0].user_id, "a");
+        assert_eq!(
+            batch.users[0].outcome.as_ref().map(|o| o.client_count),
+            Ok(1)
+        );
+        let unavailable = ApiError {
+            error: "unavailable".into(),
+            message: "try later".into(),
+        };
+        assert_eq!(batch.users[1].outcome, Err(unavailable.clone()));
+        assert_eq!(
+            batch.users[2].outcome.as_ref().map(|o| o.truncated),
+            Ok(true)
+        );
+        assert_eq!(
+            batch.failures().collect::<Vec<_>>(),
+            vec![("b", &unavailable)]
+        );
+        let again = serde_json::to_value(&batch).expect("json");
+        let expected: Value = serde_json::from_str(text).expect("json");
+        assert_eq!(again, expected);
+        // An entry with neither is refused rather than read as 0 sockets.
+        assert!(serde_json::from_str::<BatchOutcome>(
+            r#"{"envelopeId":"e","users":[{"userId":"a"}]}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn sockets_and_disconnect_answers_parse() {
+        let text = r#"{"userId":"alice","count":2,"pendingPublishes":1,"sockets":[
+            {"socketId":"s1","connectedAt":1700000000000,"filters":[{"type":"chat"}]},
+            {"socketId":"s2","connectedAt":1700000000001.0,"filters":[]}]}"#;
+        let sockets: UserSockets = serde_json::from_str(text).expect("sockets");
+        assert_eq!((sockets.count, sockets.pending_publishes), (2, 1));
+        assert_eq!(sockets.sockets[0].filters, vec![json!({"type": "chat"})]);
+        assert_eq!(sockets.sockets[1].connected_at, 1_700_000_000_001);
+        assert_eq!(
+            serde_json::to_value(&sockets).expect("json")["sockets"][1]["connectedAt"],
+            json!(1_700_000_000_001u64)
+        );
+        let closed: DisconnectOutcome = serde_json::from_str(r#"{"closed":2}"#).expect("closed");
+        assert_eq!(closed, DisconnectOutcome { closed: 2 });
+        assert_eq!(
+            serde_json::to_string(&closed).expect("json"),
+            r#"{"closed":2}"#
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        for good in [
+            "k",
+            "order-1234",
+            "~!#$%&'()*+,-./:;<=>?@[]^_`{|}",
+            &"x".repeat(255),
+        ] {
+            assert_eq!(
+                IdempotencyKey::new(good).map(|k| k.as_str().to_owned()),
+                Ok(good.to_owned())
+            );
+        }
+        assert_eq!(IdempotencyKey::new(""), Err(InvalidIdempotencyKey::Empty));
+        assert_eq!(
+            IdempotencyKey::new("x".repeat(256)),
+            Err(InvalidIdempotencyKey::TooLong(256))
+        );
+        assert_eq!(
+            "a b".parse::<IdempotencyKey>(),
+            Err(InvalidIdempotencyKey::Character {
+                index: 1,
+                character: ' '
+            })
+        );
+        for bad in ["a\nb", "tab\t", "é", "\u{7f}"] {
+            assert!(IdempotencyKey::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(IdempotencyKey::new("")
+            .err()
+            .is_some_and(|e| e.to_string().contains("1 to 255")));
+    }
+
+    #[test]
+    fn options_build() {
+        let key = IdempotencyKey::new("k").expect("key");
+        let options = PublishOptions::new()
+            .with_idempotency_key(key.clone())
+            .with_detail(true);
+        assert_eq!(
+            options,
+            PublishOptions {
+                idempotency_key: Some(key),
+                detail: true
+            }
+        );
+        assert_eq!(PublishOptions::default(), PublishOptions::new());
+    }
+}
