@@ -99,7 +99,13 @@ debug: build .dev.vars
 	  --ip 127.0.0.1 --port $(PORT) --inspector-ip 127.0.0.1 --inspector-port $(INSPECTOR_PORT) \
 	  --show-interactive-dev-session=false
 
-test: build
+# Debian's Chromium, for the browser client's test (tests/browser), when missing.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
+test: build | node-tools $(CHROMIUM)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p hopeflow-realtime --lib --target wasm32-unknown-unknown -- -D warnings
@@ -108,6 +114,8 @@ test: build
 	@# The e2e suite runs the CLI as a real process.
 	cargo build -p hopeflow-client --bin hopeflow
 	cargo test -p hopeflow-realtime --test e2e
+	@# The browser client: its state machine (fake socket), then headless Chromium against the worker.
+	node --test clients/js/test/ tests/browser/
 	@# Keeps the benchmark from rotting: tiny sizes, fails on any failed check.
 	cargo run -p hopeflow-bench -- --smoke --out target/bench-smoke
 

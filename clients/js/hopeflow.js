@@ -228,7 +228,7 @@ export class HopeFlowClient {
       } catch (error) {
         // getToken failed: retried like a failed connection.
         token = undefined;
-        detail = { error };
+        detail = { cause: error };
         notify(this.#errorListeners, failure("token_failed", `getToken failed: ${error}`, { cause: error }));
         if (this.#closed) return;
       }
@@ -366,18 +366,15 @@ export class HopeFlowClient {
   #deliver(socket, envelope) {
     const handler = this.#handler;
     if (!handler) return this.#backlog.push([socket, envelope]);
-    (async () => handler(envelope))().then(
-      (result) => {
-        // An ack counts only on the socket the envelope came by.
-        if (socket == this.#socket) {
-          socket.send(JSON.stringify({ type: "ack", envelopeId: envelope.envelopeId, result }));
-        }
-      },
-      (error) =>
-        notify(
-          this.#errorListeners,
-          failure("handler_failed", `onEnvelope handler failed: ${error}`, { cause: error, envelope }),
-        ),
+    (async () => {
+      const ack = JSON.stringify({ type: "ack", envelopeId: envelope.envelopeId, result: await handler(envelope) });
+      // An ack counts only on the socket the envelope came by.
+      if (socket == this.#socket) socket.send(ack);
+    })().catch((error) =>
+      notify(
+        this.#errorListeners,
+        failure("handler_failed", `onEnvelope handler failed: ${error}`, { cause: error, envelope }),
+      ),
     );
   }
 }

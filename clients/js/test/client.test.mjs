@@ -505,17 +505,20 @@ test("a handler that throws or rejects acks nothing and is reported", async (t) 
   await reopen();
   client.onEnvelope((envelope) => {
     if (envelope.payload == "sync") throw new Error("boom");
+    if (envelope.payload == "bigint") return 1n;
     return Promise.reject(new Error("later"));
   });
   socket().receive({ envelopeId: "e1", type: "m", payload: "sync" });
   socket().receive({ envelopeId: "e2", type: "m", payload: "async" });
+  socket().receive({ envelopeId: "e3", type: "m", payload: "bigint" });
   await flush();
   assert.deepEqual(socket().sent, []);
   assert.deepEqual(
-    errors.map((e) => [e.code, e.envelope.envelopeId, e.cause.message]),
+    errors.map((e) => [e.code, e.envelope.envelopeId, e.cause.constructor.name]).sort(),
     [
-      ["handler_failed", "e1", "boom"],
-      ["handler_failed", "e2", "later"],
+      ["handler_failed", "e1", "Error"],
+      ["handler_failed", "e2", "Error"],
+      ["handler_failed", "e3", "TypeError"], // a result JSON cannot carry
     ],
   );
 });

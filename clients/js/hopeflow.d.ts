@@ -1,0 +1,137 @@
+// Types of hopeflow.js, the HopeFlow Realtime client for browsers and Node 20+.
+
+/** A delivery; the handler's (resolved) value is sent back as the ack result. */
+export interface Envelope<Payload = unknown> {
+  envelopeId: string;
+  type: string;
+  payload: Payload;
+  [field: string]: unknown;
+}
+
+/**
+ * Exact-match filter: `type` is compared with the envelope's type, every
+ * other key with the same key of its payload (string equality). `{}` matches
+ * everything.
+ */
+export type Filter = Record<string, string>;
+
+/**
+ * "connecting" until the first socket is open; "open" once the socket is
+ * open and (after a reconnect) every confirmed filter is subscribed again;
+ * "reconnecting" after a drop, while it waits and retries; "closed" for good.
+ */
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+/**
+ * Why the state changed (second argument of the onState listener, for
+ * "reconnecting" and "closed"):
+ * - the socket closed: `code` and `reason` of its close event (1006 for a
+ *   dropped connection; 1000 and "closed by the client" after close()), or
+ *   `reason` "no pong in time" when the ping went unanswered;
+ * - the handshake was refused: `status` 401 or 403 with the server's
+ *   `error` ("missing_token", "invalid_token", "token_expired",
+ *   "origin_not_allowed") and `message`;
+ * - getToken failed: `cause` is what it threw.
+ */
+export interface StateDetail {
+  code?: number;
+  reason?: string;
+  status?: number;
+  error?: string;
+  message?: string;
+  cause?: unknown;
+}
+
+/** The server's confirmation of a subscribe: filters added, filters on the socket now. */
+export interface Subscribed {
+  added: number;
+  total: number;
+}
+
+/** The server's confirmation of an unsubscribe: filters removed, filters left. */
+export interface Unsubscribed {
+  removed: number;
+  total: number;
+}
+
+/**
+ * What subscribe / unsubscribe reject with, and what onError listeners get.
+ * `code` is the server's error code ("invalid_filter", "too_many_filters",
+ * "subscription_limit", "rate_limited", ...) or one of the client's:
+ * "closed" (the client is closed), "handler_failed" (the onEnvelope handler
+ * threw; `cause` and `envelope` say which), "token_failed" (getToken threw).
+ */
+export interface HopeFlowError extends Error {
+  code: string;
+  /**
+   * After "invalid_filter" or "too_many_filters" the valid filters among the
+   * first 50 did apply: this is the server's confirmation of them.
+   */
+  result?: Subscribed | Unsubscribed;
+  envelope?: Envelope;
+  cause?: unknown;
+}
+
+export interface HopeFlowOptions {
+  /** The JWT, sent as `?token=`. Give this or getToken. */
+  token?: string;
+  /** Called before every connect and reconnect; its token is sent as `?token=`. */
+  getToken?: () => string | Promise<string>;
+  /** The WebSocket class; default `globalThis.WebSocket` (Node 20: pass one, e.g. the `ws` package's). */
+  WebSocket?: new (url: string) => { send(data: string): void; close(code?: number): void };
+  /** Used to ask why a handshake failed; default `globalThis.fetch`. Without one, failures are retried. */
+  fetch?: (url: string) => Promise<{ status: number; json(): Promise<any> }>;
+  /** First reconnect delay in ms, doubled per failed attempt (default 500). */
+  backoffInitial?: number;
+  /** Longest reconnect delay in ms (default 30000). Each delay is 50–100 % of its step. */
+  backoffMax?: number;
+  /** ms between a `pong` (or the open) and the next `ping` (default 25000). */
+  pingInterval?: number;
+  /** ms to wait for `pong` before the socket counts as dead and is replaced (default 10000). */
+  pingTimeout?: number;
+}
+
+export class HopeFlowClient {
+  /** Starts connecting at once. Throws a TypeError without a WebSocket, a ws:// or wss:// URL, or a token. */
+  constructor(url: string, options: HopeFlowOptions);
+
+  readonly state: ConnectionState;
+
+  /**
+   * Sets the handler (replacing any earlier one). Its value, or resolved
+   * value, is sent as the ack result; a handler that throws or rejects acks
+   * nothing (onError gets "handler_failed"). Envelopes that arrive while no
+   * handler is set wait for one. Returns a function that removes it.
+   */
+  onEnvelope<Payload = unknown>(handler: (envelope: Envelope<Payload>) => unknown): () => void;
+
+  /**
+   * Calls `listener` on every state change. One added right after the
+   * constructor also sees "connecting". Returns a function that removes it.
+   */
+  onState(listener: (state: ConnectionState, detail?: StateDetail) => void): () => void;
+
+  /**
+   * Errors not tied to a call: server error frames about nothing pending,
+   * "handler_failed", "token_failed", a re-subscription the server refused.
+   */
+  onError(listener: (error: HopeFlowError) => void): () => void;
+
+  /**
+   * Adds filters; resolves with the server's confirmation. While
+   * (re)connecting it waits for the socket. Rejects with a HopeFlowError.
+   */
+  subscribe(filters: Filter[]): Promise<Subscribed>;
+
+  /** Removes equal filters; as subscribe. */
+  unsubscribe(filters: Filter[]): Promise<Unsubscribed>;
+
+  /** Closes the socket (code 1000) for good; pending calls reject with code "closed". */
+  close(): void;
+}
+
+/** Delay before reconnect attempt `attempt` (1-based): min(initial·2^(attempt−1), max) × (0.5 + random/2). */
+export function backoffDelay(attempt: number, initial: number, max: number, random?: number): number;
+
+/** The socket URL: `url` with a "/" path when it has none and `token=<URL-encoded token>` in its query. */
+export function connectUrl(url: string, token: string): string;
