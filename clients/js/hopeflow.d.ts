@@ -26,7 +26,8 @@ export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
  * Why the state changed (second argument of the onState listener, for
  * "reconnecting" and "closed"):
  * - the socket closed: `code` and `reason` of its close event (1006 for a
- *   dropped connection; 1000 and "closed by the client" after close()), or
+ *   dropped connection; 1000 and "closed by the client" after close();
+ *   1008, 1009 and 4001 end the client), or
  *   `reason` "no pong in time" when the ping went unanswered;
  * - the handshake was refused: `status` 401 or 403 with the server's
  *   `error` ("missing_token", "invalid_token", "token_expired",

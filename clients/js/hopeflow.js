@@ -183,9 +183,8 @@ export class HopeFlowClient {
     this.#closed = true;
     clearTimeout(this.#timer);
     this.#set("closed", detail);
-    for (const request of this.#pending.splice(0).concat(this.#queue.splice(0))) {
-      request.done?.(closedError());
-    }
+    // The socket is gone by now: every request still unanswered is queued.
+    for (const request of this.#queue.splice(0)) request.done(closedError());
   }
 
   async #run() {
@@ -203,9 +202,10 @@ export class HopeFlowClient {
         if (this.#closed) return;
         const end = await this.#connect(token);
         if (this.#closed) return;
-        ({ code: detail.code, reason: detail.reason } = end);
-        // The server refuses these for what the client sent: retrying repeats them.
-        if (end.code == 1008 || end.code == 1009) return this.#stop(detail);
+        detail = { code: end.code, reason: end.reason };
+        // 1008 / 1009: retrying would repeat what the server refused; 4001:
+        // an operator disconnected this user for good.
+        if ([1008, 1009, 4001].includes(end.code)) return this.#stop(detail);
         if (end.opened) {
           attempt = 0;
           token = undefined;

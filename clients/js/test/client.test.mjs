@@ -306,6 +306,21 @@ test("getToken is called before every connect, and its token is used", async (t)
   assert.equal(calls, sockets.length);
 });
 
+test("after 4000 (an operator asks for a fresh token) it reconnects with getToken's next token", async (t) => {
+  let calls = 0;
+  const { client, socket, sockets, elapse, reopen } = await setup(t, {
+    token: undefined,
+    getToken: async () => `token-${++calls}`,
+  });
+  await reopen();
+  socket().drop(4000, "disconnected by an operator; reconnect with a fresh token");
+  await flush();
+  assert.equal(client.state, "reconnecting");
+  await elapse(500);
+  assert.equal(sockets.length, 2);
+  assert.equal(socket().url, "ws://realtime.test/?token=token-2");
+});
+
 test("a failing getToken is retried with backoff and reported", async (t) => {
   let calls = 0;
   const { sockets, states, errors, elapse } = await setup(t, {
@@ -322,7 +337,7 @@ test("a failing getToken is retried with backoff and reported", async (t) => {
   assert.equal(sockets.at(-1).url, "ws://realtime.test/?token=fresh");
 });
 
-for (const code of [1008, 1009]) {
+for (const code of [1008, 1009, 4001]) {
   test(`no reconnect after close code ${code}`, async (t) => {
     const { client, socket, sockets, details, reopen } = await setup(t);
     await reopen();
