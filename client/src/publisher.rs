@@ -505,6 +505,201 @@ mod tests {
         );
     }
 
+    /// One request as the fake server read it: the head in lowercase (header
+    /// names vary in case), and the body.
+    #[derive(Debug)]
+    struct Seen {
+        head: String,
+        body: Value,
+    }
+
+    /// A fake HTTP server answering each connection with the next of
+    /// `answers` (status, extra header lines, body) and reporting the request.
+    async fn fake_http(
+        answers: Vec<(u16, &'static str, &'static str)>,
+    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<Seen>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (report, seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for (status, headers, body) in answers {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, length) = loop {
+                    let Ok(n @ 1..) = tcp.read(&mut chunk).await else {
+                        return;
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    buf.drain(..end + 4);
+                    break (head, length);
+                };
+                while buf.len() < length {
+                    let Ok(n @ 1..) = tcp.read(&mut chunk).await else {
+                        return;
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let request_body = serde_json::from_slice(&buf).unwrap_or(Value::Null);
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(response.as_bytes()).await;
+                let _ = report.send(Seen {
+                    head,
+                    body: request_body,
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn requests_carry_paths_keys_and_bodies() {
+        let (url, mut seen) = fake_http(vec![
+            (
+                200,
+                "Idempotent-Replayed: true\r\n",
+                r#"{"clientCount":1,"results":[1],"deliveries":[{"socketId":"s","status":"acked","result":1,"ackMs":2}]}"#,
+            ),
+            (
+                200,
+                "",
+                r#"{"envelopeId":"e","users":[{"userId":"a","clientCount":0,"results":[]},{"userId":"b","clientCount":0,"results":[]}]}"#,
+            ),
+            (
+                200,
+                "",
+                r#"{"userId":"a/b é","count":0,"pendingPublishes":0,"sockets":[]}"#,
+            ),
+            (200, "", r#"{"closed":1}"#),
+            (
+                409,
+                "",
+                r#"{"error":"idempotency_conflict","message":"other body"}"#,
+            ),
+        ])
+        .await;
+        let publisher = Publisher::new(&format!("{url}/"), "tok");
+        let key = IdempotencyKey::new("key-1").expect("key");
+        let options = PublishOptions::new()
+            .with_idempotency_key(key.clone())
+            .with_detail(true);
+        let outcome = publisher
+            .publish_with("a b", Some("t"), json!({"x": 1}), options.clone())
+            .await
+            .expect("publish");
+        assert!(outcome.replayed);
+        assert_eq!(
+            outcome.deliveries.map(|d| d[0].status.clone()),
+            Some(DeliveryStatus::Acked)
+        );
+        let request = seen.recv().await.expect("a request");
+        assert!(
+            request
+                .head
+                .starts_with("post /publish?detail=true http/1.1"),
+            "{}",
+            request.head
+        );
+        assert!(request.head.contains("\r\nidempotency-key: key-1"));
+        assert!(request.head.contains("\r\nauthorization: bearer tok"));
+        assert_eq!(
+            request.body,
+            json!({"userId": "a b", "type": "t", "payload": {"x": 1}})
+        );
+
+        let batch = publisher
+            .publish_batch(
+                vec!["a".to_owned(), "b".to_owned()],
+                None,
+                json!(null),
+                PublishOptions::new(),
+            )
+            .await
+            .expect("batch");
+        assert!(!batch.replayed);
+        assert_eq!(batch.users.len(), 2);
+        let request = seen.recv().await.expect("a request");
+        assert!(request.head.starts_with("post /publish/batch http/1.1"));
+        assert!(!request.head.contains("idempotency-key"));
+        assert_eq!(
+            request.body,
+            json!({"userIds": ["a", "b"], "payload": null})
+        );
+
+        let sockets = publisher.sockets("a/b é").await.expect("sockets");
+        assert_eq!(sockets.user_id, "a/b é");
+        let request = seen.recv().await.expect("a request");
+        assert!(
+            request
+                .head
+                .starts_with("get /users/a%2fb%20%c3%a9/sockets http/1.1"),
+            "{}",
+            request.head
+        );
+
+        let closed = publisher
+            .disconnect("u", Some("s1"), true, Some("rotated"))
+            .await
+            .expect("disconnect");
+        assert_eq!(closed.closed, 1);
+        let request = seen.recv().await.expect("a request");
+        assert!(request
+            .head
+            .starts_with("post /users/u/disconnect http/1.1"));
+        assert_eq!(
+            request.body,
+            json!({"socketId": "s1", "reconnect": true, "reason": "rotated"})
+        );
+
+        match publisher
+            .publish_with("a b", Some("t"), json!({"x": 2}), options)
+            .await
+        {
+            Err(PublishError::Conflict(e)) => assert_eq!(e.error, "idempotency_conflict"),
+            other => panic!("expected Conflict, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_call_retries_a_503() {
+        let unavailable = r#"{"error":"unavailable","message":"m"}"#;
+        let (url, _seen) = fake_http(vec![
+            (503, "Retry-After: 0\r\n", unavailable),
+            (
+                200,
+                "",
+                r#"{"userId":"u","count":0,"pendingPublishes":0,"sockets":[]}"#,
+            ),
+            (503, "Retry-After: 0\r\n", unavailable),
+        ])
+        .await;
+        let publisher = Publisher::new(&url, "t").with_retries(1);
+        assert_eq!(publisher.sockets("u").await.map(|s| s.count), Ok(0));
+        let publisher = publisher.with_retries(0);
+        assert!(matches!(
+            publisher.disconnect("u", None, false, None).await,
+            Err(PublishError::Unavailable { retry_after: Some(d), .. }) if d.is_zero()
+        ));
+    }
+
     /// Operator calls with a user id no path can carry fail before sending
     /// (nothing listens on port 9: a sent request would be a transport error).
     #[tokio::test]

@@ -710,6 +710,9 @@ fn close_info(frame: Option<CloseFrame>) -> (Option<u16>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering::SeqCst;
 
     #[test]
     fn connect_urls_have_a_path() {
@@ -744,10 +747,10 @@ mod tests {
     #[tokio::test]
     async fn token_providers_answer_fail_and_time_out() {
         let limit = Duration::from_millis(200);
-        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::new(AtomicUsize::new(0));
         let seen = counter.clone();
         let provider = TokenProvider::new(move || {
-            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let n = seen.fetch_add(1, SeqCst);
             async move { Ok(format!("token-{n}")) }
         });
         assert_eq!(fetch_token(&provider, limit).await, Ok("token-0".into()));
@@ -777,6 +780,158 @@ mod tests {
             Err(other) => panic!("expected Token, got {other:?}"),
             Ok(_) => panic!("expected Token, got a connection"),
         }
+    }
+
+    /// What the fake server saw of one connection.
+    #[derive(Debug)]
+    struct Seen {
+        authorization: Option<String>,
+        frames: Vec<String>,
+    }
+
+    /// A fake server for the close codes of an operator's disconnect: every
+    /// connection has its subscribes confirmed and pings answered; the first
+    /// is closed with `close` after its first confirmation. Counts the
+    /// connections accepted, and reports each once it ends.
+    async fn fake_server(close: u16) -> (String, Arc<AtomicUsize>, mpsc::UnboundedReceiver<Seen>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}", listener.local_addr().expect("address"));
+        let (report, seen) = mpsc::unbounded_channel();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, SeqCst);
+                // Each on its own task: a client may reconnect before its
+                // old connection is gone.
+                tokio::spawn(serve_one(tcp, first.then_some(close), report.clone()));
+                first = false;
+            }
+        });
+        (url, accepted, seen)
+    }
+
+    async fn serve_one(tcp: TcpStream, close: Option<u16>, report: mpsc::UnboundedSender<Seen>) {
+        use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as Code;
+
+        let mut authorization = None;
+        // The error type is tungstenite's, whatever its size.
+        #[allow(clippy::result_large_err)]
+        let callback = |request: &Request, response: Response| {
+            authorization = request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            Ok(response)
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+            return;
+        };
+        let mut frames = Vec::new();
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            frames.push(text.to_string());
+            if text.as_str() == "ping" {
+                let _ = ws.send(Message::text("pong")).await;
+                continue;
+            }
+            let confirmed = ServerFrame::Subscribed { added: 1, total: 1 }.to_text();
+            let _ = ws.send(Message::text(confirmed)).await;
+            if let Some(code) = close {
+                let frame = CloseFrame {
+                    code: Code::from(code),
+                    reason: "by an operator".into(),
+                };
+                let _ = ws.close(Some(frame)).await;
+                break;
+            }
+        }
+        let _ = report.send(Seen {
+            authorization,
+            frames,
+        });
+    }
+
+    /// Options whose provider hands out `fresh-1`, `fresh-2`... and counts.
+    fn counting_options(url: &str) -> (ClientOptions, Arc<AtomicUsize>) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let mut options = ClientOptions::new(url, "first").with_token_provider(move || {
+            let n = counter.fetch_add(1, SeqCst) + 1;
+            async move { Ok(format!("fresh-{n}")) }
+        });
+        options.backoff_initial = Duration::from_millis(10);
+        (options, asked)
+    }
+
+    async fn within<T>(future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), future)
+            .await
+            .expect("timed out")
+    }
+
+    #[tokio::test]
+    async fn close_4001_ends_the_client_without_asking_for_a_token() {
+        let (url, accepted, mut seen) = fake_server(4001).await;
+        let (options, asked) = counting_options(&url);
+        let mut client = Client::connect(options).await.expect("connect");
+        client.subscribe(vec![json!({})]).await.expect("subscribe");
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::Disconnected {
+                code: Some(4001),
+                reason: "by an operator".into()
+            })
+        );
+        assert_eq!(within(client.next_event()).await, None);
+        assert_eq!(asked.load(SeqCst), 0);
+        let first = within(seen.recv()).await.expect("the connection");
+        assert_eq!(first.authorization.as_deref(), Some("Bearer first"));
+        // No second connection was attempted (backoff would be 10 ms).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(accepted.load(SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn close_4000_reconnects_with_a_fresh_token_and_resubscribes() {
+        let (url, accepted, mut seen) = fake_server(4000).await;
+        let (options, asked) = counting_options(&url);
+        let mut client = Client::connect(options).await.expect("connect");
+        client
+            .subscribe(vec![json!({"type": "chat"})])
+            .await
+            .expect("subscribe");
+        assert!(matches!(
+            within(client.next_event()).await,
+            Some(Event::Disconnected {
+                code: Some(4000),
+                ..
+            })
+        ));
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::Reconnected { attempt: 1 })
+        );
+        // The pong follows the re-subscription's confirmation.
+        within(client.ping()).await.expect("pong");
+        assert_eq!((asked.load(SeqCst), accepted.load(SeqCst)), (1, 2));
+        client.close();
+        let first = within(seen.recv()).await.expect("first connection");
+        assert_eq!(first.authorization.as_deref(), Some("Bearer first"));
+        let second = within(seen.recv()).await.expect("second connection");
+        assert_eq!(second.authorization.as_deref(), Some("Bearer fresh-1"));
+        let resubscribe: Value = serde_json::from_str(&second.frames[0]).expect("json");
+        assert_eq!(
+            resubscribe,
+            json!({"type": "subscribe", "filters": [{"type": "chat"}]})
+        );
     }
 
     #[test]
