@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::protocol::{Delivery, DeliveryStatus};
+
 /// How long `/publish` waits for acks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckTimeout(Duration);
@@ -56,6 +58,28 @@ impl fmt::Display for InvalidAckTimeout {
     }
 }
 
+/// How one publish keeps what its acks bring.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tracking {
+    /// Keep what became of each socket (`?detail=true`).
+    pub detail: bool,
+    /// Serialized bytes of results kept (`MAX_RESULTS_BYTES`); results past
+    /// it are kept as `null`, so one user's clients cannot fill the isolate.
+    pub max_results_bytes: usize,
+    /// When the envelope was sent, for `ackMs`.
+    pub sent_ms: f64,
+}
+
+impl Default for Tracking {
+    fn default() -> Tracking {
+        Tracking {
+            detail: false,
+            max_results_bytes: crate::config::DEFAULT_MAX_RESULTS_BYTES,
+            sent_ms: 0.0,
+        }
+    }
+}
+
 /// One publish waiting for acks.
 #[derive(Debug)]
 struct Pending<W> {
@@ -63,8 +87,41 @@ struct Pending<W> {
     awaiting: HashSet<String>,
     /// Ack results in arrival order.
     results: Vec<Value>,
+    /// Serialized bytes of `results`.
+    result_bytes: usize,
+    /// A result was replaced by `null` for the byte cap.
+    truncated: bool,
+    tracking: Tracking,
+    /// With `detail`: every socket sent to, in order, and its fate so far.
+    detail: Option<Detail>,
     /// Woken once when `awaiting` becomes empty; `None` after that.
     waiter: Option<W>,
+}
+
+#[derive(Debug, Default)]
+struct Detail {
+    order: Vec<String>,
+    fates: HashMap<String, Fate>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    /// Index of its result, and milliseconds from sending to the ack.
+    Acked {
+        result: usize,
+        ms: u64,
+    },
+    Closed,
+}
+
+/// What a finished publish brought.
+#[derive(Debug, Default, PartialEq)]
+pub struct Settled {
+    /// Ack results in arrival order.
+    pub results: Vec<Value>,
+    pub truncated: bool,
+    /// With `detail`: each socket sent to, in sending order.
+    pub deliveries: Option<Vec<Delivery>>,
 }
 
 /// What an ack did.
@@ -101,30 +158,68 @@ impl<W> AckBook<W> {
     pub fn begin(
         &mut self,
         envelope_id: String,
-        sockets: impl IntoIterator<Item = String>,
+        sockets: Vec<String>,
         waiter: W,
+        tracking: Tracking,
     ) -> Result<(), DuplicateEnvelope> {
         if self.pending.contains_key(&envelope_id) {
             return Err(DuplicateEnvelope);
         }
+        let detail = tracking.detail.then(|| Detail {
+            order: sockets.clone(),
+            fates: HashMap::new(),
+        });
         self.pending.insert(
             envelope_id,
             Pending {
                 awaiting: sockets.into_iter().collect(),
                 results: Vec::new(),
+                result_bytes: 0,
+                truncated: false,
+                tracking,
+                detail,
                 waiter: Some(waiter),
             },
         );
         Ok(())
     }
 
-    /// Records an ack from `socket` for `envelope_id`.
-    pub fn ack(&mut self, envelope_id: &str, socket: &str, result: Value) -> AckOutcome<W> {
+    /// Records an ack from `socket` for `envelope_id`, arrived at `now_ms`.
+    pub fn ack(
+        &mut self,
+        envelope_id: &str,
+        socket: &str,
+        result: Value,
+        now_ms: f64,
+    ) -> AckOutcome<W> {
         let Some(pending) = self.pending.get_mut(envelope_id) else {
             return AckOutcome::Ignored;
         };
         if !pending.awaiting.remove(socket) {
             return AckOutcome::Ignored;
+        }
+        // Once past the cap, every further result is null, so the answer
+        // says plainly which results are missing.
+        let bytes = if pending.truncated {
+            usize::MAX
+        } else {
+            json_len(&result)
+        };
+        let fits = bytes <= pending.tracking.max_results_bytes - pending.result_bytes;
+        let result = if fits {
+            pending.result_bytes += bytes;
+            result
+        } else {
+            pending.truncated = true;
+            Value::Null
+        };
+        if let Some(detail) = &mut pending.detail {
+            let ms = (now_ms - pending.tracking.sent_ms).max(0.0) as u64;
+            let fate = Fate::Acked {
+                result: pending.results.len(),
+                ms,
+            };
+            detail.fates.insert(socket.to_owned(), fate);
         }
         pending.results.push(result);
         match pending.wake_if_done() {
@@ -140,6 +235,9 @@ impl<W> AckBook<W> {
             .values_mut()
             .filter_map(|pending| {
                 if pending.awaiting.remove(socket) {
+                    if let Some(detail) = &mut pending.detail {
+                        detail.fates.insert(socket.to_owned(), Fate::Closed);
+                    }
                     pending.wake_if_done()
                 } else {
                     None
@@ -148,21 +246,21 @@ impl<W> AckBook<W> {
             .collect()
     }
 
-    /// Ends a publish (completed or timed out) and returns its results.
+    /// Ends a publish (completed or timed out) and returns what it brought.
     /// Later acks for it are ignored.
-    pub fn finish(&mut self, envelope_id: &str) -> Vec<Value> {
+    pub fn finish(&mut self, envelope_id: &str) -> Settled {
         self.pending
             .remove(envelope_id)
-            .map(|pending| pending.results)
+            .map(Pending::settle)
             .unwrap_or_default()
     }
 
     /// Ends a publish whose deadline passed: its waiter (unless an ack or a
-    /// close already woke it) and the results that arrived.
-    pub fn expire(&mut self, envelope_id: &str) -> Option<(W, Vec<Value>)> {
-        let pending = self.pending.remove(envelope_id)?;
-        let waiter = pending.waiter?;
-        Some((waiter, pending.results))
+    /// close already woke it) and what arrived.
+    pub fn expire(&mut self, envelope_id: &str) -> Option<(W, Settled)> {
+        let mut pending = self.pending.remove(envelope_id)?;
+        let waiter = pending.waiter.take()?;
+        Some((waiter, pending.settle()))
     }
 
     /// Publishes currently waiting for acks.
@@ -176,6 +274,38 @@ impl<W> AckBook<W> {
 }
 
 impl<W> Pending<W> {
+    /// What the publish brought; sockets still awaited timed out.
+    fn settle(self) -> Settled {
+        let deliveries = self.detail.map(|detail| {
+            detail
+                .order
+                .into_iter()
+                .map(|socket_id| {
+                    let (status, result, ack_ms) = match detail.fates.get(&socket_id) {
+                        Some(Fate::Acked { result, ms }) => (
+                            DeliveryStatus::Acked,
+                            Some(self.results.get(*result).cloned().unwrap_or(Value::Null)),
+                            Some(*ms),
+                        ),
+                        Some(Fate::Closed) => (DeliveryStatus::Closed, None, None),
+                        None => (DeliveryStatus::TimedOut, None, None),
+                    };
+                    Delivery {
+                        socket_id,
+                        status,
+                        result,
+                        ack_ms,
+                    }
+                })
+                .collect()
+        });
+        Settled {
+            results: self.results,
+            truncated: self.truncated,
+            deliveries,
+        }
+    }
+
     fn wake_if_done(&mut self) -> Option<W> {
         if self.awaiting.is_empty() {
             self.waiter.take()
@@ -238,6 +368,24 @@ impl DeadlineQueue {
     }
 }
 
+/// The length of `value`'s JSON text, without building it.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// A timer delay to `deadline_ms`: at least 1 ms, so a timer that fired a
 /// little early (coarse clocks) is set again rather than spinning.
 fn delay(deadline_ms: f64, now_ms: f64) -> f64 {
@@ -251,6 +399,66 @@ mod tests {
 
     fn sockets(ids: &[&str]) -> Vec<String> {
         ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn settled(results: Vec<Value>) -> Settled {
+        Settled {
+            results,
+            ..Settled::default()
+        }
+    }
+
+    #[test]
+    fn detail_says_what_became_of_each_socket() {
+        let mut book = AckBook::default();
+        let tracking = Tracking {
+            detail: true,
+            sent_ms: 1_000.0,
+            ..Tracking::default()
+        };
+        book.begin("e".into(), sockets(&["a", "b", "c"]), 7, tracking)
+            .expect("new");
+        assert_eq!(book.ack("e", "b", json!("B"), 1_012.0), AckOutcome::Counted);
+        assert!(book.socket_gone("c").is_empty());
+        let (waiter, settled) = book.expire("e").expect("pending");
+        assert_eq!(waiter, 7);
+        assert_eq!(settled.results, vec![json!("B")]);
+        let deliveries = settled.deliveries.expect("detail");
+        let status: Vec<_> = deliveries.iter().map(|d| d.status).collect();
+        assert_eq!(
+            status,
+            [
+                DeliveryStatus::TimedOut,
+                DeliveryStatus::Acked,
+                DeliveryStatus::Closed
+            ]
+        );
+        assert_eq!(deliveries[1].result, Some(json!("B")));
+        assert_eq!(deliveries[1].ack_ms, Some(12));
+        assert_eq!(deliveries[0].result, None);
+    }
+
+    #[test]
+    fn results_past_the_byte_cap_become_null() {
+        let mut book = AckBook::default();
+        let tracking = Tracking {
+            max_results_bytes: 10,
+            ..Tracking::default()
+        };
+        book.begin("e".into(), sockets(&["a", "b", "c"]), (), tracking)
+            .expect("new");
+        // `"abcd"` is 6 bytes of JSON: the first fits, the second would not,
+        // and once past the cap even a small third is dropped.
+        book.ack("e", "a", json!("abcd"), 0.0);
+        book.ack("e", "b", json!("abcd"), 0.0);
+        book.ack("e", "c", json!(1), 0.0);
+        let settled = book.finish("e");
+        assert_eq!(
+            settled.results,
+            vec![json!("abcd"), Value::Null, Value::Null]
+        );
+        assert!(settled.truncated);
+        assert!(settled.deliveries.is_none());
     }
 
     #[test]
@@ -276,86 +484,102 @@ mod tests {
     #[test]
     fn expiry_hands_back_the_waiter_and_partial_results_once() {
         let mut book = AckBook::default();
-        book.begin("e".into(), sockets(&["a", "b"]), 7)
+        book.begin("e".into(), sockets(&["a", "b"]), 7, Tracking::default())
             .expect("new");
-        assert_eq!(book.ack("e", "a", json!(1)), AckOutcome::Counted);
-        assert_eq!(book.expire("e"), Some((7, vec![json!(1)])));
+        assert_eq!(book.ack("e", "a", json!(1), 0.0), AckOutcome::Counted);
+        assert_eq!(book.expire("e"), Some((7, settled(vec![json!(1)]))));
         assert!(book.is_empty());
         assert_eq!(book.expire("e"), None);
-        assert_eq!(book.ack("e", "b", json!(2)), AckOutcome::Ignored);
+        assert_eq!(book.ack("e", "b", json!(2), 0.0), AckOutcome::Ignored);
     }
 
     #[test]
     fn expiry_after_completion_finds_nothing() {
         let mut book = AckBook::default();
-        book.begin("e".into(), sockets(&["a"]), 7).expect("new");
-        assert_eq!(book.ack("e", "a", json!(1)), AckOutcome::Completed(7));
-        assert_eq!(book.finish("e"), vec![json!(1)]);
+        book.begin("e".into(), sockets(&["a"]), 7, Tracking::default())
+            .expect("new");
+        assert_eq!(book.ack("e", "a", json!(1), 0.0), AckOutcome::Completed(7));
+        assert_eq!(book.finish("e").results, vec![json!(1)]);
         assert_eq!(book.expire("e"), None);
     }
 
     #[test]
     fn completes_when_every_socket_acked() {
         let mut book = AckBook::default();
-        book.begin("e".into(), sockets(&["a", "b"]), 7)
+        book.begin("e".into(), sockets(&["a", "b"]), 7, Tracking::default())
             .expect("new");
-        assert_eq!(book.ack("e", "a", json!(1)), AckOutcome::Counted);
-        assert_eq!(book.ack("e", "b", json!(2)), AckOutcome::Completed(7));
-        assert_eq!(book.finish("e"), vec![json!(1), json!(2)]);
+        assert_eq!(book.ack("e", "a", json!(1), 0.0), AckOutcome::Counted);
+        assert_eq!(book.ack("e", "b", json!(2), 0.0), AckOutcome::Completed(7));
+        assert_eq!(book.finish("e").results, vec![json!(1), json!(2)]);
         assert!(book.is_empty());
     }
 
     #[test]
     fn ignores_unknown_spoofed_duplicate_and_late_acks() {
         let mut book = AckBook::default();
-        book.begin("e".into(), sockets(&["a", "b"]), ())
+        book.begin("e".into(), sockets(&["a", "b"]), (), Tracking::default())
             .expect("new");
-        assert_eq!(book.ack("other", "a", json!(0)), AckOutcome::Ignored);
-        assert_eq!(book.ack("e", "intruder", json!(0)), AckOutcome::Ignored);
-        assert_eq!(book.ack("e", "a", json!("first")), AckOutcome::Counted);
-        assert_eq!(book.ack("e", "a", json!("again")), AckOutcome::Ignored);
-        assert_eq!(book.finish("e"), vec![json!("first")]);
-        assert_eq!(book.ack("e", "b", json!("late")), AckOutcome::Ignored);
+        assert_eq!(book.ack("other", "a", json!(0), 0.0), AckOutcome::Ignored);
+        assert_eq!(
+            book.ack("e", "intruder", json!(0), 0.0),
+            AckOutcome::Ignored
+        );
+        assert_eq!(book.ack("e", "a", json!("first"), 0.0), AckOutcome::Counted);
+        assert_eq!(book.ack("e", "a", json!("again"), 0.0), AckOutcome::Ignored);
+        assert_eq!(book.finish("e").results, vec![json!("first")]);
+        assert_eq!(book.ack("e", "b", json!("late"), 0.0), AckOutcome::Ignored);
         assert!(book.is_empty());
     }
 
     #[test]
     fn closed_socket_stops_being_awaited() {
         let mut book = AckBook::default();
-        book.begin("e1".into(), sockets(&["a", "b"]), 1)
+        book.begin("e1".into(), sockets(&["a", "b"]), 1, Tracking::default())
             .expect("new");
-        book.begin("e2".into(), sockets(&["b", "c"]), 2)
+        book.begin("e2".into(), sockets(&["b", "c"]), 2, Tracking::default())
             .expect("new");
-        assert_eq!(book.ack("e1", "a", json!("a")), AckOutcome::Counted);
+        assert_eq!(book.ack("e1", "a", json!("a"), 0.0), AckOutcome::Counted);
         assert_eq!(book.socket_gone("b"), vec![1]);
-        assert_eq!(book.finish("e1"), vec![json!("a")]);
-        assert_eq!(book.ack("e2", "c", Value::Null), AckOutcome::Completed(2));
-        assert_eq!(book.finish("e2"), vec![Value::Null]);
+        assert_eq!(book.finish("e1").results, vec![json!("a")]);
+        assert_eq!(
+            book.ack("e2", "c", Value::Null, 0.0),
+            AckOutcome::Completed(2)
+        );
+        assert_eq!(book.finish("e2").results, vec![Value::Null]);
         assert!(book.socket_gone("b").is_empty());
     }
 
     #[test]
     fn concurrent_publishes_keep_results_apart() {
         let mut book = AckBook::default();
-        book.begin("e1".into(), sockets(&["a"]), 1).expect("new");
-        book.begin("e2".into(), sockets(&["a"]), 2).expect("new");
-        assert_eq!(book.ack("e2", "a", json!("two")), AckOutcome::Completed(2));
-        assert_eq!(book.ack("e1", "a", json!("one")), AckOutcome::Completed(1));
-        assert_eq!(book.finish("e1"), vec![json!("one")]);
-        assert_eq!(book.finish("e2"), vec![json!("two")]);
+        book.begin("e1".into(), sockets(&["a"]), 1, Tracking::default())
+            .expect("new");
+        book.begin("e2".into(), sockets(&["a"]), 2, Tracking::default())
+            .expect("new");
+        assert_eq!(
+            book.ack("e2", "a", json!("two"), 0.0),
+            AckOutcome::Completed(2)
+        );
+        assert_eq!(
+            book.ack("e1", "a", json!("one"), 0.0),
+            AckOutcome::Completed(1)
+        );
+        assert_eq!(book.finish("e1").results, vec![json!("one")]);
+        assert_eq!(book.finish("e2").results, vec![json!("two")]);
     }
 
     #[test]
     fn duplicate_envelope_is_refused_and_timeout_leaves_nothing() {
         let mut book = AckBook::default();
-        book.begin("e".into(), sockets(&["a"]), ()).expect("new");
+        book.begin("e".into(), sockets(&["a"]), (), Tracking::default())
+            .expect("new");
         assert_eq!(
-            book.begin("e".into(), sockets(&["b"]), ()),
+            book.begin("e".into(), sockets(&["b"]), (), Tracking::default()),
             Err(DuplicateEnvelope)
         );
         assert_eq!(book.len(), 1);
-        assert!(book.finish("e").is_empty());
-        assert!(book.finish("e").is_empty());
+        assert!(book.finish("e").results.is_empty());
+        assert!(book.finish("e").results.is_empty());
         assert!(book.is_empty());
     }
 

@@ -26,13 +26,23 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// `ACK_TIMEOUT_MS`: how long a publish waits for acks.
     pub ack_timeout: AckTimeout,
-    /// `STATS_SECRET`: enables the internal stats route for holders of it.
-    pub stats_secret: Option<String>,
+    /// `OPERATOR_SCOPE`: the `scope` value the operator routes require.
+    pub operator_scope: String,
+    /// `IDEMPOTENCY_TTL_SECS`: how long a publish's `Idempotency-Key` is kept.
+    pub idempotency_ttl_secs: u64,
+    /// `MAX_RESULTS_BYTES`: ack result bytes kept per publish; later results
+    /// become `null` and the answer says `"truncated": true`.
+    pub max_results_bytes: usize,
+    /// `CONSOLE_ENABLED`: serve the debug console at `/console`.
+    pub console_enabled: bool,
 }
 
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 pub const DEFAULT_MAX_PUBLISH_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+pub const DEFAULT_OPERATOR_SCOPE: &str = "operator";
+pub const DEFAULT_IDEMPOTENCY_TTL_SECS: u64 = 600;
+pub const DEFAULT_MAX_RESULTS_BYTES: usize = 4 * 1024 * 1024;
 
 /// A setting that is missing or not usable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +121,20 @@ impl Config {
                 1024..=1024 * 1024,
             )? as usize,
             ack_timeout,
-            stats_secret: get("STATS_SECRET"),
+            operator_scope: get("OPERATOR_SCOPE").unwrap_or_else(|| DEFAULT_OPERATOR_SCOPE.into()),
+            idempotency_ttl_secs: number(
+                &get,
+                "IDEMPOTENCY_TTL_SECS",
+                DEFAULT_IDEMPOTENCY_TTL_SECS,
+                1..=7 * 24 * 3600,
+            )?,
+            max_results_bytes: number(
+                &get,
+                "MAX_RESULTS_BYTES",
+                DEFAULT_MAX_RESULTS_BYTES as u64,
+                1024..=64 * 1024 * 1024,
+            )? as usize,
+            console_enabled: flag(&get, "CONSOLE_ENABLED")?,
         })
     }
 
@@ -188,7 +211,10 @@ mod tests {
         assert_eq!(config.max_frame_bytes, 64 * 1024);
         assert_eq!(config.ack_timeout(), Duration::from_secs(5));
         assert!(config.origin_allowed(Some("https://anything.example")));
-        assert_eq!(config.stats_secret, None);
+        assert_eq!(config.operator_scope, "operator");
+        assert_eq!(config.idempotency_ttl_secs, 600);
+        assert_eq!(config.max_results_bytes, 4 * 1024 * 1024);
+        assert!(!config.console_enabled);
     }
 
     #[test]
@@ -214,7 +240,10 @@ mod tests {
             ("MAX_PUBLISH_BYTES", "2048"),
             ("MAX_FRAME_BYTES", "4096"),
             ("ACK_TIMEOUT_MS", "250"),
-            ("STATS_SECRET", "stats"),
+            ("OPERATOR_SCOPE", "ops"),
+            ("IDEMPOTENCY_TTL_SECS", "60"),
+            ("MAX_RESULTS_BYTES", "2048"),
+            ("CONSOLE_ENABLED", "true"),
         ])
         .expect("valid");
         assert_eq!(config.secrets, vec!["new".to_string(), "old".to_string()]);
@@ -231,7 +260,10 @@ mod tests {
         assert_eq!(config.max_publish_bytes, 2048);
         assert_eq!(config.max_frame_bytes, 4096);
         assert_eq!(config.ack_timeout(), Duration::from_millis(250));
-        assert_eq!(config.stats_secret.as_deref(), Some("stats"));
+        assert_eq!(config.operator_scope, "ops");
+        assert_eq!(config.idempotency_ttl_secs, 60);
+        assert_eq!(config.max_results_bytes, 2048);
+        assert!(config.console_enabled);
     }
 
     #[test]
@@ -243,6 +275,9 @@ mod tests {
             ("REQUIRE_EXP", "maybe"),
             ("MAX_FRAME_BYTES", "10"),
             ("MAX_PUBLISH_BYTES", "huge"),
+            ("IDEMPOTENCY_TTL_SECS", "0"),
+            ("MAX_RESULTS_BYTES", "1"),
+            ("CONSOLE_ENABLED", "sometimes"),
         ] {
             let err = load(&[("JWT_SECRET", "s"), (name, value)]).expect_err(name);
             assert!(err.to_string().contains(name), "{err}");

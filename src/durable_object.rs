@@ -5,32 +5,36 @@
 //! in-memory socket index is a cache rebuilt from the attachments the first
 //! time it is needed after the object (re)starts, e.g. after hibernation. The
 //! ack book only holds publishes in flight, and a publish in flight keeps the
-//! object awake, so it never needs to survive hibernation.
+//! object awake, so it never needs to survive hibernation. The answers of
+//! keyed publishes (`Idempotency-Key`) must, and are kept in the object's
+//! SQLite storage until they expire (`idempotency`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::wasm_bindgen;
-use wasm_bindgen::JsValue;
-use worker::worker_sys::WebSocketRequestResponsePair;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::worker_sys::{DurableObjectState, WebSocketRequestResponsePair};
 use worker::{
-    console_error, console_log, console_warn, js_sys, web_sys, Env, Method, Response, State,
-    WebSocket, WebSocketPair,
+    console_error, console_log, console_warn, js_sys, web_sys, Env, Method, Response, SqlStorage,
+    SqlStorageValue, State, WebSocket, WebSocketPair,
 };
 
-use crate::acks::{AckBook, AckOutcome, DeadlineQueue};
+use crate::acks::{AckBook, AckOutcome, DeadlineQueue, Settled, Tracking};
 use crate::config::DEFAULT_MAX_FRAME_BYTES;
 use crate::error::ApiError;
 use crate::filter::{
     add_filters, any_matches, remove_filters, Filter, TooManyFilters, MAX_FILTERS_PER_SOCKET,
 };
 use crate::glue::{
-    js_key, load_attachment, pending_answer, send_value, store_attachment, IncomingFrame, Settle,
-    Timer,
+    js_key, load_attachment, pending_answer, send_value, set_alarm, store_attachment,
+    IncomingFrame, Settle, Timer,
 };
 use crate::http;
+use crate::idempotency::{self, DeliverOptions, KeyBook, KeyedRequest, Receipt, Stored};
 use crate::limits::{SocketLimits, Verdict};
+use crate::operator::{disconnected_text, DisconnectRequest, SocketInfo, SocketsView};
 use crate::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, PublishOutcome, ServerFrame};
 use crate::routes::{settings, Settings, USER_ID_HEADER};
 use crate::session::{SocketAttachment, MAX_ATTACHMENT_JSON_BYTES};
@@ -107,6 +111,8 @@ impl Socket {
 struct Waiter {
     envelope_id: String,
     client_count: usize,
+    /// Its `Idempotency-Key`, whose answer is kept and shared with repeats.
+    keyed: Option<KeyedRequest>,
     settle: Settle,
 }
 
@@ -115,29 +121,152 @@ struct Waiter {
 struct InFlight {
     book: AckBook<Waiter>,
     deadlines: DeadlineQueue,
+    /// Keyed publishes in flight and the repeats waiting for them.
+    keys: KeyBook<Settle>,
+    /// Where keyed answers are kept; opened by the first keyed publish.
+    store: Option<KeyStore>,
 }
 
 type Book = Rc<RefCell<InFlight>>;
 
-impl Waiter {
-    /// Answers the publish with the results that arrived.
-    fn answer(self, results: Vec<serde_json::Value>) {
-        let outcome = PublishOutcome {
-            client_count: self.client_count,
-            results,
-        };
-        match outcome.to_text() {
-            Some(text) => self.settle.answer(&text),
-            None => console_error!("serializing a publish outcome failed"),
+/// The object's table of keyed answers (`idempotency`).
+struct KeyStore {
+    sql: SqlStorage,
+    /// The raw storage, for `setAlarm`.
+    storage: worker::worker_sys::DurableObjectStorage,
+    ttl_secs: u64,
+}
+
+impl KeyStore {
+    fn open(state: &DurableObjectState, ttl_secs: u64) -> Option<KeyStore> {
+        let storage = state.storage().ok()?;
+        let sql = state_of(state).storage().sql();
+        for statement in [idempotency::CREATE_TABLE, idempotency::CREATE_INDEX] {
+            if let Err(err) = sql.exec(statement, None) {
+                console_error!("idempotency table: {err}");
+                return None;
+            }
+        }
+        Some(KeyStore {
+            sql,
+            storage,
+            ttl_secs,
+        })
+    }
+
+    /// The unexpired answer stored under `key`.
+    fn find(&self, key: &str, now_ms: f64) -> Option<Stored> {
+        let bindings = vec![key.into(), SqlStorageValue::Float(now_ms.floor())];
+        match self.sql.exec(idempotency::SELECT, bindings) {
+            Ok(cursor) => cursor.to_array::<Stored>().ok()?.into_iter().next(),
+            Err(err) => {
+                console_error!("idempotency lookup: {err}");
+                None
+            }
         }
     }
+
+    fn save(&self, keyed: &KeyedRequest, envelope_id: &str, answer: &str, now_ms: f64) {
+        let expires_at = idempotency::expires_at(now_ms, self.ttl_secs);
+        let bindings = vec![
+            keyed.key.as_str().into(),
+            keyed.fingerprint.as_str().into(),
+            envelope_id.into(),
+            answer.into(),
+            SqlStorageValue::Float(expires_at as f64),
+        ];
+        if let Err(err) = self.sql.exec(idempotency::INSERT, bindings) {
+            console_error!("storing an idempotent answer: {err}");
+        }
+        self.schedule_cleanup();
+    }
+
+    /// Deletes expired keys; sets the alarm for the next expiry, if any.
+    fn delete_expired(&self, now_ms: f64) {
+        let now = SqlStorageValue::Float(now_ms.floor());
+        if let Err(err) = self.sql.exec(idempotency::DELETE_EXPIRED, vec![now]) {
+            console_error!("deleting expired idempotency keys: {err}");
+        }
+        self.schedule_cleanup();
+    }
+
+    /// The alarm fires at the oldest key's expiry (every key lives the same
+    /// TTL, so that is the next one due).
+    fn schedule_cleanup(&self) {
+        #[derive(serde::Deserialize)]
+        struct Next {
+            next: Option<f64>,
+        }
+        let next = self
+            .sql
+            .exec(idempotency::NEXT_EXPIRY, None)
+            .ok()
+            .and_then(|cursor| cursor.one::<Next>().ok())
+            .and_then(|row| row.next);
+        if let Some(at_ms) = next {
+            set_alarm(&self.storage, at_ms);
+        }
+    }
+}
+
+impl Waiter {
+    /// Answers the publish with what arrived; a keyed one also stores its
+    /// answer and answers the repeats that waited for it.
+    fn answer(self, book: &Book, settled: Settled) {
+        let outcome = PublishOutcome {
+            client_count: self.client_count,
+            results: settled.results,
+            deliveries: settled.deliveries,
+            truncated: settled.truncated,
+        };
+        let Some(text) = outcome.to_text() else {
+            console_error!("serializing a publish outcome failed");
+            return;
+        };
+        let Some(keyed) = self.keyed else {
+            self.settle.answer(&text);
+            return;
+        };
+        let repeats = {
+            let mut in_flight = book.borrow_mut();
+            if let Some(store) = &in_flight.store {
+                store.save(&keyed, &self.envelope_id, &text, js_sys::Date::now());
+            }
+            in_flight
+                .keys
+                .finish(&keyed.key)
+                .map(|(_, repeats)| repeats)
+                .unwrap_or_default()
+        };
+        let answer = serde_json::to_value(&outcome).unwrap_or_default();
+        self.settle
+            .answer(&receipt(false, &self.envelope_id, answer.clone()));
+        for repeat in repeats {
+            repeat.answer(&receipt(true, &self.envelope_id, answer.clone()));
+        }
+    }
+}
+
+/// The `worker` crate's view of the raw state (a second handle to it).
+fn state_of(raw: &DurableObjectState) -> State {
+    let handle: &JsValue = raw.as_ref();
+    State::from(handle.clone().unchecked_into::<DurableObjectState>())
+}
+
+fn receipt(replayed: bool, envelope_id: &str, answer: serde_json::Value) -> String {
+    Receipt::Answer {
+        replayed,
+        envelope_id: envelope_id.to_owned(),
+        answer,
+    }
+    .to_text()
 }
 
 /// Ends a publish whose last awaited socket acked or closed.
 fn complete(book: &Book, waiter: Waiter) {
     // The results are taken before answering: no borrow is held into JS.
-    let results = book.borrow_mut().book.finish(&waiter.envelope_id);
-    waiter.answer(results);
+    let settled = book.borrow_mut().book.finish(&waiter.envelope_id);
+    waiter.answer(book, settled);
 }
 
 /// The Durable Object (exported to JavaScript as `RealtimeObject`, which
@@ -145,6 +274,8 @@ fn complete(book: &Book, waiter: Waiter) {
 #[wasm_bindgen(js_name = RealtimeObject)]
 pub struct HopeFlowRealtime {
     state: State,
+    /// The same state, raw: for the storage the `worker` crate does not wrap.
+    raw_state: DurableObjectState,
     /// The isolate's settings (shared with the worker, see
     /// `routes::settings`); `Err` when one is invalid (the worker then
     /// refuses requests before they get here, and `deliver` refuses too).
@@ -162,7 +293,8 @@ pub struct HopeFlowRealtime {
 }
 
 impl HopeFlowRealtime {
-    pub fn new(state: State, env: Env) -> Self {
+    pub fn new(raw_state: DurableObjectState, env: Env) -> Self {
+        let state = state_of(&raw_state);
         // Plain pings are answered by the runtime without waking the object.
         match WebSocketRequestResponsePair::new("ping", "pong") {
             Ok(pair) => state.set_websocket_auto_response(&pair),
@@ -176,14 +308,15 @@ impl HopeFlowRealtime {
             for envelope_id in due {
                 // None when the publish completed before its deadline.
                 let expired = book.borrow_mut().book.expire(&envelope_id);
-                if let Some((waiter, results)) = expired {
-                    waiter.answer(results);
+                if let Some((waiter, settled)) = expired {
+                    waiter.answer(&book, settled);
                 }
             }
             next
         });
         HopeFlowRealtime {
             state,
+            raw_state,
             settings,
             sockets: RefCell::new(None),
             acks,
@@ -197,7 +330,6 @@ impl HopeFlowRealtime {
         let url = req.url();
         let result = match (crate::query::path(&url), Method::from(req.method())) {
             ("/connect", Method::Get) => self.accept_socket(&req),
-            ("/stats", Method::Get) => self.stats(),
             _ => Err(ApiError::NotFound),
         };
         match result.or_else(|err| http::error(&err)) {
@@ -267,11 +399,11 @@ impl HopeFlowRealtime {
             } => {
                 // A statement of its own: the book's borrow must end before
                 // `charge`, which may close the socket and touch the book.
-                let outcome = self
-                    .acks
-                    .borrow_mut()
-                    .book
-                    .ack(&envelope_id, &socket_id, result);
+                let outcome =
+                    self.acks
+                        .borrow_mut()
+                        .book
+                        .ack(&envelope_id, &socket_id, result, now_ms);
                 match outcome {
                     // The publish may have timed out meanwhile; nothing to wake.
                     AckOutcome::Completed(waiter) => complete(&self.acks, waiter),
@@ -308,7 +440,8 @@ impl HopeFlowRealtime {
         let pair = WebSocketPair::new()?;
         let socket_id = uuid::Uuid::new_v4().simple().to_string();
         self.state.accept_web_socket(&pair.server);
-        let attachment = SocketAttachment::new(socket_id.clone(), user_id);
+        let attachment =
+            SocketAttachment::new(socket_id.clone(), user_id, js_sys::Date::now() as u64);
         store_attachment(&pair.server, &attachment.to_json()).map_err(|err| {
             console_error!("storing a socket attachment failed: {err:?}");
             ApiError::Internal
@@ -324,25 +457,39 @@ impl HopeFlowRealtime {
     /// `deliver` (RPC from the worker): sends the envelope to every matching
     /// socket; returns a Promise of the answer's JSON text, resolved by the
     /// last ack or close, or by the deadline, whichever comes first.
-    pub fn deliver(&self, envelope_text: JsValue) -> JsValue {
-        match self.try_deliver(envelope_text) {
+    /// `options` (JSON text of `DeliverOptions`, absent on a plain publish)
+    /// asks for per-socket detail and names an `Idempotency-Key`; a keyed
+    /// publish answers a `Receipt`.
+    pub fn deliver(&self, envelope_text: JsValue, options: JsValue) -> JsValue {
+        match self.try_deliver(envelope_text, options) {
             Ok(answer) => answer,
             Err(err) => js_sys::Promise::reject(&JsValue::from_str(err.code())).into(),
         }
     }
 
-    fn try_deliver(&self, envelope_text: JsValue) -> std::result::Result<JsValue, ApiError> {
-        let timeout = self
-            .settings
-            .as_ref()
-            .map_err(Clone::clone)?
-            .config
-            .ack_timeout();
+    fn try_deliver(
+        &self,
+        envelope_text: JsValue,
+        options: JsValue,
+    ) -> std::result::Result<JsValue, ApiError> {
+        let settings = self.settings.as_ref().map_err(Clone::clone)?;
+        let options = match options.as_string() {
+            Some(text) => DeliverOptions::parse(&text).ok_or(ApiError::Internal)?,
+            None => DeliverOptions::default(),
+        };
         // The worker sent the canonical envelope text: parse it for matching
         // and send that same JS string to every socket, rather than
         // serializing it again or decoding it out of wasm memory per socket.
         let text = envelope_text.as_string().ok_or(ApiError::Internal)?;
         let envelope = Envelope::parse(&text).ok_or(ApiError::Internal)?;
+        let now_ms = js_sys::Date::now();
+        if let Some(keyed) = &options.key {
+            if let Some(answer) =
+                self.replay_or_wait(keyed, settings.config.idempotency_ttl_secs, now_ms)
+            {
+                return Ok(answer);
+            }
+        }
         let delivered: Vec<String> = self.with_sockets(|sockets| {
             sockets
                 .iter()
@@ -358,29 +505,39 @@ impl HopeFlowRealtime {
                 .map(|(id, _)| id.clone())
                 .collect()
         });
-        let client_count = delivered.len();
-        if client_count == 0 {
-            let answer = PublishOutcome {
-                client_count,
-                results: Vec::new(),
-            }
-            .to_text()
-            .ok_or(ApiError::Internal)?;
-            return Ok(JsValue::from_str(&answer));
-        }
         let (answer, settle) = pending_answer();
         let waiter = Waiter {
             envelope_id: envelope.envelope_id.clone(),
-            client_count,
+            client_count: delivered.len(),
+            keyed: options.key,
             settle,
         };
-        let now_ms = js_sys::Date::now();
+        if let Some(keyed) = &waiter.keyed {
+            self.acks.borrow_mut().keys.start(
+                keyed.key.clone(),
+                keyed.fingerprint.clone(),
+                envelope.envelope_id.clone(),
+            );
+        }
+        if delivered.is_empty() {
+            let settled = Settled {
+                deliveries: options.detail.then(Vec::new),
+                ..Settled::default()
+            };
+            waiter.answer(&self.acks, settled);
+            return Ok(answer);
+        }
+        let tracking = Tracking {
+            detail: options.detail,
+            max_results_bytes: settings.config.max_results_bytes,
+            sent_ms: now_ms,
+        };
         let mut in_flight = self.acks.borrow_mut();
         in_flight
             .book
-            .begin(envelope.envelope_id.clone(), delivered, waiter)
+            .begin(envelope.envelope_id.clone(), delivered, waiter, tracking)
             .map_err(|_| ApiError::Internal)?;
-        let deadline_ms = now_ms + timeout.as_millis() as f64;
+        let deadline_ms = now_ms + settings.config.ack_timeout().as_millis() as f64;
         let timer = in_flight
             .deadlines
             .push(envelope.envelope_id, deadline_ms, now_ms);
@@ -389,6 +546,101 @@ impl HopeFlowRealtime {
             self.timer.set(delay_ms);
         }
         Ok(answer)
+    }
+
+    /// A keyed publish seen before: the stored answer, a conflict, or a
+    /// Promise of the answer of the same publish still in flight. `None`:
+    /// a new key, to deliver.
+    fn replay_or_wait(&self, keyed: &KeyedRequest, ttl_secs: u64, now_ms: f64) -> Option<JsValue> {
+        let mut in_flight = self.acks.borrow_mut();
+        if in_flight.store.is_none() {
+            in_flight.store = KeyStore::open(&self.raw_state, ttl_secs);
+        }
+        let stored = in_flight
+            .store
+            .as_ref()
+            .and_then(|store| store.find(&keyed.key, now_ms));
+        let first = in_flight.keys.in_flight(&keyed.key);
+        match idempotency::decide(stored, first, &keyed.fingerprint) {
+            idempotency::Decision::Deliver => None,
+            idempotency::Decision::Replay {
+                envelope_id,
+                answer,
+            } => {
+                let answer = serde_json::from_str(&answer).unwrap_or_default();
+                Some(JsValue::from_str(&receipt(true, &envelope_id, answer)))
+            }
+            idempotency::Decision::Conflict => {
+                Some(JsValue::from_str(&Receipt::conflict().to_text()))
+            }
+            idempotency::Decision::Wait => {
+                let (answer, settle) = pending_answer();
+                // `in_flight` said the key is there.
+                let _ = in_flight.keys.wait(&keyed.key, settle);
+                Some(answer)
+            }
+        }
+    }
+
+    /// `sockets` (RPC from the worker): the user's sockets, oldest first,
+    /// and the publishes waiting for acks, as JSON text.
+    pub fn sockets(&self, user_id: String) -> String {
+        let sockets = self.with_sockets(|sockets| {
+            sockets
+                .iter()
+                .map(|(id, socket)| SocketInfo {
+                    socket_id: id.clone(),
+                    connected_at: socket.attachment.connected_at,
+                    filters: socket.attachment.filters.clone(),
+                })
+                .collect()
+        });
+        let pending = self.acks.borrow().book.len();
+        SocketsView::new(user_id, sockets, pending).to_text()
+    }
+
+    /// `disconnect` (RPC from the worker, `DisconnectRequest` as JSON text):
+    /// closes the named socket or all of them with 4001, or 4000 when asked
+    /// to come back; publishes stop waiting for them at once. Answers
+    /// `{"closed": N}`.
+    pub fn disconnect(&self, request: String) -> String {
+        let request = DisconnectRequest::parse(request.as_bytes()).unwrap_or_default();
+        let close = if request.reconnect {
+            CloseCode::Reauthenticate
+        } else {
+            CloseCode::Disconnected
+        };
+        let reason = request.reason.as_deref().unwrap_or(close.reason());
+        let chosen: Vec<WebSocket> = self.with_sockets(|sockets| {
+            sockets
+                .iter()
+                .filter(|(id, _)| request.socket_id.as_ref().is_none_or(|only| only == *id))
+                .map(|(_, socket)| socket.ws.clone())
+                .collect()
+        });
+        for ws in &chosen {
+            let _ = ws.close(Some(close.code()), Some(reason));
+            self.forget(ws);
+        }
+        disconnected_text(chosen.len())
+    }
+
+    /// The alarm: deletes expired idempotency keys (and sets itself again
+    /// for the next expiry).
+    pub fn alarm(&self) {
+        let ttl_secs = self
+            .settings
+            .as_ref()
+            .map_or(crate::config::DEFAULT_IDEMPOTENCY_TTL_SECS, |s| {
+                s.config.idempotency_ttl_secs
+            });
+        let mut in_flight = self.acks.borrow_mut();
+        if in_flight.store.is_none() {
+            in_flight.store = KeyStore::open(&self.raw_state, ttl_secs);
+        }
+        if let Some(store) = &in_flight.store {
+            store.delete_expired(js_sys::Date::now());
+        }
     }
 
     /// Applies a subscribe (`add`) or unsubscribe to the socket's filters and
@@ -462,16 +714,6 @@ impl HopeFlowRealtime {
     fn close_socket(&self, ws: &WebSocket, close: CloseCode) {
         let _ = ws.close(Some(close.code()), Some(close.reason()));
         self.forget(ws);
-    }
-
-    /// `GET /stats`: sockets and publishes in flight, for operators and tests.
-    fn stats(&self) -> std::result::Result<Response, ApiError> {
-        let sockets = self.with_sockets(|sockets| sockets.len());
-        let pending = self.acks.borrow().book.len();
-        Ok(http::json(
-            200,
-            &serde_json::json!({ "sockets": sockets, "pendingPublishes": pending }),
-        )?)
     }
 
     /// The socket's id, from the id map; after a wake-up the index (which

@@ -6,6 +6,8 @@
 use std::fmt;
 
 use crate::auth::AuthError;
+use crate::idempotency::InvalidKey;
+use crate::operator::InvalidDisconnect;
 use crate::protocol::PublishError;
 
 /// Everything an HTTP request can fail with.
@@ -14,6 +16,9 @@ pub enum ApiError {
     Unauthorized(AuthError),
     /// A valid token without the `PUBLISH_SCOPE` scope tried to publish.
     Forbidden,
+    /// A valid token without the `OPERATOR_SCOPE` scope asked an operator
+    /// route.
+    NotOperator,
     /// A browser upgrade from an origin outside `ALLOWED_ORIGINS`.
     OriginNotAllowed,
     /// `JWT_SECRET` (or another required setting) is missing or invalid.
@@ -27,6 +32,12 @@ pub enum ApiError {
     UpgradeRequired,
     UnsupportedMediaType,
     InvalidBody(PublishError),
+    InvalidDisconnect(InvalidDisconnect),
+    /// `/users/{userId}/...` whose user id is not percent-encoded UTF-8.
+    InvalidUserPath,
+    InvalidIdempotencyKey(InvalidKey),
+    /// The `Idempotency-Key` was used with another body.
+    IdempotencyConflict,
     PayloadTooLarge {
         limit: usize,
     },
@@ -40,13 +51,17 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::Unauthorized(_) => 401,
-            ApiError::Forbidden | ApiError::OriginNotAllowed => 403,
+            ApiError::Forbidden | ApiError::NotOperator | ApiError::OriginNotAllowed => 403,
             ApiError::Misconfigured | ApiError::Internal => 500,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::UpgradeRequired => 426,
             ApiError::UnsupportedMediaType => 415,
-            ApiError::InvalidBody(_) => 400,
+            ApiError::InvalidBody(_)
+            | ApiError::InvalidDisconnect(_)
+            | ApiError::InvalidUserPath
+            | ApiError::InvalidIdempotencyKey(_) => 400,
+            ApiError::IdempotencyConflict => 409,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::Unavailable => 503,
         }
@@ -56,14 +71,17 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(auth) => auth.code(),
-            ApiError::Forbidden => "forbidden",
+            ApiError::Forbidden | ApiError::NotOperator => "forbidden",
             ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::Misconfigured => "server_misconfigured",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::InvalidBody(_) | ApiError::InvalidDisconnect(_) => "invalid_body",
+            ApiError::InvalidUserPath => "invalid_user_id",
+            ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Unavailable => "unavailable",
             ApiError::Internal => "internal_error",
@@ -81,6 +99,9 @@ impl fmt::Display for ApiError {
         match self {
             ApiError::Unauthorized(auth) => auth.fmt(f),
             ApiError::Forbidden => f.write_str("the token's scope does not allow publishing"),
+            ApiError::NotOperator => f.write_str(
+                "operator routes need a token whose scope includes the operator scope (OPERATOR_SCOPE)",
+            ),
             ApiError::OriginNotAllowed => f.write_str("this Origin may not open sockets here"),
             ApiError::Misconfigured => f.write_str("the server is not configured correctly"),
             ApiError::NotFound => f.write_str("no such route"),
@@ -92,6 +113,14 @@ impl fmt::Display for ApiError {
             }
             ApiError::UnsupportedMediaType => f.write_str("Content-Type must be application/json"),
             ApiError::InvalidBody(why) => why.fmt(f),
+            ApiError::InvalidDisconnect(why) => why.fmt(f),
+            ApiError::InvalidUserPath => f.write_str(
+                "the user id in the path must be non-empty, percent-encoded UTF-8",
+            ),
+            ApiError::InvalidIdempotencyKey(why) => why.fmt(f),
+            ApiError::IdempotencyConflict => f.write_str(
+                "this Idempotency-Key was used with a different body; use a new key for a new publish",
+            ),
             ApiError::PayloadTooLarge { limit } => {
                 write!(f, "request body is larger than {limit} bytes")
             }
@@ -121,6 +150,14 @@ mod tests {
                 "token_expired",
             ),
             (ApiError::Forbidden, 403, "forbidden"),
+            (ApiError::NotOperator, 403, "forbidden"),
+            (ApiError::InvalidUserPath, 400, "invalid_user_id"),
+            (
+                ApiError::InvalidIdempotencyKey(InvalidKey),
+                400,
+                "invalid_idempotency_key",
+            ),
+            (ApiError::IdempotencyConflict, 409, "idempotency_conflict"),
             (ApiError::OriginNotAllowed, 403, "origin_not_allowed"),
             (ApiError::Misconfigured, 500, "server_misconfigured"),
             (ApiError::NotFound, 404, "not_found"),

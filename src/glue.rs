@@ -83,20 +83,38 @@ const CROSSING_WARM_UP: usize = 2_000;
 impl HopeFlowRealtime {
     #[wasm_bindgen(constructor)]
     pub fn construct(state: worker_sys::DurableObjectState, env: Env) -> HopeFlowRealtime {
-        HopeFlowRealtime::new(worker::State::from(state), env)
+        HopeFlowRealtime::new(state, env)
     }
 
-    /// The object's HTTP routes (`/connect`, `/stats`); none of them waits.
+    /// The object's HTTP route (`/connect`); it does not wait.
     #[wasm_bindgen(js_name = fetch)]
     pub fn on_fetch(&self, request: web_sys::Request) -> web_sys::Response {
         self.fetch(request)
     }
 
-    /// RPC from the worker: the envelope's JSON text in, a Promise of the
-    /// `/publish` answer's JSON text out.
+    /// RPC from the worker: the envelope's JSON text (and, for detail or an
+    /// `Idempotency-Key`, the options' JSON text) in, a Promise of the
+    /// answer's JSON text out.
     #[wasm_bindgen(js_name = deliver)]
-    pub fn on_deliver(&self, envelope: JsValue) -> JsValue {
-        self.deliver(envelope)
+    pub fn on_deliver(&self, envelope: JsValue, options: JsValue) -> JsValue {
+        self.deliver(envelope, options)
+    }
+
+    /// RPC from the worker: the user's sockets as JSON text.
+    #[wasm_bindgen(js_name = sockets)]
+    pub fn on_sockets(&self, user_id: String) -> String {
+        self.sockets(user_id)
+    }
+
+    /// RPC from the worker: closes sockets; `{"closed": N}` as JSON text.
+    #[wasm_bindgen(js_name = disconnect)]
+    pub fn on_disconnect(&self, request: String) -> String {
+        self.disconnect(request)
+    }
+
+    #[wasm_bindgen(js_name = alarm)]
+    pub fn on_alarm(&self) {
+        self.alarm()
     }
 
     #[wasm_bindgen(js_name = webSocketMessage)]
@@ -168,6 +186,22 @@ extern "C" {
     /// The object's `deliver` RPC method (see `src/shim.js`).
     #[wasm_bindgen(method, catch)]
     pub fn deliver(this: &ObjectStub, envelope: &JsValue) -> Result<Thenable, JsValue>;
+
+    /// `deliver` with its options (detail, idempotency key) as JSON text.
+    #[wasm_bindgen(method, catch, js_name = deliver)]
+    pub fn deliver_with(
+        this: &ObjectStub,
+        envelope: &JsValue,
+        options: &str,
+    ) -> Result<Thenable, JsValue>;
+
+    /// The object's `sockets` RPC method.
+    #[wasm_bindgen(method, catch)]
+    pub fn sockets(this: &ObjectStub, user_id: &str) -> Result<Thenable, JsValue>;
+
+    /// The object's `disconnect` RPC method.
+    #[wasm_bindgen(method, catch)]
+    pub fn disconnect(this: &ObjectStub, request: &str) -> Result<Thenable, JsValue>;
 
     /// A Promise, or the runtime's RPC promise (a thenable, not a `Promise`).
     pub type Thenable;
@@ -243,6 +277,15 @@ impl Continuation {
             .unchecked_ref::<js_sys::Function>()
             .bind1(&JsValue::NULL, arg)
             .into()
+    }
+}
+
+/// Sets the object's alarm for `at_ms` (replacing any). The runtime keeps
+/// the write ordered with the object's output, so it is not awaited.
+pub fn set_alarm(storage: &worker_sys::DurableObjectStorage, at_ms: f64) {
+    let at = js_sys::Date::new(&JsValue::from_f64(at_ms));
+    if let Err(err) = storage.set_alarm(at, js_sys::Object::new()) {
+        worker::console_error!("setting the alarm failed: {err:?}");
     }
 }
 

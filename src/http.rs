@@ -123,14 +123,14 @@ pub fn error(err: &ApiError) -> Result<Response> {
     Ok(response)
 }
 
-/// `OPTIONS /publish`: the CORS preflight answer.
-pub fn preflight() -> Result<Response> {
+/// `OPTIONS`: the CORS preflight answer for a route answering `allow`.
+pub fn preflight(allow: &str) -> Result<Response> {
     let headers = Headers::new();
     headers.set("Access-Control-Allow-Origin", "*")?;
-    headers.set("Access-Control-Allow-Methods", "POST, OPTIONS")?;
+    headers.set("Access-Control-Allow-Methods", allow)?;
     headers.set(
         "Access-Control-Allow-Headers",
-        "Authorization, Content-Type",
+        "Authorization, Content-Type, Idempotency-Key",
     )?;
     headers.set("Access-Control-Max-Age", PREFLIGHT_MAX_AGE_SECS)?;
     Ok(Response::empty()?.with_status(204).with_headers(headers))

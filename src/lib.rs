@@ -13,6 +13,10 @@
 //! * [`acks`]: publishes waiting for acks: who may ack what, completion, the
 //!   ack timeout setting.
 //! * [`session`]: the per-socket attachment that survives hibernation.
+//! * [`operator`]: the operator routes, the disconnect body, the sockets
+//!   view and the batch answer's entries.
+//! * [`idempotency`]: `Idempotency-Key`: valid keys, fingerprints, the
+//!   object's stored answers (SQL) and the repeats waiting for the first.
 //! * [`error`]: the closed set of HTTP errors and their statuses and codes.
 //! * [`config`]: every setting, parsed and bounded in one place.
 //! * [`limits`]: per-socket rate limit and violation counting.
@@ -27,6 +31,8 @@
 //!   (the worker's `fetch`, the object's methods) that `src/shim.js`, the
 //!   worker's JavaScript entry, forwards to, and the `extern` bindings.
 //! * [`routes`]: routing, authentication, forwarding to the user's object.
+//! * [`operator_routes`]: the routes off the hot path: the operator API,
+//!   `/publish/batch`, publishes with options, the debug console.
 //! * [`http`]: JSON responses, CORS, error → response.
 //! * [`durable_object`]: `HopeFlowRealtime`, one Durable Object per user that
 //!   holds the user's hibernatable sockets and collects acks.
@@ -38,7 +44,9 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod hs256;
+pub mod idempotency;
 pub mod limits;
+pub mod operator;
 #[cfg(test)]
 mod proptests;
 pub mod protocol;
@@ -52,5 +60,7 @@ pub mod durable_object;
 pub mod glue;
 #[cfg(feature = "runtime")]
 pub mod http;
+#[cfg(feature = "runtime")]
+pub mod operator_routes;
 #[cfg(feature = "runtime")]
 pub mod routes;

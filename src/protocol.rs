@@ -116,13 +116,21 @@ pub enum CloseCode {
     MessageTooBig,
     /// The socket's stored state could not be read after a restart.
     Reconnect,
+    /// An operator disconnected the socket and asked it to come back with
+    /// a fresh token (`POST /users/{id}/disconnect` with `"reconnect": true`).
+    Reauthenticate,
+    /// An operator disconnected the socket for good (the default of
+    /// `POST /users/{id}/disconnect`).
+    Disconnected,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 3] = [
+    pub const ALL: [CloseCode; 5] = [
         CloseCode::PolicyViolation,
         CloseCode::MessageTooBig,
         CloseCode::Reconnect,
+        CloseCode::Reauthenticate,
+        CloseCode::Disconnected,
     ];
 
     pub fn code(self) -> u16 {
@@ -153,6 +161,12 @@ impl CloseCode {
             }
             CloseCode::MessageTooBig => (1009, "frame larger than the server accepts", false),
             CloseCode::Reconnect => (1012, "socket state lost; please reconnect", true),
+            CloseCode::Reauthenticate => (
+                4000,
+                "disconnected by an operator; reconnect with a fresh token",
+                true,
+            ),
+            CloseCode::Disconnected => (4001, "disconnected by an operator", false),
         }
     }
 }
@@ -383,7 +397,13 @@ pub enum PublishError {
     NotAnObject,
     InvalidUserId,
     InvalidType,
+    /// `/publish/batch`: `userIds` is not 1 to [`MAX_BATCH_USERS`] distinct
+    /// non-empty strings.
+    InvalidUserIds,
 }
+
+/// Most users one `/publish/batch` may name.
+pub const MAX_BATCH_USERS: usize = 100;
 
 impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -393,31 +413,50 @@ impl fmt::Display for PublishError {
             PublishError::NotAnObject => "request body must be a JSON object",
             PublishError::InvalidUserId => "\"userId\" must be a non-empty string",
             PublishError::InvalidType => "\"type\" must be a non-empty string when present",
+            PublishError::InvalidUserIds => {
+                "\"userIds\" must be an array of 1 to 100 distinct non-empty strings"
+            }
         })
     }
+}
+
+/// A `/publish` or `/publish/batch` body's JSON object.
+fn body_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, PublishError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(PublishError::EmptyBody);
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|_| PublishError::InvalidJson)?;
+    match value {
+        Value::Object(object) => Ok(object),
+        _ => Err(PublishError::NotAnObject),
+    }
+}
+
+/// `type` (default `message`) and `payload` (default `null`) of a body.
+fn type_and_payload(
+    object: &mut serde_json::Map<String, Value>,
+) -> Result<(String, Value), PublishError> {
+    let envelope_type = match object.remove("type") {
+        None | Some(Value::Null) => DEFAULT_ENVELOPE_TYPE.to_owned(),
+        Some(Value::String(t)) if !t.is_empty() => t,
+        Some(_) => return Err(PublishError::InvalidType),
+    };
+    Ok((
+        envelope_type,
+        object.remove("payload").unwrap_or(Value::Null),
+    ))
 }
 
 impl PublishRequest {
     /// Parses and validates a `/publish` body.
     #[inline(never)]
     pub fn parse(body: &[u8]) -> Result<PublishRequest, PublishError> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(PublishError::EmptyBody);
-        }
-        let value: Value = serde_json::from_slice(body).map_err(|_| PublishError::InvalidJson)?;
-        let Value::Object(mut object) = value else {
-            return Err(PublishError::NotAnObject);
-        };
+        let mut object = body_object(body)?;
         let user_id = match object.remove("userId") {
             Some(Value::String(id)) if !id.trim().is_empty() => id,
             _ => return Err(PublishError::InvalidUserId),
         };
-        let envelope_type = match object.remove("type") {
-            None | Some(Value::Null) => DEFAULT_ENVELOPE_TYPE.to_owned(),
-            Some(Value::String(t)) if !t.is_empty() => t,
-            Some(_) => return Err(PublishError::InvalidType),
-        };
-        let payload = object.remove("payload").unwrap_or(Value::Null);
+        let (envelope_type, payload) = type_and_payload(&mut object)?;
         Ok(PublishRequest {
             user_id,
             envelope_type,
@@ -442,13 +481,87 @@ pub fn is_json_content_type(header: &str) -> bool {
     media_type.eq_ignore_ascii_case("application/json")
 }
 
+/// A `/publish/batch` body: one envelope for several users.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRequest {
+    /// Distinct, non-empty, in request order.
+    pub user_ids: Vec<String>,
+    pub envelope_type: String,
+    pub payload: Value,
+}
+
+impl BatchRequest {
+    pub fn parse(body: &[u8]) -> Result<BatchRequest, PublishError> {
+        let mut object = body_object(body)?;
+        let Some(Value::Array(ids)) = object.remove("userIds") else {
+            return Err(PublishError::InvalidUserIds);
+        };
+        if ids.is_empty() || ids.len() > MAX_BATCH_USERS {
+            return Err(PublishError::InvalidUserIds);
+        }
+        let mut user_ids: Vec<String> = Vec::with_capacity(ids.len());
+        for id in ids {
+            match id {
+                Value::String(id) if !id.trim().is_empty() && !user_ids.contains(&id) => {
+                    user_ids.push(id)
+                }
+                _ => return Err(PublishError::InvalidUserIds),
+            }
+        }
+        let (envelope_type, payload) = type_and_payload(&mut object)?;
+        Ok(BatchRequest {
+            user_ids,
+            envelope_type,
+            payload,
+        })
+    }
+
+    /// The one envelope every user of the batch is sent.
+    pub fn envelope(&self, envelope_id: String) -> Envelope {
+        Envelope {
+            envelope_id,
+            envelope_type: self.envelope_type.clone(),
+            payload: self.payload.clone(),
+        }
+    }
+}
+
 /// The answer to `/publish`: how many sockets were sent the envelope and the
-/// ack results that arrived, in arrival order.
+/// ack results that arrived, in arrival order; with `?detail=true`, what
+/// became of each socket; `truncated` when `MAX_RESULTS_BYTES` cut results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PublishOutcome {
     #[serde(rename = "clientCount")]
     pub client_count: usize,
     pub results: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<Vec<Delivery>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// What became of one socket a publish was sent to (`?detail=true`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    #[serde(rename = "socketId")]
+    pub socket_id: String,
+    pub status: DeliveryStatus,
+    /// The ack's result (`null` past `MAX_RESULTS_BYTES`); acked only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Milliseconds from sending to the ack; acked only.
+    #[serde(rename = "ackMs", default, skip_serializing_if = "Option::is_none")]
+    pub ack_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Acked,
+    /// The socket closed before it acked.
+    Closed,
+    /// No ack within `ACK_TIMEOUT_MS`.
+    TimedOut,
 }
 
 impl PublishOutcome {

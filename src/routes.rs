@@ -7,14 +7,15 @@ use std::rc::Rc;
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{console_error, js_sys, web_sys, Env, Method, Result};
 
-use crate::auth::{
-    bearer_token, extract_token, secrets_match, AuthError, Claims, TokenVerifier, VerifiedTokens,
-};
+use crate::auth::{bearer_token, extract_token, AuthError, Claims, TokenVerifier, VerifiedTokens};
 use crate::config::{Config, ConfigError};
 use crate::error::ApiError;
 use crate::glue::{self, Continuation, Namespace, ObjectStub};
 use crate::http::{self, Incoming, Reply};
-use crate::protocol::{self, is_json_content_type, PublishRequest};
+use crate::idempotency::{IdempotencyKey, HEADER as IDEMPOTENCY_HEADER};
+use crate::operator::{self, BadUserPath};
+use crate::operator_routes;
+use crate::protocol::{is_json_content_type, PublishRequest};
 
 /// The Durable Object namespace binding (see wrangler.toml).
 const BINDING: &str = "HOPEFLOW_REALTIME";
@@ -27,10 +28,6 @@ macro_rules! internal_url {
         concat!("https://hopeflow.internal", $path)
     };
 }
-/// Operator-only view of one user's object; 404 unless `STATS_SECRET` is set.
-const STATS_PATH: &str = "/internal/stats";
-/// Header carrying `STATS_SECRET` to the stats route.
-const STATS_SECRET_HEADER: &str = "X-Stats-Secret";
 
 /// Answers one request: a `Response`, or a Promise of one; every error
 /// becomes its JSON error response.
@@ -49,15 +46,27 @@ fn route(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
         }
         ("/health", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         ("/publish", Method::Post) => publish(req, env),
-        ("/publish", Method::Options) => Ok(http::preflight()?.into()),
-        ("/publish", _) => Err(ApiError::MethodNotAllowed {
+        ("/publish/batch", Method::Post) => operator_routes::batch(req, env),
+        ("/publish" | "/publish/batch", Method::Options) => {
+            Ok(http::preflight("POST, OPTIONS")?.into())
+        }
+        ("/publish" | "/publish/batch", _) => Err(ApiError::MethodNotAllowed {
             allow: "POST, OPTIONS",
         }),
         ("/", Method::Get) if is_websocket_upgrade(&req)? => connect(req, env),
         ("/", Method::Get) => handshake_checks(&req, env).and(Err(ApiError::UpgradeRequired)),
         ("/", _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
-        (STATS_PATH, Method::Get) => stats(req, env),
-        _ => Err(ApiError::NotFound),
+        ("/console" | "/console/hopeflow.js", Method::Get | Method::Head) => {
+            operator_routes::console(&req, env)
+        }
+        ("/console" | "/console/hopeflow.js", _) if settings(env)?.config.console_enabled => {
+            Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" })
+        }
+        (path, method) => match operator::user_route(path) {
+            Some(Ok((user_id, route))) => operator_routes::user(req, env, user_id, route, method),
+            Some(Err(BadUserPath::InvalidUserId)) => Err(ApiError::InvalidUserPath),
+            Some(Err(BadUserPath::NotFound)) | None => Err(ApiError::NotFound),
+        },
     }
 }
 
@@ -110,7 +119,7 @@ pub fn settings(env: &Env) -> std::result::Result<Rc<Settings>, ApiError> {
 }
 
 /// The first value of query parameter `name`.
-fn query_param(req: &Incoming, name: &str) -> Option<String> {
+pub(crate) fn query_param(req: &Incoming, name: &str) -> Option<String> {
     crate::query::query_param(req.url(), name)
 }
 
@@ -122,7 +131,10 @@ fn is_websocket_upgrade(req: &Incoming) -> Result<bool> {
 }
 
 /// Verifies the request's token.
-fn authenticate(req: &Incoming, settings: &Settings) -> std::result::Result<Claims, ApiError> {
+pub(crate) fn authenticate(
+    req: &Incoming,
+    settings: &Settings,
+) -> std::result::Result<Claims, ApiError> {
     let authorization = req.headers().get("Authorization")?;
     // Parsing the URL costs; skip it when the header decides anyway.
     let query_token = match bearer_token(authorization.as_deref()) {
@@ -139,7 +151,7 @@ fn authenticate(req: &Incoming, settings: &Settings) -> std::result::Result<Clai
 }
 
 /// The objects' namespace binding.
-fn namespace(env: &Env) -> std::result::Result<Namespace, ApiError> {
+pub(crate) fn namespace(env: &Env) -> std::result::Result<Namespace, ApiError> {
     glue::namespace(env, BINDING).ok_or_else(|| {
         console_error!("the {BINDING} binding is missing");
         ApiError::Misconfigured
@@ -147,7 +159,7 @@ fn namespace(env: &Env) -> std::result::Result<Namespace, ApiError> {
 }
 
 /// The stub of `user_id`'s object.
-fn user_stub(env: &Env, user_id: &str) -> std::result::Result<ObjectStub, ApiError> {
+pub(crate) fn user_stub(env: &Env, user_id: &str) -> std::result::Result<ObjectStub, ApiError> {
     namespace(env)?.get_by_name(user_id).map_err(|err| {
         console_error!("durable object stub: {err:?}");
         ApiError::Unavailable
@@ -169,8 +181,6 @@ thread_local! {
     static PUBLISHED: Continuation = Continuation::new(published);
 }
 
-/// WebSocket upgrade: hand the request to the user's Durable Object; its
-/// answer (the 101 with the client socket) is passed on as it is.
 /// What a handshake checks before it reaches the object: the origin, then
 /// the token. A plain `GET /` runs them too and answers 426 only when they
 /// pass, because a browser cannot read why a WebSocket handshake failed:
@@ -186,6 +196,8 @@ fn handshake_checks(req: &Incoming, env: &Env) -> std::result::Result<Claims, Ap
     authenticate(req, &settings)
 }
 
+/// WebSocket upgrade: hand the request to the user's Durable Object; its
+/// answer (the 101 with the client socket) is passed on as it is.
 fn connect(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     let claims = handshake_checks(&req, env)?;
     // A copy of the client's headers, in one call; the client must not
@@ -209,7 +221,7 @@ fn connect(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
 }
 
 /// A failed call to an object: logged, and 503 `unavailable` to the client.
-fn unavailable_err(err: JsValue) -> ApiError {
+pub(crate) fn unavailable_err(err: JsValue) -> ApiError {
     console_error!("durable object unreachable: {err:?}");
     ApiError::Unavailable
 }
@@ -219,11 +231,35 @@ fn unavailable_err(err: JsValue) -> ApiError {
 /// checked before the body is, then the body is read (`publish_body`).
 fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     let settings = settings(env)?;
-    let config = &settings.config;
+    publish_checks(&req, &settings)?;
+    // A key or `?detail=true` takes the slower path of options; a plain
+    // publish pays one header lookup and no URL parse for them.
+    let key = req.headers().get(IDEMPOTENCY_HEADER)?;
+    let detail = req.url().contains('?') && query_param(&req, "detail").as_deref() == Some("true");
+    if key.is_some() || detail {
+        let key = key
+            .map(|k| IdempotencyKey::parse(&k))
+            .transpose()
+            .map_err(ApiError::InvalidIdempotencyKey)?;
+        return operator_routes::publish_with_options(req, env, key, detail);
+    }
+    let namespace = namespace(env)?;
+    let body = glue::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
+    let answer = PUBLISH_BODY
+        .with(|on_body| BODY_UNREADABLE.with(|on_err| body.then_with(on_body, &namespace, on_err)));
+    Ok(Reply::Later(answer))
+}
+
+/// The checks of `/publish` and `/publish/batch` before the body: the
+/// publish scope, JSON, and a declared length within the limit.
+pub(crate) fn publish_checks(
+    req: &Incoming,
+    settings: &Settings,
+) -> std::result::Result<(), ApiError> {
     // Any valid token may publish to any user (multi-tenant backends), unless
     // publishing is limited to tokens carrying PUBLISH_SCOPE.
-    let claims = authenticate(&req, &settings)?;
-    if let Some(scope) = &config.publish_scope {
+    let claims = authenticate(req, settings)?;
+    if let Some(scope) = &settings.config.publish_scope {
         if !claims.has_scope(scope) {
             return Err(ApiError::Forbidden);
         }
@@ -232,7 +268,10 @@ fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     if !is_json_content_type(&content_type) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let limit = config.max_publish_bytes;
+    check_declared_length(req, settings.config.max_publish_bytes)
+}
+
+fn check_declared_length(req: &Incoming, limit: usize) -> std::result::Result<(), ApiError> {
     let declared_len = req
         .headers()
         .get("Content-Length")?
@@ -240,11 +279,7 @@ fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     if declared_len.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let namespace = namespace(env)?;
-    let body = glue::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
-    let answer = PUBLISH_BODY
-        .with(|on_body| BODY_UNREADABLE.with(|on_err| body.then_with(on_body, &namespace, on_err)));
-    Ok(Reply::Later(answer))
+    Ok(())
 }
 
 /// The publish body has arrived: the answer, or a Promise of it.
@@ -287,30 +322,4 @@ fn deliver(namespace: Namespace, body: &JsValue) -> std::result::Result<JsValue,
         .deliver(&JsValue::from_str(&envelope_json))
         .map_err(unavailable_err)?;
     Ok(PUBLISHED.with(|on_ok| UNAVAILABLE.with(|on_err| answer.then(on_ok, on_err))))
-}
-
-/// `GET /internal/stats?userId=U` with `X-Stats-Secret`: the user's open
-/// sockets and publishes waiting for acks. Hidden (404) unless `STATS_SECRET`
-/// is set, and for requests without the right secret, so it reveals nothing.
-fn stats(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
-    let settings = settings(env)?;
-    let config = &settings.config;
-    let given = req.headers().get(STATS_SECRET_HEADER)?.unwrap_or_default();
-    let allowed = config
-        .stats_secret
-        .as_deref()
-        .is_some_and(|secret| secrets_match(secret.as_bytes(), given.as_bytes()));
-    if !allowed {
-        return Err(ApiError::NotFound);
-    }
-    let user_id = query_param(&req, "userId")
-        .filter(|id| !id.is_empty())
-        .ok_or(ApiError::InvalidBody(protocol::PublishError::InvalidUserId))?;
-    // The object answers in our shape, with CORS: passed on as it is.
-    let answer = user_stub(env, &user_id)?
-        .fetch(&JsValue::from_str(internal_url!("/stats")))
-        .map_err(unavailable_err)?;
-    Ok(Reply::Later(
-        UNAVAILABLE.with(|on_err| answer.or_else(on_err)),
-    ))
 }

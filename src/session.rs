@@ -26,6 +26,11 @@ pub struct SocketAttachment {
     /// Subscription filters, in subscribe order.
     #[serde(rename = "f")]
     pub filters: Vec<Filter>,
+    /// When the socket was accepted (ms since the epoch). Absent in
+    /// attachments of earlier builds, read as 0: no reason to drop those
+    /// sockets.
+    #[serde(rename = "t", default)]
+    pub connected_at: u64,
 }
 
 /// The filters would make the attachment exceed [`MAX_ATTACHMENT_JSON_BYTES`].
@@ -35,12 +40,13 @@ pub struct AttachmentTooLarge {
 }
 
 impl SocketAttachment {
-    pub fn new(id: String, user_id: String) -> SocketAttachment {
+    pub fn new(id: String, user_id: String, connected_at: u64) -> SocketAttachment {
         SocketAttachment {
             v: ATTACHMENT_VERSION,
             id,
             user_id,
             filters: Vec::new(),
+            connected_at,
         }
     }
 
@@ -85,17 +91,21 @@ mod tests {
     #[test]
     fn round_trips_and_is_compact() {
         let filter: Filter = serde_json::from_value(json!({"type": "chat"})).expect("filter");
-        let (a, text) = SocketAttachment::new("s1".into(), "alice".into())
+        let (a, text) = SocketAttachment::new("s1".into(), "alice".into(), 1_700_000_000_000)
             .with_filters(vec![filter])
             .expect("fits");
         assert_eq!(a.to_json(), text);
         assert_eq!(
             text,
-            r#"{"v":1,"id":"s1","u":"alice","f":[{"type":"chat"}]}"#
+            r#"{"v":1,"id":"s1","u":"alice","f":[{"type":"chat"}],"t":1700000000000}"#
         );
         let back = SocketAttachment::from_json(&text).expect("json");
         assert_eq!(back, a);
         assert!(back.is_current());
+        // An attachment stored before `t` existed still reads.
+        let old = SocketAttachment::from_json(r#"{"v":1,"id":"s1","u":"alice","f":[]}"#)
+            .expect("old attachment");
+        assert_eq!(old.connected_at, 0);
     }
 
     #[test]
@@ -103,7 +113,7 @@ mod tests {
         let big: Filter =
             serde_json::from_value(json!({"k": "x".repeat(MAX_ATTACHMENT_JSON_BYTES)}))
                 .expect("filter");
-        let a = SocketAttachment::new("s1".into(), "alice".into());
+        let a = SocketAttachment::new("s1".into(), "alice".into(), 0);
         assert!(a.with_filters(vec![big]).is_err());
         let fifty: Vec<Filter> = (0..50)
             .map(|i| serde_json::from_value(json!({"type": format!("t{i}")})).expect("filter"))

@@ -42,11 +42,38 @@ export class HopeFlowRealtime extends DurableObject {
     }
   }
 
-  // RPC from the worker: the envelope's JSON text in, a Promise of the
-  // publish answer's JSON text out.
-  deliver(envelope) {
+  // RPC from the worker: the envelope's JSON text (and options' JSON text
+  // for detail or an idempotency key) in, a Promise of the publish answer's
+  // JSON text out.
+  deliver(envelope, options) {
     try {
-      return this.core.deliver(envelope);
+      return this.core.deliver(envelope, options);
+    } catch (error) {
+      this.recover(error);
+    }
+  }
+
+  // RPC from the worker (operator routes): JSON text out.
+  sockets(userId) {
+    try {
+      return this.core.sockets(userId);
+    } catch (error) {
+      this.recover(error);
+    }
+  }
+
+  disconnect(request) {
+    try {
+      return this.core.disconnect(request);
+    } catch (error) {
+      this.recover(error);
+    }
+  }
+
+  // Deletes expired idempotency keys.
+  alarm() {
+    try {
+      this.core.alarm();
     } catch (error) {
       this.recover(error);
     }

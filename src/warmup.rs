@@ -14,7 +14,7 @@ use std::hint::black_box;
 
 use serde_json::json;
 
-use crate::acks::{AckBook, AckOutcome};
+use crate::acks::{AckBook, AckOutcome, Tracking};
 use crate::auth::{AuthPolicy, TokenVerifier, VerifiedTokens};
 use crate::filter::{any_matches, Filter};
 use crate::protocol::{ClientFrame, Envelope, PublishOutcome, PublishRequest, ServerFrame};
@@ -63,7 +63,12 @@ pub fn exercise(rounds: usize) -> usize {
         }
         let mut book = AckBook::default();
         if book
-            .begin(parsed.envelope_id.clone(), ["s".to_owned()], ())
+            .begin(
+                parsed.envelope_id.clone(),
+                vec!["s".to_owned()],
+                (),
+                Tracking::default(),
+            )
             .is_err()
         {
             continue;
@@ -77,12 +82,15 @@ pub fn exercise(rounds: usize) -> usize {
         };
         // The sample ack names envelope "e"; count it against this one.
         let _ = envelope_id;
-        if book.ack(&parsed.envelope_id, "s", result) != AckOutcome::Completed(()) {
+        if book.ack(&parsed.envelope_id, "s", result, 1.0) != AckOutcome::Completed(()) {
             continue;
         }
+        let settled = book.finish(&parsed.envelope_id);
         let outcome = PublishOutcome {
             client_count: 1,
-            results: book.finish(&parsed.envelope_id),
+            results: settled.results,
+            deliveries: settled.deliveries,
+            truncated: settled.truncated,
         };
         if outcome.to_text().is_none() {
             continue;

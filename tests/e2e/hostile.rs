@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::support::{
-    publish, publish_as, refused_upgrade, send, sign, unique_user, Client, Reply, Server,
+    publish, publish_as, refused_upgrade, send, sign, sockets_of, unique_user, Client, Server,
 };
 use crate::{tests, Ctx, Test};
 
@@ -35,7 +35,7 @@ pub fn tests() -> Vec<Test> {
         filter_size_caps,
         socket_filter_cap_and_attachment_limit,
         abandoned_publishes_leave_no_pending_state,
-        stats_route_is_hidden,
+        internal_stats_route_is_gone,
     ]
 }
 
@@ -486,15 +486,6 @@ async fn socket_filter_cap_and_attachment_limit(ctx: Arc<Ctx>) {
     assert_control_works(&ctx.server, &mut control, &user).await;
 }
 
-async fn stats(ctx: &Ctx, user: &str) -> Reply {
-    send(
-        ctx.server
-            .request(Method::GET, &format!("/internal/stats?userId={user}"))
-            .header("X-Stats-Secret", &ctx.stats_secret),
-    )
-    .await
-}
-
 async fn abandoned_publishes_leave_no_pending_state(ctx: Arc<Ctx>) {
     let user = unique_user("pending");
     let mut silent = Client::for_user(&ctx.server, &user).await;
@@ -510,9 +501,9 @@ async fn abandoned_publishes_leave_no_pending_state(ctx: Arc<Ctx>) {
             envelopes.push(silent.recv_envelope().await);
         }
         // All ten are waiting now: the count is real.
-        let r = stats(&ctx, &user).await;
+        let r = sockets_of(&ctx.server, &user).await;
         assert_eq!(r.body["pendingPublishes"], N, "{}", r.body);
-        assert_eq!(r.body["sockets"], 2, "{}", r.body);
+        assert_eq!(r.body["count"], 2, "{}", r.body);
         // Acks from a socket they were not delivered to, and unknown ids.
         for envelope in &envelopes {
             intruder.ack(envelope, json!("spoofed")).await;
@@ -532,12 +523,14 @@ async fn abandoned_publishes_leave_no_pending_state(ctx: Arc<Ctx>) {
         silent.ack(envelope, json!("late")).await;
     }
     silent.ping().await;
-    let r = stats(&ctx, &user).await;
+    let r = sockets_of(&ctx.server, &user).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.body, json!({"sockets": 2, "pendingPublishes": 0}));
+    assert_eq!(r.body["count"], 2, "{}", r.body);
+    assert_eq!(r.body["pendingPublishes"], 0, "{}", r.body);
 }
 
-async fn stats_route_is_hidden(ctx: Arc<Ctx>) {
+/// The stats route and `STATS_SECRET` gave way to the operator API.
+async fn internal_stats_route_is_gone(ctx: Arc<Ctx>) {
     let path = "/internal/stats?userId=u";
     send(ctx.server.request(Method::GET, path))
         .await
@@ -545,15 +538,8 @@ async fn stats_route_is_hidden(ctx: Arc<Ctx>) {
     let r = send(
         ctx.server
             .request(Method::GET, path)
-            .header("X-Stats-Secret", "guess"),
-    )
-    .await;
-    r.assert_error(404, "not_found");
-    // Servers without STATS_SECRET have no such route at all.
-    let r = send(
-        ctx.strict
-            .request(Method::GET, path)
-            .header("X-Stats-Secret", ""),
+            .header("X-Stats-Secret", "guess")
+            .bearer_auth(ctx.server.operator_token()),
     )
     .await;
     r.assert_error(404, "not_found");

@@ -9,6 +9,8 @@ mod client;
 mod delivery;
 mod frames;
 mod hostile;
+mod operator;
+mod operator_client;
 mod routes;
 mod support;
 mod tls;
@@ -22,7 +24,7 @@ use support::{Server, TestCa};
 
 /// The servers every test can use.
 pub struct Ctx {
-    /// Default settings (plus `STATS_SECRET`, which only adds a hidden route).
+    /// Default settings, plus the debug console (`CONSOLE_ENABLED`).
     pub server: Server,
     /// Started without `JWT_SECRET`.
     pub unconfigured: Server,
@@ -33,8 +35,6 @@ pub struct Ctx {
     /// Default settings, serving `https://` and `wss://` with a certificate
     /// of [`Ctx::ca`] for `localhost`.
     pub tls: Server,
-    /// The main server's `STATS_SECRET`.
-    pub stats_secret: String,
     /// Made for this run; after `tls`, so the server stops before its
     /// certificate files go.
     pub ca: TestCa,
@@ -53,6 +53,9 @@ pub const STRICT: &[(&str, &str)] = &[
     ),
     ("MAX_FRAME_BYTES", "4096"),
     ("MAX_PUBLISH_BYTES", "4096"),
+    ("OPERATOR_SCOPE", "ops-admin"),
+    ("MAX_RESULTS_BYTES", "2048"),
+    ("IDEMPOTENCY_TTL_SECS", "3"),
 ];
 
 pub type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -85,6 +88,8 @@ fn main() {
     all.extend(frames::tests());
     all.extend(delivery::tests());
     all.extend(hostile::tests());
+    all.extend(operator::tests());
+    all.extend(operator_client::tests());
     all.extend(client::tests());
     all.extend(tls::tests());
     let selected: Vec<Test> = all
@@ -97,7 +102,6 @@ fn main() {
     }
 
     let secret = format!("e2e-{}", uuid::Uuid::new_v4());
-    let stats_secret = format!("stats-{}", uuid::Uuid::new_v4());
     let started = Instant::now();
     let mut strict_vars = vec![("JWT_SECRET", secret.as_str())];
     strict_vars.extend_from_slice(STRICT);
@@ -105,7 +109,7 @@ fn main() {
     // Start all five at once; each takes a few seconds to be ready.
     let server = Server::spawn(
         "main",
-        &[("JWT_SECRET", &secret), ("STATS_SECRET", &stats_secret)],
+        &[("JWT_SECRET", &secret), ("CONSOLE_ENABLED", "true")],
     );
     let unconfigured = Server::spawn("unconfigured", &[]);
     let strict = Server::spawn("strict", &strict_vars);
@@ -120,7 +124,6 @@ fn main() {
         strict: strict.wait_ready(),
         misconfigured: misconfigured.wait_ready(),
         tls: tls.wait_ready(),
-        stats_secret,
         ca,
     });
     println!(

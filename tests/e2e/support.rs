@@ -133,6 +133,21 @@ impl Server {
         hopeflow_client::token::mint(secret, user_id, None, Default::default())
     }
 
+    /// A token carrying the default operator scope.
+    pub fn operator_token(&self) -> String {
+        self.token_with(json!({"userId": "ops", "scope": "operator"}))
+    }
+
+    /// `method` on `/users/{user}/{route}` (the user id percent-encoded).
+    pub fn user_route(
+        &self,
+        method: reqwest::Method,
+        user: &str,
+        route: &str,
+    ) -> reqwest::RequestBuilder {
+        self.request(method, &format!("/users/{}/{route}", encode_path(user)))
+    }
+
     /// A token with arbitrary claims signed with the server's secret.
     pub fn token_with(&self, claims: Value) -> String {
         let secret = self.secret.as_deref().expect("server has a secret");
@@ -220,6 +235,29 @@ pub fn sign(secret: &str, claims: &Value) -> String {
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("encode token")
+}
+
+/// Percent-encodes a path segment (everything but unreserved characters).
+pub fn encode_path(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A user's sockets, as an operator sees them.
+pub async fn sockets_of(server: &Server, user: &str) -> Reply {
+    send(
+        server
+            .user_route(reqwest::Method::GET, user, "sockets")
+            .bearer_auth(server.operator_token()),
+    )
+    .await
 }
 
 /// A user id no other test uses.

@@ -1,0 +1,344 @@
+//! The routes off the hot path: the operator API (`/users/{userId}/sockets`,
+//! `/users/{userId}/disconnect`), `/publish/batch`, publishes with
+//! `Idempotency-Key` or `?detail=true`, and the debug console.
+//!
+//! These await with `async` Rust (the wasm-bindgen futures executor): the
+//! hand-made continuations of `routes`/`glue` pay off only on the plain
+//! publish path, and these read better as straight-line code.
+
+use futures::future::join_all;
+use serde_json::Value;
+use wasm_bindgen::JsValue;
+use wasm_bindgen_futures::{future_to_promise, JsFuture};
+use worker::{console_error, js_sys, web_sys, Env, Method, Response};
+
+use crate::error::ApiError;
+use crate::glue::{self, Namespace, Thenable};
+use crate::http::{self, Incoming, Reply};
+use crate::idempotency::{
+    batch_fingerprint, publish_fingerprint, DeliverOptions, IdempotencyKey, KeyedRequest, Receipt,
+    REPLAYED_HEADER,
+};
+use crate::operator::{batch_entry, DisconnectRequest, UserRoute};
+use crate::protocol::{BatchRequest, PublishRequest};
+use crate::routes::{
+    authenticate, namespace, publish_checks, query_param, settings, unavailable_err, user_stub,
+    Settings,
+};
+
+/// The debug console's page, served only with `CONSOLE_ENABLED=true`.
+const CONSOLE_PAGE: &str = include_str!("console.html");
+/// The browser client the page imports, served beside it.
+const CONSOLE_CLIENT: &str = include_str!("../clients/js/hopeflow.js");
+
+/// `GET /console` and the module it imports; 404 unless enabled.
+pub fn console(req: &Incoming, env: &Env) -> Result<Reply, ApiError> {
+    if !settings(env)?.config.console_enabled {
+        return Err(ApiError::NotFound);
+    }
+    let (body, content_type) = if req.path() == "/console" {
+        (CONSOLE_PAGE, "text/html; charset=utf-8")
+    } else {
+        (CONSOLE_CLIENT, "text/javascript; charset=utf-8")
+    };
+    let response = Response::ok(body)?;
+    let headers = response.headers();
+    headers.set("Content-Type", content_type)?;
+    // Everything the page uses is served from here: nothing else may load.
+    headers.set(
+        "Content-Security-Policy",
+        "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; \
+         script-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+    )?;
+    headers.set("X-Content-Type-Options", "nosniff")?;
+    headers.set("Cache-Control", "no-store")?;
+    Ok(response.into())
+}
+
+/// A route of `/users/{userId}/...`.
+pub fn user(
+    req: Incoming,
+    env: &Env,
+    user_id: String,
+    route: UserRoute,
+    method: Method,
+) -> Result<Reply, ApiError> {
+    let allow = match route {
+        UserRoute::Sockets => "GET, HEAD, OPTIONS",
+        UserRoute::Disconnect => "POST, OPTIONS",
+    };
+    match (&route, method) {
+        (_, Method::Options) => return Ok(http::preflight(allow)?.into()),
+        (UserRoute::Sockets, Method::Get | Method::Head)
+        | (UserRoute::Disconnect, Method::Post) => {}
+        _ => return Err(ApiError::MethodNotAllowed { allow }),
+    }
+    let settings = settings(env)?;
+    require_operator(&req, &settings)?;
+    let stub = user_stub(env, &user_id)?;
+    match route {
+        UserRoute::Sockets => {
+            let answer = stub.sockets(&user_id).map_err(unavailable_err)?;
+            Ok(later(async move { json_answer(&answer).await }))
+        }
+        UserRoute::Disconnect => {
+            let body = glue::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
+            let limit = settings.config.max_publish_bytes;
+            Ok(later(async move {
+                let body = body_bytes(&body, limit).await?;
+                let request =
+                    DisconnectRequest::parse(&body).map_err(ApiError::InvalidDisconnect)?;
+                let answer = stub
+                    .disconnect(&request.to_text())
+                    .map_err(unavailable_err)?;
+                json_answer(&answer).await
+            }))
+        }
+    }
+}
+
+/// Operator routes need `OPERATOR_SCOPE` in the token's scope, always.
+fn require_operator(req: &Incoming, settings: &Settings) -> Result<(), ApiError> {
+    let claims = authenticate(req, settings)?;
+    if claims.has_scope(&settings.config.operator_scope) {
+        Ok(())
+    } else {
+        Err(ApiError::NotOperator)
+    }
+}
+
+/// `POST /publish` with an `Idempotency-Key` or `?detail=true` (the
+/// caller has run the checks before the body).
+pub fn publish_with_options(
+    req: Incoming,
+    env: &Env,
+    key: Option<IdempotencyKey>,
+    detail: bool,
+) -> Result<Reply, ApiError> {
+    let limit = settings(env)?.config.max_publish_bytes;
+    let namespace = namespace(env)?;
+    let body = glue::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
+    Ok(later(async move {
+        let body = body_bytes(&body, limit).await?;
+        let request = PublishRequest::parse(&body).map_err(ApiError::InvalidBody)?;
+        let keyed = key.map(|key| KeyedRequest {
+            key: key.as_str().to_owned(),
+            fingerprint: publish_fingerprint(
+                &request.user_id,
+                &request.envelope_type,
+                &request.payload,
+            ),
+        });
+        let user_id = request.user_id.clone();
+        let envelope = request.into_envelope(new_envelope_id());
+        let envelope_text = envelope.to_text().ok_or(ApiError::Internal)?;
+        let options = DeliverOptions { key: keyed, detail };
+        let answer = deliver(&namespace, &user_id, &envelope_text, &options).await?;
+        match answer {
+            Delivered::Plain(text) => Ok(glue::json_200(&JsValue::from_str(&text))),
+            Delivered::Keyed {
+                replayed, answer, ..
+            } => respond(200, &answer, replayed),
+        }
+    }))
+}
+
+/// `POST /publish/batch`: one envelope to up to 100 users, all at once.
+pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
+    let settings = settings(env)?;
+    publish_checks(&req, &settings)?;
+    let key = req
+        .headers()
+        .get(crate::idempotency::HEADER)?
+        .map(|k| IdempotencyKey::parse(&k))
+        .transpose()
+        .map_err(ApiError::InvalidIdempotencyKey)?;
+    let detail = req.url().contains('?') && query_param(&req, "detail").as_deref() == Some("true");
+    let limit = settings.config.max_publish_bytes;
+    let namespace = namespace(env)?;
+    let body = glue::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
+    Ok(later(async move {
+        let body = body_bytes(&body, limit).await?;
+        let request = BatchRequest::parse(&body).map_err(ApiError::InvalidBody)?;
+        let keyed = key.map(|key| KeyedRequest {
+            key: key.as_str().to_owned(),
+            fingerprint: batch_fingerprint(
+                &request.user_ids,
+                &request.envelope_type,
+                &request.payload,
+            ),
+        });
+        let envelope_id = new_envelope_id();
+        let envelope_text = request
+            .envelope(envelope_id.clone())
+            .to_text()
+            .ok_or(ApiError::Internal)?;
+        let options = DeliverOptions { key: keyed, detail };
+        // Every user at once (at most MAX_BATCH_USERS), so the answer comes
+        // within one ack timeout however many users there are.
+        let answers = join_all(
+            request
+                .user_ids
+                .iter()
+                .map(|user| deliver(&namespace, user, &envelope_text, &options)),
+        )
+        .await;
+        let mut replays = Vec::new();
+        let users: Vec<Value> = request
+            .user_ids
+            .iter()
+            .zip(answers)
+            .map(|(user, answer)| match answer {
+                Ok(Delivered::Plain(text)) => {
+                    batch_entry(user, serde_json::from_str(&text).map_err(|_| internal()))
+                }
+                Ok(Delivered::Keyed {
+                    replayed,
+                    envelope_id,
+                    answer,
+                }) => {
+                    replays.push((replayed, envelope_id));
+                    batch_entry(user, Ok(answer))
+                }
+                Err(ApiError::IdempotencyConflict) => batch_entry(
+                    user,
+                    Err((
+                        ApiError::IdempotencyConflict.code(),
+                        ApiError::IdempotencyConflict.to_string(),
+                    )),
+                ),
+                Err(err) => batch_entry(user, Err((err.code(), err.to_string()))),
+            })
+            .collect();
+        if users
+            .iter()
+            .all(|u| u["error"]["error"] == "idempotency_conflict")
+        {
+            return Err(ApiError::IdempotencyConflict);
+        }
+        // A retry that every user had answered before is a replay: it keeps
+        // the envelope id the sockets were sent the first time.
+        let replayed = !replays.is_empty()
+            && replays.len() == users.len()
+            && replays.iter().all(|(replayed, _)| *replayed);
+        let envelope_id = match replays.first() {
+            Some((_, first)) if replayed => first.clone(),
+            _ => envelope_id,
+        };
+        let answer = serde_json::json!({ "envelopeId": envelope_id, "users": users });
+        respond(200, &answer, replayed)
+    }))
+}
+
+fn internal() -> (&'static str, String) {
+    (ApiError::Internal.code(), ApiError::Internal.to_string())
+}
+
+fn new_envelope_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// What a user's object answered a publish.
+enum Delivered {
+    /// The `/publish` answer's JSON text.
+    Plain(String),
+    /// A keyed publish's answer.
+    Keyed {
+        replayed: bool,
+        envelope_id: String,
+        answer: Value,
+    },
+}
+
+/// Hands the envelope to `user_id`'s object and waits for its answer.
+async fn deliver(
+    namespace: &Namespace,
+    user_id: &str,
+    envelope_text: &str,
+    options: &DeliverOptions,
+) -> Result<Delivered, ApiError> {
+    let stub = namespace.get_by_name(user_id).map_err(unavailable_err)?;
+    let answer = stub
+        .deliver_with(&JsValue::from_str(envelope_text), &options.to_text())
+        .map_err(unavailable_err)?;
+    let text = settle(&answer)
+        .await?
+        .as_string()
+        .ok_or(ApiError::Internal)?;
+    if options.key.is_none() {
+        return Ok(Delivered::Plain(text));
+    }
+    match Receipt::parse(&text) {
+        Some(Receipt::Answer {
+            replayed,
+            envelope_id,
+            answer,
+        }) => Ok(Delivered::Keyed {
+            replayed,
+            envelope_id,
+            answer,
+        }),
+        Some(Receipt::Conflict { .. }) => Err(ApiError::IdempotencyConflict),
+        None => {
+            console_error!("a keyed publish's receipt did not parse");
+            Err(ApiError::Internal)
+        }
+    }
+}
+
+/// Awaits a runtime Promise (or RPC thenable); a rejection is an object
+/// that could not be reached.
+async fn settle(thenable: &Thenable) -> Result<JsValue, ApiError> {
+    JsFuture::from(promise_of(thenable))
+        .await
+        .map_err(unavailable_err)
+}
+
+/// `Promise.resolve(thenable)`: RPC answers are thenables, not Promises.
+fn promise_of(thenable: &Thenable) -> js_sys::Promise {
+    let value: &JsValue = thenable.as_ref();
+    js_sys::Promise::resolve(value)
+}
+
+/// An object's JSON text answer as a 200.
+async fn json_answer(answer: &Thenable) -> Result<web_sys::Response, ApiError> {
+    let text = settle(answer).await?;
+    Ok(glue::json_200(&text))
+}
+
+/// The request body, within `limit` bytes.
+async fn body_bytes(body: &Thenable, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let buffer = JsFuture::from(promise_of(body)).await.map_err(|err| {
+        console_error!("reading a request body failed: {err:?}");
+        ApiError::Internal
+    })?;
+    let bytes = js_sys::Uint8Array::new(&buffer);
+    if bytes.byte_length() as usize > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(bytes.to_vec())
+}
+
+/// A JSON answer; a replay says so in `Idempotent-Replayed`.
+fn respond(status: u16, body: &Value, replayed: bool) -> Result<web_sys::Response, ApiError> {
+    let response = http::json(status, body)?;
+    let headers = response.headers();
+    headers.set("Access-Control-Expose-Headers", REPLAYED_HEADER)?;
+    if replayed {
+        headers.set(REPLAYED_HEADER, "true")?;
+    }
+    Ok(response.into())
+}
+
+/// A Promise of the response `work` makes; an error becomes its JSON error.
+fn later(
+    work: impl std::future::Future<Output = Result<web_sys::Response, ApiError>> + 'static,
+) -> Reply {
+    let promise = future_to_promise(async move {
+        Ok(match work.await {
+            Ok(response) => response.into(),
+            Err(err) => http::error_js(&err),
+        })
+    });
+    Reply::Later(promise.into())
+}
