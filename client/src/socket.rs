@@ -514,6 +514,11 @@ impl Connection {
                 message = ws.next() => match message {
                     Some(Ok(Message::Text(text))) => self.message(&text),
                     Some(Ok(Message::Close(frame))) => {
+                        // Send the reply tungstenite only queued, so the
+                        // server's side ends now, not after the reconnect's
+                        // backoff and token fetch.
+                        let reply = ws.close(None);
+                        let _ = tokio::time::timeout(Duration::from_secs(1), reply).await;
                         return Some(close_info(frame));
                     }
                     Some(Ok(_)) => {}
@@ -842,7 +847,8 @@ mod tests {
                 let _ = ws.send(Message::text("pong")).await;
                 continue;
             }
-            let confirmed = ServerFrame::Subscribed { added: 1, total: 1 }.to_text();
+            // Literal JSON: the fake must not follow the server crate's types.
+            let confirmed = r#"{"type":"subscribed","added":1,"total":1}"#;
             let _ = ws.send(Message::text(confirmed)).await;
             if let Some(code) = close {
                 let frame = CloseFrame {

@@ -3,7 +3,7 @@
 //! as the Rust `Client` lives them, batch publishes, idempotency keys and
 //! per-socket detail, through the library and through the CLI as a process.
 
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,6 +13,7 @@ use hopeflow_client::{
     PublishOptions, Publisher, SocketInfo,
 };
 use serde_json::{json, Map, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -20,18 +21,21 @@ use crate::client::hopeflow;
 use crate::support::{unique_user, Server, WAIT};
 use crate::{tests, Ctx, Test};
 
+/// Named `operator_client_*`, so `cargo test --test e2e -- operator_client`
+/// runs them (the runner filters by name).
 pub fn tests() -> Vec<Test> {
     tests![
-        library_sockets_need_an_operator_token,
-        disconnect_for_good_ends_the_client,
-        disconnect_with_reconnect_fetches_a_fresh_token,
-        library_batch_reaches_every_user_in_order,
-        library_idempotency_replays_and_conflicts,
-        library_detail_reports_each_socket,
-        cli_sockets_disconnect_and_operator_token,
-        cli_batch_publish_to_two_users,
-        cli_idempotency_key_replays,
-        cli_detail_lists_deliveries,
+        operator_client_library_sockets_need_an_operator_token,
+        operator_client_disconnect_for_good_ends_the_client,
+        operator_client_disconnect_with_reconnect_fetches_a_fresh_token,
+        operator_client_library_batch_reaches_every_user_in_order,
+        operator_client_library_idempotency_replays_and_conflicts,
+        operator_client_library_detail_reports_each_socket,
+        operator_client_cli_sockets_disconnect_and_operator_token,
+        operator_client_cli_batch_publish_to_two_users,
+        operator_client_cli_idempotency_key_replays,
+        operator_client_cli_detail_lists_deliveries,
+        operator_client_cli_listen_follows_operator_disconnects,
     ]
 }
 
@@ -151,7 +155,7 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-async fn library_sockets_need_an_operator_token(ctx: Arc<Ctx>) {
+async fn operator_client_library_sockets_need_an_operator_token(ctx: Arc<Ctx>) {
     // Characters a path must carry encoded: space, slash, ?, #, %, non-ASCII.
     let user = format!("{} a/b?c#d%e é", unique_user("opsock"));
     let before = now_ms();
@@ -200,7 +204,7 @@ async fn library_sockets_need_an_operator_token(ctx: Arc<Ctx>) {
     );
 }
 
-async fn disconnect_for_good_ends_the_client(ctx: Arc<Ctx>) {
+async fn operator_client_disconnect_for_good_ends_the_client(ctx: Arc<Ctx>) {
     let user = unique_user("opgone");
     let asked = Arc::new(AtomicUsize::new(0));
     let counter = asked.clone();
@@ -232,7 +236,7 @@ async fn disconnect_for_good_ends_the_client(ctx: Arc<Ctx>) {
     until_sockets(&ctx.server, &user, 0).await;
 }
 
-async fn disconnect_with_reconnect_fetches_a_fresh_token(ctx: Arc<Ctx>) {
+async fn operator_client_disconnect_with_reconnect_fetches_a_fresh_token(ctx: Arc<Ctx>) {
     let user = unique_user("oprotate");
     let asked = Arc::new(AtomicUsize::new(0));
     let counter = asked.clone();
@@ -283,8 +287,9 @@ async fn disconnect_with_reconnect_fetches_a_fresh_token(ctx: Arc<Ctx>) {
     // The pong comes after the re-subscription's confirmation.
     within(rotated.ping()).await.expect("pong");
 
+    // The old socket goes once the server has processed its close.
+    until_sockets(&ctx.server, &user, 2).await;
     let after = operator.sockets(&user).await.expect("sockets");
-    assert_eq!(after.count, 2);
     let new = socket_with(&after.sockets, &json!([{"type": "rotated"}]));
     assert_ne!(new.socket_id, old);
 
@@ -302,7 +307,7 @@ async fn disconnect_with_reconnect_fetches_a_fresh_token(ctx: Arc<Ctx>) {
     assert_eq!(outcome.results, vec![json!("back")]);
 }
 
-async fn library_batch_reaches_every_user_in_order(ctx: Arc<Ctx>) {
+async fn operator_client_library_batch_reaches_every_user_in_order(ctx: Arc<Ctx>) {
     let (a, b, nobody) = (
         unique_user("opbatch-a"),
         unique_user("opbatch-b"),
@@ -347,7 +352,7 @@ async fn library_batch_reaches_every_user_in_order(ctx: Arc<Ctx>) {
     }
 }
 
-async fn library_idempotency_replays_and_conflicts(ctx: Arc<Ctx>) {
+async fn operator_client_library_idempotency_replays_and_conflicts(ctx: Arc<Ctx>) {
     let user = unique_user("opidem");
     let mut acker = Acker::new(
         subscribed(&ctx.server, &user, json!([{}])).await,
@@ -411,7 +416,7 @@ async fn library_idempotency_replays_and_conflicts(ctx: Arc<Ctx>) {
     assert_eq!(again.users, first.users);
 }
 
-async fn library_detail_reports_each_socket(ctx: Arc<Ctx>) {
+async fn operator_client_library_detail_reports_each_socket(ctx: Arc<Ctx>) {
     let user = unique_user("opdetail");
     let mut acker = Acker::new(
         subscribed(&ctx.server, &user, json!([{"type": "a"}])).await,
@@ -468,7 +473,7 @@ async fn library_detail_reports_each_socket(ctx: Arc<Ctx>) {
     assert_eq!(plain.deliveries, None);
 }
 
-async fn cli_sockets_disconnect_and_operator_token(ctx: Arc<Ctx>) {
+async fn operator_client_cli_sockets_disconnect_and_operator_token(ctx: Arc<Ctx>) {
     let secret = secret(&ctx.server);
     let url = ctx.server.http();
     let minted = cli(&["token", "--operator", "--ttl", "10m", "--secret", &secret]).await;
@@ -554,7 +559,7 @@ async fn cli_sockets_disconnect_and_operator_token(ctx: Arc<Ctx>) {
     assert_eq!(none_left, json!({"closed": 0}));
 }
 
-async fn cli_batch_publish_to_two_users(ctx: Arc<Ctx>) {
+async fn operator_client_cli_batch_publish_to_two_users(ctx: Arc<Ctx>) {
     let secret = secret(&ctx.server);
     let (a, b) = (unique_user("opclibatch-a"), unique_user("opclibatch-b"));
     let mut acker_a = Acker::new(
@@ -615,7 +620,7 @@ async fn cli_batch_publish_to_two_users(ctx: Arc<Ctx>) {
     acker_a.next().await;
 }
 
-async fn cli_idempotency_key_replays(ctx: Arc<Ctx>) {
+async fn operator_client_cli_idempotency_key_replays(ctx: Arc<Ctx>) {
     let secret = secret(&ctx.server);
     let url = ctx.server.http();
     let user = unique_user("opcliidem");
@@ -701,7 +706,7 @@ async fn cli_idempotency_key_replays(ctx: Arc<Ctx>) {
     );
 }
 
-async fn cli_detail_lists_deliveries(ctx: Arc<Ctx>) {
+async fn operator_client_cli_detail_lists_deliveries(ctx: Arc<Ctx>) {
     let secret = secret(&ctx.server);
     let url = ctx.server.http();
     let user = unique_user("opclidetail");
@@ -740,4 +745,50 @@ async fn cli_detail_lists_deliveries(ctx: Arc<Ctx>) {
     assert_eq!(deliveries[0]["status"], "acked");
     assert_eq!(deliveries[0]["result"], json!({"seen": true}));
     assert!(deliveries[0]["ackMs"].is_u64(), "{detailed}");
+}
+
+async fn operator_client_cli_listen_follows_operator_disconnects(ctx: Arc<Ctx>) {
+    let secret = secret(&ctx.server);
+    let user = unique_user("opclilisten");
+    let mut listen = hopeflow()
+        .args(["listen", "--url", &ctx.server.base_ws(), "--user", &user])
+        .args(["--secret", &secret])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn listen");
+    let mut stderr = BufReader::new(listen.stderr.take().expect("stderr")).lines();
+    let mut wait_for = async |prefix: &str| loop {
+        let line = within(stderr.next_line())
+            .await
+            .expect("read stderr")
+            .unwrap_or_else(|| panic!("listen exited before {prefix:?}"));
+        if line.starts_with(prefix) {
+            return line;
+        }
+    };
+    wait_for("subscribed").await;
+
+    // 4000: it comes back (with a token it minted again) and re-subscribes.
+    let rotated = operator(&ctx.server)
+        .disconnect(&user, None, true, None)
+        .await
+        .expect("disconnect");
+    assert_eq!(rotated.closed, 1);
+    assert!(wait_for("disconnected").await.contains("4000"));
+    wait_for("reconnected").await;
+    until_sockets(&ctx.server, &user, 1).await;
+
+    // 4001: it stops, saying why, with a failure status.
+    operator(&ctx.server)
+        .disconnect(&user, None, false, Some("maintenance"))
+        .await
+        .expect("disconnect");
+    let line = wait_for("error:").await;
+    assert!(
+        line.contains("disconnected by an operator") && line.contains("maintenance"),
+        "{line}"
+    );
+    let status = within(listen.wait()).await.expect("listen status");
+    assert!(!status.success());
 }
