@@ -228,6 +228,21 @@ impl<W> AckBook<W> {
         }
     }
 
+    /// A socket that was sent the envelope again (a resume) is awaited too,
+    /// if the publish still waits; returns its waiter, whose count of
+    /// sockets grows by one.
+    pub fn join(&mut self, envelope_id: &str, socket: &str) -> Option<&mut W> {
+        let pending = self.pending.get_mut(envelope_id)?;
+        pending.waiter.as_ref()?;
+        if !pending.awaiting.insert(socket.to_owned()) {
+            return None;
+        }
+        if let Some(detail) = &mut pending.detail {
+            detail.order.push(socket.to_owned());
+        }
+        pending.waiter.as_mut()
+    }
+
     /// Stops waiting for a socket that closed; returns the waiters of publishes
     /// that are complete because of it.
     pub fn socket_gone(&mut self, socket: &str) -> Vec<W> {
@@ -406,6 +421,20 @@ mod tests {
             results,
             ..Settled::default()
         }
+    }
+
+    #[test]
+    fn a_resumed_socket_joins_a_publish_in_flight() {
+        let mut book = AckBook::default();
+        // "b" resumed (a new socket of a client whose old one dropped).
+        book.begin("f".into(), sockets(&["a"]), 2, Tracking::default())
+            .expect("new");
+        assert_eq!(book.join("f", "b").copied(), Some(2));
+        assert_eq!(book.join("f", "b"), None, "joins once");
+        assert_eq!(book.join("nope", "b"), None);
+        assert_eq!(book.ack("f", "a", json!(1), 0.0), AckOutcome::Counted);
+        assert_eq!(book.ack("f", "b", json!(2), 0.0), AckOutcome::Completed(2));
+        assert_eq!(book.finish("f").results, vec![json!(1), json!(2)]);
     }
 
     #[test]

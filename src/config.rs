@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::acks::AckTimeout;
 use crate::auth::AuthPolicy;
+use crate::history::Retention;
 
 /// Every setting, with its defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +36,8 @@ pub struct Config {
     pub max_results_bytes: usize,
     /// `CONSOLE_ENABLED`: serve the debug console at `/console`.
     pub console_enabled: bool,
+    /// `HISTORY_SIZE` and `HISTORY_TTL_SECS`.
+    pub history: Retention,
 }
 
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
@@ -135,6 +138,20 @@ impl Config {
                 1024..=64 * 1024 * 1024,
             )? as usize,
             console_enabled: flag(&get, "CONSOLE_ENABLED")?,
+            history: Retention {
+                size: number(
+                    &get,
+                    "HISTORY_SIZE",
+                    Retention::DEFAULT_SIZE,
+                    0..=Retention::MAX_SIZE,
+                )?,
+                ttl_secs: number(
+                    &get,
+                    "HISTORY_TTL_SECS",
+                    Retention::DEFAULT_TTL_SECS,
+                    1..=Retention::MAX_TTL_SECS,
+                )?,
+            },
         })
     }
 
@@ -215,6 +232,7 @@ mod tests {
         assert_eq!(config.idempotency_ttl_secs, 600);
         assert_eq!(config.max_results_bytes, 4 * 1024 * 1024);
         assert!(!config.console_enabled);
+        assert_eq!(config.history, Retention::default());
     }
 
     #[test]
@@ -244,6 +262,8 @@ mod tests {
             ("IDEMPOTENCY_TTL_SECS", "60"),
             ("MAX_RESULTS_BYTES", "2048"),
             ("CONSOLE_ENABLED", "true"),
+            ("HISTORY_SIZE", "0"),
+            ("HISTORY_TTL_SECS", "60"),
         ])
         .expect("valid");
         assert_eq!(config.secrets, vec!["new".to_string(), "old".to_string()]);
@@ -264,6 +284,8 @@ mod tests {
         assert_eq!(config.idempotency_ttl_secs, 60);
         assert_eq!(config.max_results_bytes, 2048);
         assert!(config.console_enabled);
+        assert!(!config.history.enabled());
+        assert_eq!(config.history.ttl_secs, 60);
     }
 
     #[test]
@@ -278,6 +300,8 @@ mod tests {
             ("IDEMPOTENCY_TTL_SECS", "0"),
             ("MAX_RESULTS_BYTES", "1"),
             ("CONSOLE_ENABLED", "sometimes"),
+            ("HISTORY_SIZE", "10001"),
+            ("HISTORY_TTL_SECS", "0"),
         ] {
             let err = load(&[("JWT_SECRET", "s"), (name, value)]).expect_err(name);
             assert!(err.to_string().contains(name), "{err}");

@@ -17,8 +17,8 @@ use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use worker::worker_sys::{DurableObjectState, WebSocketRequestResponsePair};
 use worker::{
-    console_error, console_log, console_warn, js_sys, web_sys, Env, Method, Response, SqlStorage,
-    SqlStorageValue, State, WebSocket, WebSocketPair,
+    console_error, console_log, console_warn, js_sys, web_sys, Env, Method, Response, State,
+    WebSocket, WebSocketPair,
 };
 
 use crate::acks::{AckBook, AckOutcome, DeadlineQueue, Settled, Tracking};
@@ -28,16 +28,18 @@ use crate::filter::{
     add_filters, any_matches, remove_filters, Filter, TooManyFilters, MAX_FILTERS_PER_SOCKET,
 };
 use crate::glue::{
-    js_key, load_attachment, pending_answer, send_value, set_alarm, store_attachment,
-    IncomingFrame, Settle, Timer,
+    js_key, load_attachment, pending_answer, send_value, store_attachment, IncomingFrame, Settle,
+    Timer,
 };
+use crate::history;
 use crate::http;
-use crate::idempotency::{self, DeliverOptions, KeyBook, KeyedRequest, Receipt, Stored};
+use crate::idempotency::{self, DeliverOptions, KeyBook, KeyedRequest, Receipt};
 use crate::limits::{SocketLimits, Verdict};
 use crate::operator::{disconnected_text, DisconnectRequest, SocketInfo, SocketsView};
 use crate::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, PublishOutcome, ServerFrame};
 use crate::routes::{settings, Settings, USER_ID_HEADER};
 use crate::session::{SocketAttachment, MAX_ATTACHMENT_JSON_BYTES};
+use crate::storage::{History, KeyStore};
 
 /// A live socket, its decoded attachment and its abuse limits.
 struct Socket {
@@ -97,6 +99,8 @@ impl Socket {
             ServerFrame::Subscribed {
                 added: changed,
                 total,
+                seq: None,
+                epoch: None,
             }
         } else {
             ServerFrame::Unsubscribed {
@@ -128,86 +132,6 @@ struct InFlight {
 }
 
 type Book = Rc<RefCell<InFlight>>;
-
-/// The object's table of keyed answers (`idempotency`).
-struct KeyStore {
-    sql: SqlStorage,
-    /// The raw storage, for `setAlarm`.
-    storage: worker::worker_sys::DurableObjectStorage,
-    ttl_secs: u64,
-}
-
-impl KeyStore {
-    fn open(state: &DurableObjectState, ttl_secs: u64) -> Option<KeyStore> {
-        let storage = state.storage().ok()?;
-        let sql = state_of(state).storage().sql();
-        for statement in [idempotency::CREATE_TABLE, idempotency::CREATE_INDEX] {
-            if let Err(err) = sql.exec(statement, None) {
-                console_error!("idempotency table: {err}");
-                return None;
-            }
-        }
-        Some(KeyStore {
-            sql,
-            storage,
-            ttl_secs,
-        })
-    }
-
-    /// The unexpired answer stored under `key`.
-    fn find(&self, key: &str, now_ms: f64) -> Option<Stored> {
-        let bindings = vec![key.into(), SqlStorageValue::Float(now_ms.floor())];
-        match self.sql.exec(idempotency::SELECT, bindings) {
-            Ok(cursor) => cursor.to_array::<Stored>().ok()?.into_iter().next(),
-            Err(err) => {
-                console_error!("idempotency lookup: {err}");
-                None
-            }
-        }
-    }
-
-    fn save(&self, keyed: &KeyedRequest, envelope_id: &str, answer: &str, now_ms: f64) {
-        let expires_at = idempotency::expires_at(now_ms, self.ttl_secs);
-        let bindings = vec![
-            keyed.key.as_str().into(),
-            keyed.fingerprint.as_str().into(),
-            envelope_id.into(),
-            answer.into(),
-            SqlStorageValue::Float(expires_at as f64),
-        ];
-        if let Err(err) = self.sql.exec(idempotency::INSERT, bindings) {
-            console_error!("storing an idempotent answer: {err}");
-        }
-        self.schedule_cleanup();
-    }
-
-    /// Deletes expired keys; sets the alarm for the next expiry, if any.
-    fn delete_expired(&self, now_ms: f64) {
-        let now = SqlStorageValue::Float(now_ms.floor());
-        if let Err(err) = self.sql.exec(idempotency::DELETE_EXPIRED, vec![now]) {
-            console_error!("deleting expired idempotency keys: {err}");
-        }
-        self.schedule_cleanup();
-    }
-
-    /// The alarm fires at the oldest key's expiry (every key lives the same
-    /// TTL, so that is the next one due).
-    fn schedule_cleanup(&self) {
-        #[derive(serde::Deserialize)]
-        struct Next {
-            next: Option<f64>,
-        }
-        let next = self
-            .sql
-            .exec(idempotency::NEXT_EXPIRY, None)
-            .ok()
-            .and_then(|cursor| cursor.one::<Next>().ok())
-            .and_then(|row| row.next);
-        if let Some(at_ms) = next {
-            set_alarm(&self.storage, at_ms);
-        }
-    }
-}
 
 impl Waiter {
     /// Answers the publish with what arrived; a keyed one also stores its
@@ -286,6 +210,8 @@ pub struct HopeFlowRealtime {
     acks: Book,
     /// Ends publishes whose ack timeout passed.
     timer: Timer,
+    /// The user's history, opened by its first use; `None` until then.
+    history: RefCell<Option<History>>,
     /// Socket object → socket id, for the sockets in the index. Looking the
     /// id up in its tags (`getTags`) took about 10 % of the CPU of a fan-out's
     /// acks in the profile (bench/README.md).
@@ -321,6 +247,7 @@ impl HopeFlowRealtime {
             sockets: RefCell::new(None),
             acks,
             timer,
+            history: RefCell::new(None),
             ids: js_sys::Map::new(),
         }
     }
@@ -419,6 +346,9 @@ impl HopeFlowRealtime {
             ClientFrame::Unsubscribe { filters } if self.charge(ws, &socket_id, now_ms) => {
                 self.change_filters(ws, &socket_id, &filters, false)
             }
+            ClientFrame::Resume { since, epoch } if self.charge(ws, &socket_id, now_ms) => {
+                self.resume(ws, &socket_id, since, &epoch)
+            }
             // Rate limited: `charge` has answered.
             _ => {}
         }
@@ -490,6 +420,11 @@ impl HopeFlowRealtime {
                 return Ok(answer);
             }
         }
+        // Kept before it is sent, also when no socket is there to get it.
+        let envelope_text = match self.record(&text, now_ms)? {
+            Some(with_seq) => JsValue::from_str(&with_seq),
+            None => envelope_text,
+        };
         let delivered: Vec<String> = self.with_sockets(|sockets| {
             sockets
                 .iter()
@@ -546,6 +481,129 @@ impl HopeFlowRealtime {
             self.timer.set(delay_ms);
         }
         Ok(answer)
+    }
+
+    /// Records the envelope in the user's history (when it is on); its text
+    /// with `seq`. A history that cannot be written refuses the publish, so
+    /// that no client sees a `seq` the history does not have.
+    fn record(
+        &self,
+        envelope_text: &str,
+        now_ms: f64,
+    ) -> std::result::Result<Option<String>, ApiError> {
+        let recorded = self.with_history(|history| history.record(envelope_text, now_ms));
+        match recorded {
+            None => Ok(None),
+            Some(Ok(text)) => Ok(Some(text)),
+            Some(Err(err)) => {
+                console_error!("recording history: {err}");
+                Err(ApiError::Unavailable)
+            }
+        }
+    }
+
+    /// Runs `f` on the user's history, opening it first; `None` when history
+    /// is off (or cannot be opened, which is logged).
+    fn with_history<T>(&self, f: impl FnOnce(&mut History) -> T) -> Option<T> {
+        let retention = self.settings.as_ref().ok()?.config.history;
+        if !retention.enabled() {
+            return None;
+        }
+        let mut guard = self.history.borrow_mut();
+        if guard.is_none() {
+            match History::open(&self.raw_state, retention) {
+                Ok(history) => *guard = Some(history),
+                Err(err) => {
+                    console_error!("opening history: {err}");
+                    return None;
+                }
+            }
+        }
+        guard.as_mut().map(f)
+    }
+
+    /// `resume`: sends the retained envelopes after `since` that match the
+    /// socket's filters, as first sent plus `"recovered": true`, then
+    /// `resumed`. All in this one event, so nothing published meanwhile
+    /// comes before or between them. A socket resuming an envelope whose
+    /// publish still waits for acks joins it: its ack reaches the publisher,
+    /// counted in `clientCount`.
+    fn resume(&self, ws: &WebSocket, socket_id: &str, since: u64, epoch: &str) {
+        let now_ms = js_sys::Date::now();
+        let plan = self.with_history(|history| {
+            let position = history.position.clone();
+            let same = position.epoch == epoch && since <= position.seq;
+            let found = if same {
+                history.since(since, now_ms)
+            } else {
+                Ok((Vec::new(), None))
+            };
+            found.map(|(rows, oldest)| {
+                let complete = history::resume_complete(&position, since, epoch, oldest);
+                (position, rows, complete)
+            })
+        });
+        let (position, rows, complete) = match plan {
+            None => {
+                let frame = ServerFrame::error(
+                    ErrorCode::HistoryDisabled,
+                    "resume needs history, and this server keeps none (HISTORY_SIZE=0)",
+                );
+                send_frame(ws, &frame);
+                return;
+            }
+            Some(Err(err)) => {
+                console_error!("reading history: {err}");
+                // Nothing could be replayed: say so, the client resyncs.
+                let frame = ServerFrame::Resumed {
+                    since,
+                    seq: since,
+                    replayed: 0,
+                    complete: false,
+                    epoch: epoch.to_owned(),
+                };
+                send_frame(ws, &frame);
+                return;
+            }
+            Some(Ok(plan)) => plan,
+        };
+        let filters = self.with_sockets(|sockets| {
+            sockets
+                .get(socket_id)
+                .map(|s| s.attachment.filters.clone())
+                .unwrap_or_default()
+        });
+        let mut replayed = 0;
+        for row in rows {
+            let Some(envelope) = Envelope::parse(&row.envelope) else {
+                continue;
+            };
+            if !any_matches(&filters, &envelope.envelope_type, &envelope.payload) {
+                continue;
+            }
+            if ws.send_with_str(history::recovered(&row.envelope)).is_err() {
+                return;
+            }
+            replayed += 1;
+            if let Some(waiter) = self
+                .acks
+                .borrow_mut()
+                .book
+                .join(&envelope.envelope_id, socket_id)
+            {
+                waiter.client_count += 1;
+            }
+        }
+        send_frame(
+            ws,
+            &ServerFrame::Resumed {
+                since,
+                seq: position.seq,
+                replayed,
+                complete,
+                epoch: position.epoch,
+            },
+        );
     }
 
     /// A keyed publish seen before: the stored answer, a conflict, or a
@@ -664,9 +722,18 @@ impl HopeFlowRealtime {
                 .get_mut(socket_id)
                 .map(|socket| socket.change_filters(parsed.valid, add))
         });
-        if let Some(frame) = reply {
-            send_frame(ws, &frame);
+        let Some(mut frame) = reply else {
+            return;
+        };
+        // Everything up to this seq happened before the subscription took
+        // effect; everything after it is delivered live.
+        if let ServerFrame::Subscribed { seq, epoch, .. } = &mut frame {
+            if let Some(position) = self.with_history(|history| history.position.clone()) {
+                *seq = Some(position.seq);
+                *epoch = Some(position.epoch);
+            }
         }
+        send_frame(ws, &frame);
     }
 
     fn max_frame_bytes(&self) -> usize {

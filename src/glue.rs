@@ -203,6 +203,17 @@ extern "C" {
     #[wasm_bindgen(method, catch)]
     pub fn disconnect(this: &ObjectStub, request: &str) -> Result<Thenable, JsValue>;
 
+    /// `ctx.storage.sql`.
+    type RawSql;
+
+    #[wasm_bindgen(method, catch, variadic)]
+    fn exec(this: &RawSql, query: &str, binds: &js_sys::Array) -> Result<RawCursor, JsValue>;
+
+    type RawCursor;
+
+    #[wasm_bindgen(method, js_name = toArray)]
+    fn to_array(this: &RawCursor) -> js_sys::Array;
+
     /// A Promise, or the runtime's RPC promise (a thenable, not a `Promise`).
     pub type Thenable;
 
@@ -280,6 +291,58 @@ impl Continuation {
     }
 }
 
+/// The object's SQLite storage (`ctx.storage.sql`), read without the
+/// `worker` crate's serde bridge: its per-row-type deserializers were most
+/// of the 17 KB (gzip) history added to the wasm.
+pub struct Sql(RawSql);
+
+/// A value bound to a `?` of a statement.
+pub enum Bind<'a> {
+    Text(&'a str),
+    Number(f64),
+}
+
+impl Sql {
+    pub fn of(state: &worker_sys::DurableObjectState) -> Option<Sql> {
+        let storage = state.storage().ok()?;
+        let sql: JsValue = storage.sql().into();
+        Some(Sql(sql.unchecked_into()))
+    }
+
+    /// Runs one statement; its rows, each an object of its columns.
+    pub fn exec(&self, query: &str, binds: &[Bind]) -> Result<Vec<SqlRow>, String> {
+        let args = js_sys::Array::new();
+        for bind in binds {
+            args.push(&match bind {
+                Bind::Text(text) => JsValue::from_str(text),
+                Bind::Number(number) => JsValue::from_f64(*number),
+            });
+        }
+        let cursor = self
+            .0
+            .exec(query, &args)
+            .map_err(|err| format!("{err:?}"))?;
+        Ok(cursor.to_array().iter().map(SqlRow).collect())
+    }
+}
+
+/// One row of a query.
+pub struct SqlRow(JsValue);
+
+impl SqlRow {
+    pub fn text(&self, column: &str) -> Option<String> {
+        self.column(column).as_string()
+    }
+
+    pub fn number(&self, column: &str) -> Option<f64> {
+        self.column(column).as_f64()
+    }
+
+    fn column(&self, column: &str) -> JsValue {
+        js_sys::Reflect::get(&self.0, &JsValue::from_str(column)).unwrap_or(JsValue::UNDEFINED)
+    }
+}
+
 /// Sets the object's alarm for `at_ms` (replacing any). The runtime keeps
 /// the write ordered with the object's output, so it is not awaited.
 pub fn set_alarm(storage: &worker_sys::DurableObjectStorage, at_ms: f64) {
@@ -316,21 +379,22 @@ pub fn store_attachment(ws: &worker::WebSocket, json: &str) -> Result<(), JsValu
         .serialize_attachment(&JsValue::from_str(json))
 }
 
-/// The socket's attachment: JSON text, or (stored by builds before the
-/// text form) an object; `None` when it has none.
+/// The socket's attachment (its JSON text); `None` when it has none.
+/// (Attachments stored as objects by earlier builds cannot reach this
+/// build: a deploy disconnects every socket of the class.)
 pub fn load_attachment(ws: &worker::WebSocket) -> Result<Option<SocketAttachment>, String> {
     let raw: &web_sys::WebSocket = ws.as_ref();
     let stored = raw
         .unchecked_ref::<RawWebSocket>()
         .deserialize_attachment()
         .map_err(|err| format!("{err:?}"))?;
-    if let Some(text) = stored.as_string() {
-        return SocketAttachment::from_json(&text)
+    match stored.as_string() {
+        Some(text) => SocketAttachment::from_json(&text)
             .map(Some)
-            .map_err(|err| err.to_string());
+            .map_err(|err| err.to_string()),
+        None if stored.is_null() || stored.is_undefined() => Ok(None),
+        None => Err("the attachment is not JSON text".into()),
     }
-    ws.deserialize_attachment::<SocketAttachment>()
-        .map_err(|err| err.to_string())
 }
 
 /// The socket's JS object, as a map key.

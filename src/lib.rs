@@ -15,6 +15,8 @@
 //! * [`session`]: the per-socket attachment that survives hibernation.
 //! * [`operator`]: the operator routes, the disconnect body, the sockets
 //!   view and the batch answer's entries.
+//! * [`history`]: per-user history and resume: retention, `seq` on the
+//!   envelope text, when a resume is complete, the SQL.
 //! * [`idempotency`]: `Idempotency-Key`: valid keys, fingerprints, the
 //!   object's stored answers (SQL) and the repeats waiting for the first.
 //! * [`error`]: the closed set of HTTP errors and their statuses and codes.
@@ -34,6 +36,8 @@
 //! * [`operator_routes`]: the routes off the hot path: the operator API,
 //!   `/publish/batch`, publishes with options, the debug console.
 //! * [`http`]: JSON responses, CORS, error → response.
+//! * [`storage`]: the object's SQLite tables (keyed answers, history), run
+//!   with the rules of `idempotency` and `history`.
 //! * [`durable_object`]: `HopeFlowRealtime`, one Durable Object per user that
 //!   holds the user's hibernatable sockets and collects acks.
 #![forbid(unsafe_code)]
@@ -43,6 +47,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod filter;
+pub mod history;
 pub mod hs256;
 pub mod idempotency;
 pub mod limits;
@@ -64,3 +69,5 @@ pub mod http;
 pub mod operator_routes;
 #[cfg(feature = "runtime")]
 pub mod routes;
+#[cfg(feature = "runtime")]
+pub mod storage;

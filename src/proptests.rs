@@ -63,6 +63,11 @@ proptest! {
                 prop_assert_eq!(&value["type"], "ack");
                 prop_assert_eq!(value["envelopeId"].as_str(), Some(envelope_id.as_str()));
             }
+            Ok(ClientFrame::Resume { since, epoch }) => {
+                prop_assert_eq!(&value["type"], "resume");
+                prop_assert_eq!(value["since"].as_u64(), Some(since));
+                prop_assert_eq!(value["epoch"].as_str(), Some(epoch.as_str()));
+            }
             Err(err) => prop_assert!(!err.to_string().is_empty()),
         }
     }

@@ -35,6 +35,8 @@ pub enum ErrorCode {
     SubscriptionLimit,
     /// The socket sent messages faster than its rate limit.
     RateLimited,
+    /// `resume` while the server keeps no history (`HISTORY_SIZE=0`).
+    HistoryDisabled,
     /// A code this version does not know (read by clients of a newer
     /// server); never sent.
     #[serde(other)]
@@ -43,7 +45,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidFrame,
         ErrorCode::UnknownType,
@@ -52,6 +54,7 @@ impl ErrorCode {
         ErrorCode::TooManyFilters,
         ErrorCode::SubscriptionLimit,
         ErrorCode::RateLimited,
+        ErrorCode::HistoryDisabled,
     ];
 
     /// The code as it appears on the wire.
@@ -79,7 +82,11 @@ impl ErrorCode {
                 "JSON that is not an object, lacks a string type, or has fields of the wrong shape",
                 true,
             ),
-            ErrorCode::UnknownType => ("unknown_type", "a type other than subscribe, unsubscribe, ack", true),
+            ErrorCode::UnknownType => (
+                "unknown_type",
+                "a type other than subscribe, unsubscribe, ack, resume",
+                true,
+            ),
             ErrorCode::BinaryNotSupported => ("binary_not_supported", "a binary frame", true),
             ErrorCode::InvalidFilter => (
                 "invalid_filter",
@@ -100,6 +107,11 @@ impl ErrorCode {
                 "rate_limited",
                 "more than the socket's message rate; the message was dropped",
                 true,
+            ),
+            ErrorCode::HistoryDisabled => (
+                "history_disabled",
+                "resume while the server keeps no history (HISTORY_SIZE=0)",
+                false,
             ),
             ErrorCode::Unknown => ("unknown", "a code this version does not know", false),
         }
@@ -189,6 +201,9 @@ pub enum ClientFrame {
         #[serde(default)]
         result: Value,
     },
+    /// Replay the retained envelopes after `since` (a `seq`) of history
+    /// `epoch` that match this socket's filters.
+    Resume { since: u64, epoch: String },
 }
 
 /// Why a client frame was rejected.
@@ -221,7 +236,7 @@ impl fmt::Display for FrameError {
             FrameError::MissingType => f.write_str("frame must have a string \"type\""),
             FrameError::UnknownType(t) => write!(
                 f,
-                "unknown frame type {t:?}; expected subscribe, unsubscribe or ack"
+                "unknown frame type {t:?}; expected subscribe, unsubscribe, ack or resume"
             ),
             FrameError::InvalidFields(detail) => write!(f, "malformed frame: {detail}"),
         }
@@ -251,7 +266,7 @@ impl ClientFrame {
                     });
                 }
             }
-            Some("subscribe" | "unsubscribe" | "ack") => {}
+            Some("subscribe" | "unsubscribe" | "ack" | "resume") => {}
             Some(other) => return Err(FrameError::UnknownType(truncate(other, 64))),
         }
         ClientFrame::deserialize(value).map_err(|e| FrameError::InvalidFields(e.to_string()))
@@ -306,8 +321,26 @@ fn truncate(text: &str, max_chars: usize) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerFrame {
-    /// Confirms a subscribe: `added` new filters, `total` on the socket now.
-    Subscribed { added: usize, total: usize },
+    /// Confirms a subscribe: `added` new filters, `total` on the socket now;
+    /// with history on, the user's `seq` and `epoch` when it took effect.
+    Subscribed {
+        added: usize,
+        total: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+    },
+    /// Ends the replay of a `resume`: `replayed` envelopes after `since` up
+    /// to `seq`; `complete` is false when history did not reach back that
+    /// far or `epoch` (the current one) is another than the client's.
+    Resumed {
+        since: u64,
+        seq: u64,
+        replayed: usize,
+        complete: bool,
+        epoch: String,
+    },
     /// Confirms an unsubscribe: `removed` filters, `total` left on the socket.
     Unsubscribed { removed: usize, total: usize },
     /// Something the client sent was rejected; the socket stays usable.
@@ -361,6 +394,12 @@ pub struct Envelope {
     #[serde(rename = "type")]
     pub envelope_type: String,
     pub payload: Value,
+    /// The user's history position (history on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Sent again by a `resume`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
 }
 
 // The parse and serialize functions of the publish path are kept out of
@@ -470,6 +509,8 @@ impl PublishRequest {
             envelope_id,
             envelope_type: self.envelope_type,
             payload: self.payload,
+            seq: None,
+            recovered: false,
         }
     }
 }
@@ -522,6 +563,8 @@ impl BatchRequest {
             envelope_id,
             envelope_type: self.envelope_type.clone(),
             payload: self.payload.clone(),
+            seq: None,
+            recovered: false,
         }
     }
 }
@@ -670,7 +713,12 @@ mod tests {
     #[test]
     fn server_frames_never_carry_envelope_id() {
         let frames = [
-            ServerFrame::Subscribed { added: 1, total: 2 },
+            ServerFrame::Subscribed {
+                added: 1,
+                total: 2,
+                seq: None,
+                epoch: None,
+            },
             ServerFrame::Unsubscribed {
                 removed: 1,
                 total: 1,
@@ -683,7 +731,13 @@ mod tests {
             assert!(value.get("type").and_then(Value::as_str).is_some());
         }
         assert_eq!(
-            ServerFrame::Subscribed { added: 1, total: 2 }.to_text(),
+            ServerFrame::Subscribed {
+                added: 1,
+                total: 2,
+                seq: None,
+                epoch: None,
+            }
+            .to_text(),
             r#"{"type":"subscribed","added":1,"total":2}"#
         );
         assert_eq!(
@@ -737,7 +791,12 @@ mod tests {
             assert_eq!(ClientFrame::parse(&frame.to_text()), Ok(frame));
         }
         assert_eq!(ServerMessage::parse("pong"), Some(ServerMessage::Pong));
-        let frame = ServerFrame::Subscribed { added: 1, total: 1 };
+        let frame = ServerFrame::Subscribed {
+            added: 1,
+            total: 1,
+            seq: None,
+            epoch: None,
+        };
         assert_eq!(
             ServerMessage::parse(&frame.to_text()),
             Some(ServerMessage::Frame(frame))
@@ -759,14 +818,22 @@ mod tests {
 
     #[test]
     fn envelope_wire_shape() {
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             envelope_id: "id".into(),
             envelope_type: "t".into(),
             payload: json!({"a": 1}),
+            seq: None,
+            recovered: false,
         };
         assert_eq!(
             serde_json::to_string(&envelope).expect("json"),
             r#"{"envelopeId":"id","type":"t","payload":{"a":1}}"#
+        );
+        envelope.seq = Some(7);
+        envelope.recovered = true;
+        assert_eq!(
+            serde_json::to_string(&envelope).expect("json"),
+            r#"{"envelopeId":"id","type":"t","payload":{"a":1},"seq":7,"recovered":true}"#
         );
     }
 

@@ -101,7 +101,12 @@ pub fn exercise(rounds: usize) -> usize {
         ) {
             continue;
         }
-        let confirmation = ServerFrame::Subscribed { added: 1, total: 1 };
+        let confirmation = ServerFrame::Subscribed {
+            added: 1,
+            total: 1,
+            seq: None,
+            epoch: None,
+        };
         black_box(confirmation.to_text());
         ok += 1;
     }

@@ -580,7 +580,7 @@ impl Connection {
             Some(ServerMessage::Envelope(envelope)) => {
                 let _ = self.events.send(Event::Envelope(envelope));
             }
-            Some(ServerMessage::Frame(ServerFrame::Subscribed { added, total })) => {
+            Some(ServerMessage::Frame(ServerFrame::Subscribed { added, total, .. })) => {
                 self.confirm(added, total);
             }
             Some(ServerMessage::Frame(ServerFrame::Unsubscribed { removed, total })) => {
@@ -589,7 +589,8 @@ impl Connection {
             Some(ServerMessage::Frame(ServerFrame::Error { code, message })) => {
                 self.error(code, message);
             }
-            None => {}
+            // Resuming is not wired into this client yet.
+            Some(ServerMessage::Frame(ServerFrame::Resumed { .. })) | None => {}
         }
     }
 

@@ -194,8 +194,13 @@ async fn publish_type_defaults_to_message_and_payload_to_null(ctx: Arc<Ctx>) {
         uuid::Uuid::parse_str(id).is_ok_and(|u| u.get_version_num() == 4),
         "{id}"
     );
+    // The three fields of the spec, and the user's history position.
+    assert!(
+        envelope["seq"].as_u64().is_some_and(|seq| seq >= 1),
+        "{envelope}"
+    );
     let keys: Vec<&String> = envelope.as_object().expect("object").keys().collect();
-    assert_eq!(keys.len(), 3, "{envelope}");
+    assert_eq!(keys.len(), 4, "{envelope}");
 }
 
 async fn publish_over_one_mib_is_413(ctx: Arc<Ctx>) {

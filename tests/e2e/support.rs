@@ -250,6 +250,21 @@ pub fn encode_path(segment: &str) -> String {
         .collect()
 }
 
+/// A `subscribed` confirmation without the history position it carries
+/// (history is on by default), after checking its shape.
+pub fn without_position(mut frame: Value) -> Value {
+    assert!(frame["seq"].as_u64().is_some(), "no seq: {frame}");
+    assert!(
+        frame["epoch"].as_str().is_some_and(|e| !e.is_empty()),
+        "no epoch: {frame}"
+    );
+    if let Some(object) = frame.as_object_mut() {
+        object.remove("seq");
+        object.remove("epoch");
+    }
+    frame
+}
+
 /// A user's sockets, as an operator sees them.
 pub async fn sockets_of(server: &Server, user: &str) -> Reply {
     send(

@@ -1,0 +1,165 @@
+//! Per-user history, so a reconnecting client misses nothing: every publish
+//! gets the user's next `seq` and is kept (the last `HISTORY_SIZE`, none
+//! older than `HISTORY_TTL_SECS`) in the object's SQLite storage; a client
+//! `resume`s from the last `seq` it saw. An `epoch`, made when a user's
+//! history starts, tells a continued history from a new one.
+//!
+//! The rules live here: settings, how an envelope's text gains its `seq`,
+//! when a resume is complete, and the SQL. The object runs them.
+
+/// `HISTORY_SIZE` and `HISTORY_TTL_SECS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Envelopes kept; 0 turns history off.
+    pub size: u64,
+    pub ttl_secs: u64,
+}
+
+impl Retention {
+    pub const DEFAULT_SIZE: u64 = 100;
+    pub const MAX_SIZE: u64 = 10_000;
+    pub const DEFAULT_TTL_SECS: u64 = 300;
+    pub const MAX_TTL_SECS: u64 = 86_400;
+
+    pub fn enabled(&self) -> bool {
+        self.size > 0
+    }
+
+    /// Envelopes stored before this time (ms) are past the TTL.
+    pub fn cutoff_ms(&self, now_ms: f64) -> f64 {
+        now_ms - (self.ttl_secs * 1000) as f64
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            size: Retention::DEFAULT_SIZE,
+            ttl_secs: Retention::DEFAULT_TTL_SECS,
+        }
+    }
+}
+
+/// Where a user's history stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// The last `seq` given out; 0 before the first publish.
+    pub seq: u64,
+    pub epoch: String,
+}
+
+/// An envelope's text with `"seq": n` added. The worker's envelope text is
+/// our own serialization, a JSON object: the field goes before its `}`.
+pub fn with_seq(envelope_text: &str, seq: u64) -> String {
+    append_field(envelope_text, &format!("\"seq\":{seq}"))
+}
+
+/// A stored envelope's text as a resume sends it again.
+pub fn recovered(stored_text: &str) -> String {
+    append_field(stored_text, "\"recovered\":true")
+}
+
+fn append_field(object_text: &str, field: &str) -> String {
+    let body = object_text.trim_end();
+    let body = body.strip_suffix('}').unwrap_or(body);
+    let mut out = String::with_capacity(body.len() + field.len() + 2);
+    out.push_str(body);
+    // `{}` has no field to follow.
+    if !body.trim_end().ends_with('{') {
+        out.push(',');
+    }
+    out.push_str(field);
+    out.push('}');
+    out
+}
+
+/// Whether a resume from `since` of `epoch` can be served whole: the same
+/// history, a position it has reached, and nothing after `since` trimmed
+/// or expired (`oldest`: the oldest `seq` still retained and unexpired).
+pub fn resume_complete(current: &Position, since: u64, epoch: &str, oldest: Option<u64>) -> bool {
+    if epoch != current.epoch || since > current.seq {
+        return false;
+    }
+    since == current.seq || oldest.is_some_and(|oldest| oldest <= since + 1)
+}
+
+/// Envelopes, by `seq`, with the time they were stored (ms).
+pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY,
+    envelope TEXT NOT NULL,
+    at INTEGER NOT NULL
+)";
+/// The `epoch`. (The last `seq` given out is the newest row's, which
+/// `TRIM` never drops, so it is never reused.)
+pub const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS history_meta (
+    k TEXT PRIMARY KEY,
+    v TEXT NOT NULL
+)";
+/// Binds: the epoch key.
+pub const READ_META: &str = "SELECT v FROM history_meta WHERE k = ?";
+pub const LAST_SEQ: &str = "SELECT MAX(seq) AS seq FROM history";
+/// Binds: key, value.
+pub const WRITE_META: &str = "INSERT OR REPLACE INTO history_meta (k, v) VALUES (?, ?)";
+/// Binds: seq, envelope text, now.
+pub const INSERT: &str = "INSERT INTO history (seq, envelope, at) VALUES (?, ?, ?)";
+/// Binds: the highest seq to drop by size, the cutoff time, the newest seq.
+/// The newest row is never dropped by age (`SINCE` and `OLDEST` skip it once
+/// expired): it keeps the last `seq`, so none is given out twice.
+pub const TRIM: &str = "DELETE FROM history WHERE seq <= ? OR (at < ? AND seq < ?)";
+/// Binds: since, cutoff time.
+pub const SINCE: &str = "SELECT seq, envelope FROM history WHERE seq > ? AND at >= ? ORDER BY seq";
+/// Binds: cutoff time.
+pub const OLDEST: &str = "SELECT MIN(seq) AS oldest FROM history WHERE at >= ?";
+
+/// The meta key of the epoch.
+pub const EPOCH_KEY: &str = "epoch";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_and_recovered_are_appended() {
+        let text = r#"{"envelopeId":"e","type":"t","payload":{"a":1}}"#;
+        let with = with_seq(text, 42);
+        assert_eq!(
+            with,
+            r#"{"envelopeId":"e","type":"t","payload":{"a":1},"seq":42}"#
+        );
+        assert_eq!(
+            recovered(&with),
+            r#"{"envelopeId":"e","type":"t","payload":{"a":1},"seq":42,"recovered":true}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&recovered(&with)).expect("json");
+        assert_eq!(parsed["seq"], 42);
+        assert_eq!(with_seq("{}", 1), r#"{"seq":1}"#);
+    }
+
+    #[test]
+    fn completeness() {
+        let at = |seq: u64| Position {
+            seq,
+            epoch: "E".into(),
+        };
+        // Nothing missed.
+        assert!(resume_complete(&at(5), 5, "E", None));
+        // Missed 4 and 5, both retained.
+        assert!(resume_complete(&at(5), 3, "E", Some(1)));
+        assert!(resume_complete(&at(5), 3, "E", Some(4)));
+        // 4 was trimmed or expired.
+        assert!(!resume_complete(&at(5), 3, "E", Some(5)));
+        assert!(!resume_complete(&at(5), 3, "E", None));
+        // Another history, or a position it never reached.
+        assert!(!resume_complete(&at(5), 5, "F", Some(1)));
+        assert!(!resume_complete(&at(5), 6, "E", Some(1)));
+        assert!(resume_complete(&at(0), 0, "E", None));
+    }
+
+    #[test]
+    fn retention() {
+        let r = Retention::default();
+        assert!(r.enabled());
+        assert_eq!(r.cutoff_ms(400_000.0), 100_000.0);
+        assert!(!Retention { size: 0, ..r }.enabled());
+    }
+}
