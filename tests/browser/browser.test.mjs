@@ -3,124 +3,29 @@
 // the prebuilt worker (`make build`) under wrangler's dev runtime, subscribes
 // and acks; the worker is stopped and started again on the same port and the
 // same page, not reloaded, acks the next publish. Every wait is on an event
-// and time-boxed.
+// and time-boxed. The worker, tokens and Chromium come from support.mjs.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { createHmac, randomBytes, randomUUID } from "node:crypto";
+import { randomUUID } from "node:crypto";
 import { createServer } from "node:http";
-import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer as createTcpServer } from "node:net";
+import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import { chromium } from "playwright-core";
+import { pathToFileURL } from "node:url";
+import { ROOT, WAIT_MS, Worker, delay, freePort, launchChromium, mint, recordProblems } from "./support.mjs";
 
-const ROOT = fileURLToPath(new URL("../..", import.meta.url));
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const CONFIG = join(ROOT, "build/wrangler.toml");
-/** The longest any one step may take. */
-const WAIT_MS = 30_000;
-
-const secret = randomBytes(32).toString("hex");
-const dir = mkdtempSync(join(tmpdir(), "hopeflow-browser-"));
-const envFile = join(dir, "server.env");
-const logFile = join(dir, "wrangler.log");
-writeFileSync(envFile, `JWT_SECRET=${secret}\n`);
-
-let worker; // the running worker: { child, port }
+let worker; // the worker, restarted on the same port by the first test
 let workerPort;
 let pages; // the page server
 let browser;
 /** Console errors and page errors of every page, for failure messages. */
 const pageLog = [];
 
-/** A timer for races and polls that does not keep the process alive. */
-const delay = (ms) => sleep(ms, undefined, { ref: false });
-
-const base64url = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
-
-/** An HS256 token as the server verifies it. */
-function mint(userId, key = secret) {
-  const unsigned = `${base64url({ alg: "HS256", typ: "JWT" })}.${base64url({
-    userId,
-    exp: Math.floor(Date.now() / 1000) + 3600,
-  })}`;
-  return `${unsigned}.${createHmac("sha256", key).update(unsigned).digest("base64url")}`;
-}
-
-async function freePort() {
-  const server = createTcpServer();
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-const workerLog = () => (existsSync(logFile) ? readFileSync(logFile, "utf8") : "");
-
-/** Starts the worker on `port` (own process group: stopping it stops workerd too) and waits for /health. */
-async function startWorker(port) {
-  const log = openSync(logFile, "a");
-  const child = spawn(
-    process.execPath,
-    [join(ROOT, "devserver/serve.mjs"), CONFIG, String(port), envFile, join(dir, "state"), "log"],
-    {
-      cwd: ROOT,
-      detached: true,
-      stdio: ["ignore", log, log],
-      env: {
-        ...process.env,
-        WRANGLER_SEND_METRICS: "false",
-        WRANGLER_SEND_ERROR_REPORTS: "false",
-        CLOUDFLARE_CF_FETCH_ENABLED: "false",
-      },
-    },
-  );
-  let exited = null;
-  child.on("exit", (code, signal) => (exited = code ?? signal));
-  worker = { child, port, exited: () => exited };
-  const deadline = Date.now() + 2 * WAIT_MS;
-  while (Date.now() < deadline) {
-    if (exited !== null) throw new Error(`the worker exited (${exited}):\n${workerLog()}`);
-    try {
-      const response = await fetch(`http://127.0.0.1:${port}/health`);
-      if (response.status == 200) return;
-    } catch {
-      // Not listening yet.
-    }
-    await sleep(50); // the poll's interval
-  }
-  throw new Error(`the worker did not answer /health in time:\n${workerLog()}`);
-}
-
-/** Stops the worker's whole process group and waits until its node process is gone. */
-async function stopWorker() {
-  if (!worker) return;
-  const { child, exited } = worker;
-  worker = undefined;
-  const signal = (name) => {
-    try {
-      process.kill(-child.pid, name);
-    } catch {
-      // The group is already gone.
-    }
-  };
-  if (exited() === null) {
-    const gone = new Promise((resolve) => child.once("exit", resolve));
-    signal("SIGTERM");
-    await Promise.race([gone, delay(10_000)]);
-  }
-  // workerd may outlive wrangler's node process.
-  signal("SIGKILL");
-}
-
 async function publish(userId, n) {
   const response = await fetch(`http://127.0.0.1:${workerPort}/publish`, {
     method: "POST",
-    headers: { authorization: `Bearer ${mint("backend")}`, "content-type": "application/json" },
+    headers: { authorization: `Bearer ${worker.mint("backend")}`, "content-type": "application/json" },
     body: JSON.stringify({ userId, type: "chat_message", payload: { n } }),
   });
   const body = await response.text();
@@ -131,10 +36,7 @@ async function publish(userId, n) {
 /** Opens page.html from the page server with these query parameters. */
 async function openPage(query) {
   const page = await browser.newPage();
-  page.on("console", (message) => {
-    if (message.type() == "error") pageLog.push(`console: ${message.text()}`);
-  });
-  page.on("pageerror", (error) => pageLog.push(`pageerror: ${error.message}`));
+  recordProblems(page, pageLog);
   const url = new URL(`http://127.0.0.1:${pages.address().port}/`);
   url.search = new URLSearchParams({ server: `ws://127.0.0.1:${workerPort}`, ...query });
   await page.goto(url.href, { timeout: WAIT_MS });
@@ -148,7 +50,7 @@ async function until(page, condition, what) {
   } catch (error) {
     const state = await page.evaluate(() => window.hopeflow).catch(() => "unreadable");
     throw new Error(
-      `${what}: ${error.message}\npage: ${JSON.stringify(state)}\n${pageLog.join("\n")}\n${workerLog().slice(-4000)}`,
+      `${what}: ${error.message}\npage: ${JSON.stringify(state)}\n${pageLog.join("\n")}\n${worker.log().slice(-4000)}`,
     );
   }
 }
@@ -156,8 +58,7 @@ async function until(page, condition, what) {
 const readLog = (page) => page.evaluate(() => window.hopeflow);
 
 before(async () => {
-  assert.ok(existsSync(CONFIG), "build/wrangler.toml is missing: run `make build` first");
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: \`make test\` installs Debian's chromium`);
+  worker = new Worker();
   pages = createServer((request, response) => {
     const path = new URL(request.url, "http://x").pathname;
     const file = {
@@ -169,36 +70,18 @@ before(async () => {
   });
   await new Promise((resolve) => pages.listen(0, "127.0.0.1", resolve));
   workerPort = await freePort();
-  [browser] = await Promise.all([
-    chromium.launch({
-      executablePath: CHROMIUM,
-      timeout: WAIT_MS,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        // Without these Chromium keeps calling out to a network this machine does not have.
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-      ],
-    }),
-    startWorker(workerPort),
-  ]);
+  [browser] = await Promise.all([launchChromium(), worker.start(workerPort)]);
 });
 
 after(async () => {
   await browser?.close().catch(() => {});
-  await stopWorker();
+  await worker?.dispose();
   await new Promise((resolve) => (pages ? pages.close(resolve) : resolve()));
-  rmSync(dir, { recursive: true, force: true });
 });
 
 test("a page of another origin subscribes, acks, and survives a server restart", { timeout: 6 * WAIT_MS }, async () => {
   const userId = `browser-${randomUUID()}`;
-  const page = await openPage({ token: mint(userId), subscribe: "1" });
+  const page = await openPage({ token: worker.mint(userId), subscribe: "1" });
   await until(page, () => window.hopeflow.subscribed, "the subscription was not confirmed");
   const first = await readLog(page);
   assert.deepEqual(first.subscribed, { added: 1, total: 1 });
@@ -211,9 +94,9 @@ test("a page of another origin subscribes, acks, and survives a server restart",
     results: [{ seen: true, n: 1, pageId: first.pageId }],
   });
 
-  await stopWorker();
+  await worker.stop();
   await until(page, () => window.hopeflow.states.includes("reconnecting"), "the page did not see the server go");
-  await startWorker(workerPort);
+  await worker.start(workerPort);
   // "open" comes only once the confirmed filters are subscribed again.
   await until(
     page,
@@ -278,7 +161,7 @@ test("the same module runs unchanged in Node", { timeout: 2 * WAIT_MS }, async (
       ...process.env,
       MODULE: pathToFileURL(join(ROOT, "clients/js/hopeflow.js")).href,
       SERVER: `ws://127.0.0.1:${workerPort}`,
-      TOKEN: mint(userId),
+      TOKEN: worker.mint(userId),
     },
     stdio: ["pipe", "pipe", "inherit"],
   });
@@ -304,5 +187,14 @@ test("the same module runs unchanged in Node", { timeout: 2 * WAIT_MS }, async (
     assert.deepEqual(lines, ["state connecting", "state open", 'subscribed {"added":1,"total":1}', "state closed"]);
   } finally {
     child.kill("SIGKILL");
+  }
+});
+
+test("the debug console is not served unless CONSOLE_ENABLED=true", async () => {
+  // This server's env file has JWT_SECRET only: /console is a plain 404.
+  for (const [method, path] of [["GET", "/console"], ["GET", "/console/hopeflow.js"], ["POST", "/console"]]) {
+    const response = await fetch(worker.url(path), { method });
+    assert.equal(response.status, 404, `${method} ${path}`);
+    assert.equal((await response.json()).error, "not_found", `${method} ${path}`);
   }
 });

@@ -1,0 +1,236 @@
+// The debug console (issue 11, src/console.html) in headless Debian Chromium
+// on a phone-sized viewport, served by the prebuilt worker (`make build`)
+// with CONSOLE_ENABLED=true: mint a dev token in the page, connect,
+// subscribe, publish to its own user and see the delivery and its ack in the
+// answer, list the socket in the sockets panel, disconnect it. Screenshots go
+// to target/console.png (after the publishes) and target/console-end.png.
+// That /console is 404 without CONSOLE_ENABLED is checked in browser.test.mjs.
+// Every wait is on an event and time-boxed.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { ROOT, WAIT_MS, Worker, freePort, hs256, launchChromium, recordProblems } from "./support.mjs";
+
+const SCREENSHOT = join(ROOT, "target/console.png");
+const SCREENSHOT_END = join(ROOT, "target/console-end.png");
+/** An iPhone 12-14's CSS viewport. */
+const PHONE = { width: 390, height: 844 };
+
+let worker;
+let browser;
+/** Console errors, page errors and CSP violations of the page. */
+const problems = [];
+
+before(async () => {
+  // A short ack timeout: the publish the page does not ack answers within 1 s.
+  worker = new Worker({ CONSOLE_ENABLED: "true", ACK_TIMEOUT_MS: "1000" });
+  [browser] = await Promise.all([launchChromium(), freePort().then((port) => worker.start(port))]);
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await worker?.dispose();
+});
+
+/** Waits for `selector`, or fails with what the page and the worker said. */
+async function waitFor(page, selector, what, state = "visible") {
+  try {
+    return await page.waitForSelector(selector, { timeout: WAIT_MS, state });
+  } catch (error) {
+    throw new Error(`${what}: ${error.message}\n${await pageState(page)}`);
+  }
+}
+
+async function until(page, condition, arg, what) {
+  try {
+    await page.waitForFunction(condition, arg, { timeout: WAIT_MS, polling: 50 });
+  } catch (error) {
+    throw new Error(`${what}: ${error.message}\n${await pageState(page)}`);
+  }
+}
+
+async function pageState(page) {
+  const text = await page
+    .evaluate(() =>
+      ["state", "events", "connect-error", "subscribe-result", "publish-error", "publish-status", "sockets-error", "sockets-status"]
+        .map((id) => `#${id}: ${document.getElementById(id)?.textContent}`)
+        .join("\n"),
+    )
+    .catch(() => "unreadable");
+  return `${text}\n${problems.join("\n")}\n${worker.log().slice(-4000)}`;
+}
+
+/** The whole page, from the top (a sticky header is drawn where the page is scrolled to). */
+async function screenshot(page, path) {
+  mkdirSync(join(ROOT, "target"), { recursive: true });
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path, fullPage: true });
+}
+
+const text = (page, selector) => page.locator(selector).first().innerText();
+
+test("the console and its module are served with a strict CSP", async () => {
+  const response = await fetch(worker.url("/console"));
+  assert.equal(response.status, 200);
+  assert.match(response.headers.get("content-type"), /^text\/html/);
+  assert.match(response.headers.get("content-security-policy"), /default-src 'self'/);
+  assert.equal(
+    await response.text(),
+    readFileSync(join(ROOT, "src/console.html"), "utf8"),
+    "the worker serves another src/console.html than the one here: rebuild (`make build`; when make says it is up to date, `make -W src/operator_routes.rs build`)",
+  );
+  const module = await fetch(worker.url("/console/hopeflow.js"));
+  assert.equal(module.status, 200);
+  assert.match(module.headers.get("content-type"), /^text\/javascript/);
+  assert.equal(await module.text(), readFileSync(join(ROOT, "clients/js/hopeflow.js"), "utf8"));
+});
+
+test(
+  "on a phone-sized screen: mint, connect, subscribe, publish to itself, see the delivery and its ack, list and disconnect the socket",
+  { timeout: 8 * WAIT_MS },
+  async () => {
+    const userId = `console-${randomUUID()}`;
+    const other = `console-other-${randomUUID()}`;
+    const ackResult = { seen: true, by: "console-test" };
+    const context = await browser.newContext({ viewport: PHONE, isMobile: true, hasTouch: true });
+    const page = await context.newPage();
+    recordProblems(page, problems);
+    await page.exposeFunction("reportViolation", (what) => problems.push(`csp: ${what}`));
+    await page.addInitScript(() =>
+      document.addEventListener("securitypolicyviolation", (event) =>
+        window.reportViolation(`${event.violatedDirective} ${event.blockedURI}`),
+      ),
+    );
+    try {
+      await page.goto(worker.url("/console"), { timeout: WAIT_MS });
+      await waitFor(page, "body[data-ready=true]", "the page's module did not run", "attached");
+      assert.equal(await page.getAttribute("#state", "data-state"), "idle");
+
+      // Dev-only minting, marked as such, with the test server's secret.
+      await page.click("#mint-panel summary");
+      assert.match(await text(page, "#mint-panel"), /development only — never paste a production secret/i);
+      await page.fill("#mint-secret", worker.secret);
+      await page.fill("#mint-user", userId);
+      await page.fill("#mint-scope", "publish operator");
+      await page.click("#mint");
+      await until(page, () => document.getElementById("token").value.split(".").length == 3, null, "no token was minted");
+      const token = await page.inputValue("#token");
+      const [header, claims, signature] = token.split(".");
+      assert.equal(signature, hs256(`${header}.${claims}`, worker.secret), "WebCrypto's signature differs from Node's");
+      assert.deepEqual(JSON.parse(Buffer.from(header, "base64url")), { alg: "HS256", typ: "JWT" });
+      const decoded = JSON.parse(Buffer.from(claims, "base64url"));
+      assert.equal(decoded.userId, userId);
+      assert.equal(decoded.scope, "publish operator");
+      assert.ok(decoded.exp > decoded.iat, JSON.stringify(decoded));
+
+      // Connect: the state is visible in the sticky header.
+      await page.click("#connect");
+      await waitFor(page, "#state[data-state=open]", "the console did not connect");
+      assert.match(await text(page, "#who"), new RegExp(userId));
+      assert.equal(await page.inputValue("#pub-users"), userId);
+      assert.equal(await page.inputValue("#sockets-user"), userId);
+
+      await page.fill("#filter", '{"type":"note"}');
+      await page.click("#subscribe");
+      await waitFor(page, '#filters [data-testid=filter]:has-text(\'{"type":"note"}\')', "the filter was not confirmed");
+      assert.match(await text(page, "#subscribe-result"), /^subscribed: \{"added":1,"total":1[,}]/);
+
+      // A payload that is not JSON is refused in the page, before any request.
+      await page.fill("#pub-payload", "{not json");
+      await page.click("#publish");
+      await waitFor(page, "#publish-error:has-text('not valid JSON')", "a bad payload was not refused");
+      assert.equal(await page.isHidden("#publish-answer"), true, "something was published");
+
+      // Publish to itself with detail: the answer carries the ack the page sent.
+      await page.fill("#ack-result", JSON.stringify(ackResult));
+      await page.fill("#pub-type", "note");
+      await page.fill("#pub-payload", '{"text":"hello","n":1}');
+      assert.equal(await page.isChecked("#pub-detail"), true, "detail is on by default");
+      await page.click("#publish");
+      await waitFor(page, "#publish-answer[data-status]", "no answer to the publish");
+      const answer = JSON.parse(await page.textContent("#publish-answer"));
+      assert.equal(answer.clientCount, 1, JSON.stringify(answer));
+      assert.deepEqual(answer.results, [ackResult]);
+      assert.equal(answer.deliveries.length, 1);
+      assert.equal(answer.deliveries[0].status, "acked");
+      assert.deepEqual(answer.deliveries[0].result, ackResult);
+      assert.match(await text(page, "#publish-status"), /^200 in \d+ ms — 1 socket reached/);
+      assert.equal(await text(page, "#publish-detail [data-testid=delivery-detail] .status"), "acked");
+      assert.equal(await text(page, "#publish-detail [data-testid=delivery-detail] .id"), answer.deliveries[0].socketId);
+
+      await waitFor(page, "#deliveries [data-testid=delivery]", "the delivery is not listed");
+      const first = page.locator("#deliveries [data-testid=delivery]").first();
+      assert.equal(await first.locator(".delivery-type").innerText(), "note");
+      assert.match(await first.locator(".delivery-id").innerText(), /^[0-9a-f-]{36}$/);
+      assert.deepEqual(JSON.parse(await first.locator(".delivery-payload").innerText()), { text: "hello", n: 1 });
+      assert.match(await first.locator(".delivery-ack").innerText(), /ack sent: \{"seen":true,"by":"console-test"\}/);
+
+      // Several users: one envelope through /publish/batch, newest delivery first.
+      await page.fill("#pub-users", `${userId}, ${other}`);
+      await page.fill("#pub-payload", '{"text":"batch","n":2}');
+      await page.click("#publish");
+      await until(page, () => document.getElementById("publish-answer").textContent.includes('"users"'), null, "no batch answer");
+      const batch = JSON.parse(await page.textContent("#publish-answer"));
+      assert.deepEqual(
+        batch.users.map(({ userId, clientCount, results }) => ({ userId, clientCount, results })),
+        [
+          { userId, clientCount: 1, results: [ackResult] },
+          { userId: other, clientCount: 0, results: [] },
+        ],
+      );
+      assert.match(await text(page, "#publish-detail tbody"), new RegExp(`${other}\\s+no socket with a matching filter`));
+      await until(page, () => document.querySelectorAll("#deliveries [data-testid=delivery]").length == 2, null, "the batch delivery is not listed");
+      const newest = page.locator("#deliveries [data-testid=delivery]").first();
+      assert.equal(await newest.getAttribute("data-envelope-id"), batch.envelopeId);
+      assert.equal(JSON.parse(await newest.locator(".delivery-payload").innerText()).n, 2);
+
+      // Acks off: the delivery is listed as not acked, the publisher's answer
+      // comes at the ack timeout without a result.
+      await page.uncheck("#ack-enabled");
+      await page.fill("#pub-users", userId);
+      await page.fill("#pub-payload", '{"text":"unacked","n":3}');
+      await page.click("#publish");
+      await until(page, () => document.getElementById("publish-answer").textContent.includes('"timed_out"'), null, "no answer to the unacked publish");
+      const unacked = JSON.parse(await page.textContent("#publish-answer"));
+      assert.equal(unacked.clientCount, 1);
+      assert.deepEqual(unacked.results, []);
+      assert.equal(await text(page, "#publish-detail [data-testid=delivery-detail] .status"), "timed_out");
+      assert.match(await page.locator("#deliveries [data-testid=delivery] .delivery-ack").first().innerText(), /not acked: acks are off/);
+      await page.check("#ack-enabled");
+
+      // The phone layout: nothing wider than the screen.
+      const widths = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+      assert.ok(widths[0] <= widths[1], `the page scrolls sideways on a phone: ${widths}`);
+
+      // The sockets panel (operator scope): this page's socket and its filter.
+      await page.click("#sockets-refresh");
+      await waitFor(page, "#sockets-list [data-testid=socket]", "the sockets panel lists nothing");
+      const sockets = page.locator("#sockets-list [data-testid=socket]");
+      assert.equal(await sockets.count(), 1);
+      assert.equal(await sockets.first().getAttribute("data-socket-id"), answer.deliveries[0].socketId);
+      assert.equal(await sockets.first().locator(".socket-filters").innerText(), '{"type":"note"}');
+      assert.match(await sockets.first().locator(".age").innerText(), /^\d+ s$/);
+      // Scrolled down to it, the state is still on screen (sticky header).
+      const badge = await page.locator("#state").boundingBox();
+      assert.ok(badge && badge.y >= 0 && badge.y + badge.height <= PHONE.height, `the state scrolled away: ${JSON.stringify(badge)}`);
+      await screenshot(page, SCREENSHOT);
+
+      // Disconnect (4001): the client stops and the state says so.
+      await sockets.first().locator("[data-testid=disconnect-socket]").click();
+      await waitFor(page, "#state[data-state=closed]", "the state does not show the disconnect");
+      assert.equal(await page.getAttribute("#state", "data-code"), "4001");
+      assert.match(await text(page, "#state"), /^closed \(4001/);
+      await waitFor(page, "#sockets-status:has-text('closed 1 socket')", "the panel does not show the disconnect");
+
+      // Only the user id is kept; the secret and the token never are.
+      const stored = await page.evaluate(() => JSON.stringify({ ...localStorage }));
+      assert.deepEqual(JSON.parse(stored), { "hopeflow-console.userId": userId });
+      assert.deepEqual(problems, []);
+      await screenshot(page, SCREENSHOT_END);
+    } finally {
+      await context.close();
+    }
+  },
+);
