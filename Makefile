@@ -26,7 +26,9 @@ export WRANGLER_SEND_METRICS := false
 export WRANGLER_SEND_ERROR_REPORTS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-SOURCES := $(shell find src -name '*.rs') src/shim.js Cargo.toml Cargo.lock
+# console.html and the browser client are compiled in (include_str!).
+SOURCES := $(shell find src -name '*.rs') src/shim.js src/console.html clients/js/hopeflow.js \
+  Cargo.toml Cargo.lock
 WORKER := build/worker/shim.mjs
 # wrangler.toml without [build]: starts the prebuilt worker in about a second.
 RUN_CONFIG := build/wrangler.toml

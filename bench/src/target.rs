@@ -93,6 +93,7 @@ impl Target {
             log_level: "warn",
             inspector: serve.inspector,
             https: None,
+            state: None,
         })
         .map_err(|e| format!("spawn wrangler dev: {e}"))?;
         let ready_after = process.wait_ready(Duration::from_secs(120))?;

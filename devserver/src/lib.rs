@@ -35,6 +35,10 @@ pub struct Launch<'a> {
     /// as `wrangler dev --local-protocol https` does; needs `inspector`
     /// (the `wrangler dev` CLI). Probe readiness with [`DevServer::wait_until`].
     pub https: Option<Https<'a>>,
+    /// Keep the persisted state (Durable Object storage) here instead of
+    /// in the server's temp dir, so a server started again with the same
+    /// dir finds it; the caller removes it.
+    pub state: Option<&'a Path>,
 }
 
 /// A server key and certificate, PEM files.
@@ -73,6 +77,9 @@ impl DevServer {
         std::fs::write(&env_file, lines)?;
         let log = std::fs::File::create(dir.join("wrangler.log"))?;
         let inspector_port = free_port();
+        let state = launch
+            .state
+            .map_or_else(|| dir.join("state"), Path::to_path_buf);
         let started = Instant::now();
         let mut command = if launch.inspector {
             let mut command = Command::new(launch.root.join("node_modules/.bin/wrangler"));
@@ -84,7 +91,7 @@ impl DevServer {
                 .arg("--env-file")
                 .arg(&env_file)
                 .arg("--persist-to")
-                .arg(dir.join("state"))
+                .arg(&state)
                 .args(["--ip", "127.0.0.1", "--port", &launch.port.to_string()])
                 .args(["--inspector-port", &inspector_port.to_string()])
                 .arg("--show-interactive-dev-session=false")
@@ -109,7 +116,7 @@ impl DevServer {
                 .arg(launch.config)
                 .arg(launch.port.to_string())
                 .arg(&env_file)
-                .arg(dir.join("state"))
+                .arg(&state)
                 .arg(launch.log_level);
             command
         };

@@ -84,7 +84,11 @@ test("a page of another origin subscribes, acks, and survives a server restart",
   const page = await openPage({ token: worker.mint(userId), subscribe: "1" });
   await until(page, () => window.hopeflow.subscribed, "the subscription was not confirmed");
   const first = await readLog(page);
-  assert.deepEqual(first.subscribed, { added: 1, total: 1 });
+  const { added, total, seq, epoch } = first.subscribed;
+  assert.deepEqual({ added, total }, { added: 1, total: 1 });
+  // History is on: the confirmation carries the user's position.
+  assert.equal(seq, 0);
+  assert.equal(typeof epoch, "string");
   assert.deepEqual(first.states, ["connecting", "open"]);
   assert.equal(first.sockets.length, 1);
   assert.ok(new URL(first.sockets[0].url).searchParams.get("token"), "the token is in ?token=");
@@ -179,12 +183,13 @@ test("the same module runs unchanged in Node", { timeout: 2 * WAIT_MS }, async (
       exited.then((code) => Promise.reject(new Error(`the Node client exited (${code}): ${lines}`))),
       delay(WAIT_MS).then(() => Promise.reject(new Error(`no confirmation in time: ${lines}`))),
     ]);
-    assert.equal(line, 'subscribed {"added":1,"total":1}');
+    const confirmation = JSON.parse(line.slice("subscribed ".length));
+    assert.deepEqual({ added: confirmation.added, total: confirmation.total }, { added: 1, total: 1 });
     assert.deepEqual(await publish(userId, 3), { clientCount: 1, results: [{ node: true, n: 3 }] });
     child.stdin.end();
     const code = await Promise.race([exited, delay(WAIT_MS).then(() => "still running after close()")]);
     assert.equal(code, 0);
-    assert.deepEqual(lines, ["state connecting", "state open", 'subscribed {"added":1,"total":1}', "state closed"]);
+    assert.deepEqual(lines, ["state connecting", "state open", line, "state closed"]);
   } finally {
     child.kill("SIGKILL");
   }

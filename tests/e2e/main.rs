@@ -8,6 +8,7 @@ mod auth;
 mod client;
 mod delivery;
 mod frames;
+mod history;
 mod hostile;
 mod operator;
 mod operator_client;
@@ -32,6 +33,8 @@ pub struct Ctx {
     pub strict: Server,
     /// A secret, but an out-of-range `ACK_TIMEOUT_MS`.
     pub misconfigured: Server,
+    /// History off (`HISTORY_SIZE=0`).
+    pub nohistory: Server,
     /// Default settings, serving `https://` and `wss://` with a certificate
     /// of [`Ctx::ca`] for `localhost`.
     pub tls: Server,
@@ -56,6 +59,8 @@ pub const STRICT: &[(&str, &str)] = &[
     ("OPERATOR_SCOPE", "ops-admin"),
     ("MAX_RESULTS_BYTES", "2048"),
     ("IDEMPOTENCY_TTL_SECS", "3"),
+    ("HISTORY_SIZE", "3"),
+    ("HISTORY_TTL_SECS", "2"),
 ];
 
 pub type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -87,6 +92,7 @@ fn main() {
     all.extend(auth::tests());
     all.extend(frames::tests());
     all.extend(delivery::tests());
+    all.extend(history::tests());
     all.extend(hostile::tests());
     all.extend(operator::tests());
     all.extend(operator_client::tests());
@@ -106,7 +112,7 @@ fn main() {
     let mut strict_vars = vec![("JWT_SECRET", secret.as_str())];
     strict_vars.extend_from_slice(STRICT);
     let ca = TestCa::generate("e2e");
-    // Start all five at once; each takes a few seconds to be ready.
+    // Start all six at once; each takes a few seconds to be ready.
     let server = Server::spawn(
         "main",
         &[("JWT_SECRET", &secret), ("CONSOLE_ENABLED", "true")],
@@ -118,12 +124,17 @@ fn main() {
         &[("JWT_SECRET", &secret), ("ACK_TIMEOUT_MS", "5")],
     );
     let tls = Server::spawn_tls("tls", &[("JWT_SECRET", &secret)], &ca);
+    let nohistory = Server::spawn(
+        "nohistory",
+        &[("JWT_SECRET", &secret), ("HISTORY_SIZE", "0")],
+    );
     let ctx = Arc::new(Ctx {
         server: server.wait_ready(),
         unconfigured: unconfigured.wait_ready(),
         strict: strict.wait_ready(),
         misconfigured: misconfigured.wait_ready(),
         tls: tls.wait_ready(),
+        nohistory: nohistory.wait_ready(),
         ca,
     });
     println!(

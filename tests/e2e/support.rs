@@ -39,16 +39,28 @@ impl Server {
 
     /// [`Server::spawn`] on a given port (to restart a server in place).
     pub fn spawn_on(name: &str, vars: &[(&str, &str)], port: u16) -> Server {
-        Server::launch(name, vars, port, None)
+        Server::launch(name, vars, port, None, None)
+    }
+
+    /// [`Server::spawn_on`] keeping its Durable Object storage in `state`,
+    /// so a server started again with it finds what the last one stored.
+    pub fn spawn_persistent(name: &str, vars: &[(&str, &str)], port: u16, state: &Path) -> Server {
+        Server::launch(name, vars, port, None, Some(state))
     }
 
     /// [`Server::spawn`] over TLS with `ca`'s server certificate (for
     /// `localhost`); call [`Server::wait_ready`] before using it.
     pub fn spawn_tls(name: &str, vars: &[(&str, &str)], ca: &TestCa) -> Server {
-        Server::launch(name, vars, free_port(), Some(ca))
+        Server::launch(name, vars, free_port(), Some(ca), None)
     }
 
-    fn launch(name: &str, vars: &[(&str, &str)], port: u16, ca: Option<&TestCa>) -> Server {
+    fn launch(
+        name: &str,
+        vars: &[(&str, &str)],
+        port: u16,
+        ca: Option<&TestCa>,
+        state: Option<&Path>,
+    ) -> Server {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let config = root.join("build/wrangler.toml");
         assert!(
@@ -70,6 +82,7 @@ impl Server {
                 key: &ca.server_key,
                 cert: &ca.server_cert,
             }),
+            state,
         })
         .expect("spawn wrangler dev");
         Server {
