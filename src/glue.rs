@@ -297,6 +297,7 @@ impl Continuation {
 pub struct Sql(RawSql);
 
 /// A value bound to a `?` of a statement.
+#[derive(Clone)]
 pub enum Bind<'a> {
     Text(&'a str),
     Number(f64),

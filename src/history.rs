@@ -16,6 +16,11 @@ pub struct Retention {
 }
 
 impl Retention {
+    /// The oldest `seq` within the size bound when the last is `seq`.
+    pub fn oldest_kept(&self, seq: u64) -> u64 {
+        (seq + 1).saturating_sub(self.size).max(1)
+    }
+
     pub const DEFAULT_SIZE: u64 = 100;
     pub const MAX_SIZE: u64 = 10_000;
     pub const DEFAULT_TTL_SECS: u64 = 300;
@@ -106,10 +111,22 @@ pub const INSERT: &str = "INSERT INTO history (seq, envelope, at) VALUES (?, ?, 
 /// The newest row is never dropped by age (`SINCE` and `OLDEST` skip it once
 /// expired): it keeps the last `seq`, so none is given out twice.
 pub const TRIM: &str = "DELETE FROM history WHERE seq <= ? OR (at < ? AND seq < ?)";
-/// Binds: since, cutoff time.
-pub const SINCE: &str = "SELECT seq, envelope FROM history WHERE seq > ? AND at >= ? ORDER BY seq";
-/// Binds: cutoff time.
-pub const OLDEST: &str = "SELECT MIN(seq) AS oldest FROM history WHERE at >= ?";
+/// Binds: since, the oldest seq within `HISTORY_SIZE`, cutoff time. (Rows
+/// past the size are trimmed only every [`TRIM_EVERY`] publishes, so reads
+/// apply the bound themselves.)
+pub const SINCE: &str = "SELECT seq, envelope FROM history \
+     WHERE seq > ? AND seq >= ? AND at >= ? ORDER BY seq";
+/// Binds: the oldest seq within `HISTORY_SIZE`, cutoff time.
+pub const OLDEST: &str = "SELECT MIN(seq) AS oldest FROM history WHERE seq >= ? AND at >= ?";
+
+/// Publishes between two trims: a delete per publish was a second storage
+/// statement on every publish; reads bound the size themselves.
+pub const TRIM_EVERY: u64 = 16;
+
+/// Whether recording `seq` also trims.
+pub fn trims_at(seq: u64) -> bool {
+    seq.is_multiple_of(TRIM_EVERY)
+}
 
 /// The meta key of the epoch.
 pub const EPOCH_KEY: &str = "epoch";
@@ -161,5 +178,9 @@ mod tests {
         assert!(r.enabled());
         assert_eq!(r.cutoff_ms(400_000.0), 100_000.0);
         assert!(!Retention { size: 0, ..r }.enabled());
+        let three = Retention { size: 3, ..r };
+        assert_eq!(three.oldest_kept(5), 3);
+        assert_eq!(three.oldest_kept(2), 1);
+        assert!(trims_at(16) && trims_at(32) && !trims_at(17));
     }
 }

@@ -148,12 +148,16 @@ impl History {
         ];
         self.sql.exec(history::INSERT, &binds)?;
         self.position.seq = seq;
+        if !history::trims_at(seq) {
+            return Ok(text);
+        }
         let trim = [
             Bind::Number(seq.saturating_sub(self.retention.size) as f64),
             Bind::Number(self.retention.cutoff_ms(now_ms).floor()),
             Bind::Number(seq as f64),
         ];
-        // A failed trim keeps more than asked until the next publish.
+        // A failed trim keeps more rows until the next one; reads still
+        // keep to the bounds.
         if let Err(err) = self.sql.exec(history::TRIM, &trim) {
             console_error!("trimming history: {err}");
         }
@@ -163,10 +167,15 @@ impl History {
     /// Retained, unexpired envelopes after `since`, oldest first, and the
     /// oldest `seq` still retained.
     pub fn since(&self, since: u64, now_ms: f64) -> Result<(Vec<Retained>, Option<u64>), String> {
-        let cutoff = self.retention.cutoff_ms(now_ms).floor();
+        let cutoff = Bind::Number(self.retention.cutoff_ms(now_ms).floor());
+        let oldest_kept = Bind::Number(self.retention.oldest_kept(self.position.seq) as f64);
         let rows = self.sql.exec(
             history::SINCE,
-            &[Bind::Number(since as f64), Bind::Number(cutoff)],
+            &[
+                Bind::Number(since as f64),
+                oldest_kept.clone(),
+                cutoff.clone(),
+            ],
         )?;
         let retained = rows
             .iter()
@@ -175,7 +184,7 @@ impl History {
             .collect();
         let oldest = self
             .sql
-            .exec(history::OLDEST, &[Bind::Number(cutoff)])?
+            .exec(history::OLDEST, &[oldest_kept, cutoff])?
             .first()
             .and_then(|row| row.number("oldest"))
             .map(|seq| seq as u64);
