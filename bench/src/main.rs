@@ -68,9 +68,10 @@ fn parse_args(root: &Path) -> Result<Args, String> {
             }
             "--only" => {
                 let name = it.next().unwrap_or_default();
-                let which = Impl::ALL.into_iter().find(|i| i.name() == name);
-                args.only
-                    .push(which.ok_or("--only needs hopeflow, reference-js or floor")?);
+                let which = Impl::RUN_ORDER.into_iter().find(|i| i.name() == name);
+                args.only.push(which.ok_or(
+                    "--only needs hopeflow, hopeflow-history-off, reference-js or floor",
+                )?);
             }
             "--scenarios" => {
                 let list = it.next().ok_or("--scenarios needs a comma-separated list")?;
@@ -148,7 +149,7 @@ fn main() -> ExitCode {
             "to the runtime's own port (wrangler's dev proxy skipped)"
         },
         "server": "wrangler's startWorker (the API behind `wrangler dev`) without the DevTools inspector: devserver/serve.mjs",
-        "order": Impl::ALL.map(Impl::name),
+        "order": Impl::RUN_ORDER.map(Impl::name),
         "machine": machine(&root),
         "sizes": sizes,
         "bundle": bundle(&root),
@@ -156,7 +157,7 @@ fn main() -> ExitCode {
 
     let mut run = Run { rounds: Vec::new() };
     for round_no in 1..=args.rounds {
-        for which in Impl::ALL {
+        for which in Impl::RUN_ORDER {
             if !args.only.is_empty() && !args.only.contains(&which) {
                 continue;
             }
@@ -168,7 +169,12 @@ fn main() -> ExitCode {
             };
             match Target::start(which, &root, serve) {
                 Ok(target) => {
-                    runtime.block_on(scenarios::run_all(&target, &sizes, &mut round));
+                    runtime.block_on(scenarios::run_all(
+                        &target,
+                        &sizes,
+                        which.scenarios(),
+                        &mut round,
+                    ));
                     if !round.problems.is_empty() {
                         let log = target.log();
                         let tail = &log[log.len().saturating_sub(2_000)..];

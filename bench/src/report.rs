@@ -191,6 +191,17 @@ const METRICS: &[Metric] = &[
     ),
 ];
 
+/// The figures of the history on ÷ off comparison (the scenarios the
+/// history-off server runs).
+const HISTORY_METRICS: &[&str] = &[
+    "rt_p50_ms",
+    "rt_p90_ms",
+    "rt_p99_ms",
+    "rt_cpu_us",
+    "tp_publishes_per_s",
+    "tp_cpu_us",
+];
+
 /// All rounds of all implementations, in run order.
 pub struct Run {
     pub rounds: Vec<(Impl, Round)>,
@@ -206,7 +217,7 @@ impl Run {
 
     /// The median across rounds of every figure, per implementation.
     fn medians(&self) -> BTreeMap<Impl, BTreeMap<&'static str, f64>> {
-        Impl::ALL
+        Impl::RUN_ORDER
             .iter()
             .map(|&which| {
                 let figures = METRICS
@@ -241,7 +252,11 @@ impl Run {
             .enumerate()
             .flat_map(|(i, (which, round))| {
                 round.problems.iter().map(move |p| {
-                    format!("round {} {}: {p}", i / Impl::ALL.len() + 1, which.name())
+                    format!(
+                        "round {} {}: {p}",
+                        i / Impl::RUN_ORDER.len() + 1,
+                        which.name()
+                    )
                 })
             })
             .collect()
@@ -258,7 +273,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 pub fn json(run: &Run, header: Value) -> Value {
     let medians = run.medians();
     let mut results = Map::new();
-    for which in Impl::ALL {
+    for which in Impl::RUN_ORDER {
         let rounds: Vec<Value> = run.of(which).map(|r| json!(r.metrics)).collect();
         let round_trips: Vec<f64> = run
             .of(which)
@@ -295,6 +310,17 @@ pub fn json(run: &Run, header: Value) -> Value {
             json!(paired),
         );
     }
+    let history: BTreeMap<&str, f64> = HISTORY_METRICS
+        .iter()
+        .filter_map(|key| {
+            run.paired_ratio(Impl::HopeflowHistoryOff, key)
+                .map(|r| (*key, r))
+        })
+        .collect();
+    ratios.insert(
+        "hopeflow/hopeflow-history-off paired by round".into(),
+        json!(history),
+    );
     let mut out = header;
     out["results"] = Value::Object(results);
     out["ratios"] = Value::Object(ratios);
@@ -343,7 +369,7 @@ pub fn markdown(run: &Run, header: &Value) -> String {
         header["command"].as_str().unwrap_or("?"),
         header["started"].as_str().unwrap_or("?"),
         header["rounds"],
-        Impl::ALL.map(Impl::name).join(" → "),
+        Impl::RUN_ORDER.map(Impl::name).join(" → "),
     );
     let _ = writeln!(
         md,
@@ -390,6 +416,30 @@ pub fn markdown(run: &Run, header: &Value) -> String {
             ),
             ratio_cell(run.paired_ratio(Impl::ReferenceJs, m.key), m.better),
             ratio_cell(run.paired_ratio(Impl::Floor, m.key), m.better),
+        );
+    }
+    let _ = writeln!(md, "\n## What history costs\n");
+    let _ = writeln!(
+        md,
+        "hopeflow as deployed (history on, `HISTORY_SIZE=100`: a storage write per publish) against the same build with `HISTORY_SIZE=0`, in the same rounds.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| figure | history on | history off | on ÷ off | on ÷ off, paired |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    for m in METRICS.iter().filter(|m| HISTORY_METRICS.contains(&m.key)) {
+        let on = medians[&Impl::Hopeflow].get(m.key).copied();
+        let off = medians[&Impl::HopeflowHistoryOff].get(m.key).copied();
+        let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| number(v, m.unit));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            m.label,
+            cell(on),
+            cell(off),
+            ratio_cell(ratio(on, off), m.better),
+            ratio_cell(run.paired_ratio(Impl::HopeflowHistoryOff, m.key), m.better),
         );
     }
     let _ = writeln!(md, "\n## Bundle\n");

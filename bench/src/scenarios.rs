@@ -107,8 +107,10 @@ fn wanted(name: &str) -> bool {
     ONLY.get().is_none_or(|only| only.iter().any(|n| n == name))
 }
 
-/// Runs every scenario, in a fixed order, each with its own user.
-pub async fn run_all(target: &Target, sizes: &Sizes, round: &mut Round) {
+/// Runs every scenario (or those of `subset`), in a fixed order, each with
+/// its own user.
+pub async fn run_all(target: &Target, sizes: &Sizes, subset: Option<&[&str]>, round: &mut Round) {
+    let wanted = |name: &str| wanted(name) && subset.is_none_or(|s| s.contains(&name));
     round.set("ready_ms", ms(target.ready_after));
     if wanted("start") {
         let outcome = first_request(target, sizes, round).await;

@@ -21,25 +21,52 @@ const SECRET: &str = "bench-secret-not-for-production-0123456789";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Impl {
     Hopeflow,
+    /// hopeflow with `HISTORY_SIZE=0`: what history costs a publish.
+    HopeflowHistoryOff,
     ReferenceJs,
     Floor,
 }
 
 impl Impl {
+    /// The three servers compared on every figure.
     pub const ALL: [Impl; 3] = [Impl::Hopeflow, Impl::ReferenceJs, Impl::Floor];
+    /// Every server of a round, in the order they run.
+    pub const RUN_ORDER: [Impl; 4] = [
+        Impl::Hopeflow,
+        Impl::HopeflowHistoryOff,
+        Impl::ReferenceJs,
+        Impl::Floor,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Impl::Hopeflow => "hopeflow",
+            Impl::HopeflowHistoryOff => "hopeflow-history-off",
             Impl::ReferenceJs => "reference-js",
             Impl::Floor => "floor",
+        }
+    }
+
+    /// The scenarios this server runs; `None`: all of them.
+    pub fn scenarios(self) -> Option<&'static [&'static str]> {
+        match self {
+            Impl::HopeflowHistoryOff => Some(&["rt", "tp"]),
+            _ => None,
+        }
+    }
+
+    /// Settings beyond the secret.
+    fn vars(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Impl::HopeflowHistoryOff => &[("HISTORY_SIZE", "0")],
+            _ => &[],
         }
     }
 
     /// The wrangler config this implementation is served from.
     pub fn config(self, root: &Path) -> PathBuf {
         match self {
-            Impl::Hopeflow => root.join("build/wrangler.toml"),
+            Impl::Hopeflow | Impl::HopeflowHistoryOff => root.join("build/wrangler.toml"),
             Impl::ReferenceJs => root.join("bench/servers/reference-js/wrangler.toml"),
             Impl::Floor => root.join("bench/servers/floor/wrangler.toml"),
         }
@@ -82,10 +109,12 @@ impl Target {
         if !config.exists() {
             return Err(format!("{} is missing: run `make build`", config.display()));
         }
+        let mut vars = vec![("JWT_SECRET", SECRET)];
+        vars.extend_from_slice(which.vars());
         let mut process = DevServer::spawn(&Launch {
             root,
             config: &config,
-            vars: &[("JWT_SECRET", SECRET)],
+            vars: &vars,
             name: which.name(),
             port: devserver::free_port(),
             // The same for all three, and quiet: the bench measures the
