@@ -6,7 +6,7 @@ use wasm_bindgen::JsValue;
 use worker::{console_error, web_sys, Headers, Method, Response, Result};
 
 use crate::error::ApiError;
-use crate::protocol::ErrorBody;
+use crate::protocol::{known_http_method, ErrorBody};
 
 /// The worker's incoming request, read straight from the runtime's object.
 /// `worker::Request` reads `request.cf` as it is built, which the runtime
@@ -25,8 +25,17 @@ impl Incoming {
         Incoming { inner, url }
     }
 
+    /// The method. `worker::Method` reads every method it does not name
+    /// (PROPFIND, QUERY, ...) as GET, which served them as GETs; they are
+    /// `Report` here, which no route answers, so they get 405 on a known
+    /// path and 404 elsewhere.
     pub fn method(&self) -> Method {
-        Method::from(self.inner.method())
+        let method = self.inner.method();
+        if known_http_method(&method) {
+            Method::from(method)
+        } else {
+            Method::Report
+        }
     }
 
     /// The serialized URL.

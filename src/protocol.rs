@@ -515,6 +515,16 @@ impl PublishRequest {
     }
 }
 
+/// Whether `method` is one the routes can name (`worker::Method`'s set);
+/// anything else (PROPFIND, QUERY, ...) must not be read as GET, which is
+/// what `worker::Method::from` does with it.
+pub fn known_http_method(method: &str) -> bool {
+    const KNOWN: [&str; 10] = [
+        "HEAD", "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "REPORT",
+    ];
+    KNOWN.iter().any(|known| known.eq_ignore_ascii_case(method))
+}
+
 /// Whether a `Content-Type` header names JSON; parameters such as
 /// `; charset=utf-8` are allowed.
 pub fn is_json_content_type(header: &str) -> bool {
@@ -814,6 +824,16 @@ mod tests {
             )))
         );
         assert_eq!(ServerMessage::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn unknown_methods_are_not_known() {
+        for known in ["GET", "get", "POST", "OPTIONS", "HEAD", "DELETE"] {
+            assert!(known_http_method(known), "{known}");
+        }
+        for unknown in ["PROPFIND", "QUERY", "FOO", "", "GETX"] {
+            assert!(!known_http_method(unknown), "{unknown}");
+        }
     }
 
     #[test]
