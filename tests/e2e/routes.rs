@@ -5,7 +5,7 @@ use std::sync::Arc;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{http, publish, publish_as, refused_upgrade, send, sign, unique_user, Client};
+use crate::support::{publish, publish_as, refused_upgrade, send, sign, unique_user, Client};
 use crate::{tests, Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
