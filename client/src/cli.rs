@@ -86,6 +86,35 @@ pub fn describe_close(code: Option<u16>, reason: &str) -> String {
     }
 }
 
+/// The stderr line of `listen` for an [`Event::Gap`](crate::Event::Gap):
+/// what may be missing, and that the application must resync.
+pub fn describe_gap(
+    since: u64,
+    seq: u64,
+    epoch: &str,
+    previous_epoch: &str,
+    replayed: usize,
+) -> String {
+    let missing = if epoch != previous_epoch {
+        let new = if seq > 0 {
+            format!(", and up to seq {seq} of the new one,")
+        } else {
+            String::new()
+        };
+        format!(
+            "the history was reset (epoch {previous_epoch} is now {epoch}); \
+             envelopes after seq {since} of the old one{new} may be missing"
+        )
+    } else {
+        format!(
+            "history did not reach back to seq {} (epoch {epoch}); \
+             envelopes up to seq {seq} may be missing ({replayed} recovered)",
+            since + 1
+        )
+    };
+    format!("gap: {missing}; resync from your backend")
+}
+
 /// The secret: `--secret`, else `JWT_SECRET`, else `JWT_SECRET` in
 /// `.dev.vars` of `dir`.
 pub fn find_secret(flag: Option<&str>, env: Option<&str>, dir: &Path) -> Option<String> {
@@ -198,6 +227,25 @@ mod tests {
             "connection closed (close code 1008)"
         );
         assert_eq!(describe_close(None, ""), "connection closed");
+    }
+
+    #[test]
+    fn gaps_are_worded() {
+        assert_eq!(
+            describe_gap(41, 57, "E", "E", 3),
+            "gap: history did not reach back to seq 42 (epoch E); envelopes up to seq 57 \
+             may be missing (3 recovered); resync from your backend"
+        );
+        assert_eq!(
+            describe_gap(41, 2, "new", "old", 0),
+            "gap: the history was reset (epoch old is now new); envelopes after seq 41 \
+             of the old one, and up to seq 2 of the new one, may be missing; resync from your backend"
+        );
+        assert_eq!(
+            describe_gap(41, 0, "new", "old", 0),
+            "gap: the history was reset (epoch old is now new); envelopes after seq 41 \
+             of the old one may be missing; resync from your backend"
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! # Layout
 //!
 //! * [`socket`]: [`Client`], a socket with confirmed subscriptions, typed
-//!   events, acks, pings and automatic reconnection.
+//!   events, acks, pings, and automatic reconnection that resumes from the
+//!   user's history (each envelope once, in `seq` order; [`Event::Gap`]
+//!   when the history could not cover a drop).
 //! * [`publisher`]: [`Publisher`], publishing (one user or a batch,
 //!   idempotency keys, per-socket detail) and the operator routes (list and
 //!   disconnect a user's sockets), with typed errors.
@@ -33,6 +35,6 @@ pub use api::{
 pub use publisher::{PublishError, Publisher};
 pub use socket::{
     Client, ClientError, ClientOptions, CloseCode, Confirmation, Envelope, ErrorCode, Event,
-    TokenPlacement, TokenProvider,
+    Position, TokenPlacement, TokenProvider,
 };
 pub use tls::{TlsError, Trust};

@@ -1,10 +1,30 @@
 //! A HopeFlow socket over tokio-tungstenite: confirmed subscriptions, a
 //! stream of typed events, acks, pings, and automatic reconnection with
 //! jittered exponential backoff that re-subscribes the current filters,
-//! optionally with a fresh token from a [`TokenProvider`] each time.
+//! optionally with a fresh token from a [`TokenProvider`] each time, and
+//! resumes from the user's history what the drop made it miss.
 //!
 //! One background task owns the connection; [`Client`] talks to it through
 //! channels, so every method takes `&self` and the client can be shared.
+//!
+//! # Resume
+//!
+//! With history on (the server's default), every envelope carries the
+//! user's `seq` and every `subscribed` confirmation the `seq` and `epoch`
+//! it took effect at. The client keeps a [`Position`]: the epoch, and the
+//! highest `seq` it delivered (or its first subscription started after).
+//! It delivers an envelope with a `seq` only once, and only above that
+//! position, so the events come in `seq` order without duplicates.
+//!
+//! After every reconnect it re-subscribes its filters and sends
+//! `resume {since: position.seq, epoch}`; envelopes that come before the
+//! server's `resumed` answer are held back, then delivered together with
+//! the replayed ones, sorted by `seq`, each once. A resume the server
+//! could not serve whole (history trimmed or expired past `since`, or a new
+//! epoch: the history was reset) is reported as [`Event::Gap`] before the
+//! envelopes that follow it; the client goes on from the `resumed` answer's
+//! position. Without history (no `seq` anywhere) nothing of this happens:
+//! envelopes are delivered as they come, and nothing is resumed.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -158,8 +178,38 @@ pub enum Event {
     /// disconnect asking for a fresh token) it reconnects with one from the
     /// [`TokenProvider`].
     Disconnected { code: Option<u16>, reason: String },
-    /// Connected again after `attempt` tries; filters were re-subscribed.
+    /// Connected again after `attempt` tries; filters were re-subscribed
+    /// and, with history on, a resume was asked for: the envelopes it
+    /// recovers follow (with `recovered: true`), merged by `seq` with those
+    /// that arrived meanwhile.
     Reconnected { attempt: u32 },
+    /// After a reconnect, the history could not give back everything the
+    /// drop may have made this client miss: envelopes matching its filters
+    /// with a `seq` above `since` (of `previous_epoch`) and up to `seq` (of
+    /// `epoch`) may be missing. Resync from your backend. `replayed` of
+    /// them were recovered anyway and follow this event; delivery goes on
+    /// from `seq` of `epoch`.
+    ///
+    /// `epoch` differs from `previous_epoch` when the user's history was
+    /// reset (nothing of the old one can be recovered); otherwise the
+    /// history no longer reached back to `since + 1` (it keeps the last
+    /// `HISTORY_SIZE` envelopes for `HISTORY_TTL_SECS`).
+    Gap {
+        since: u64,
+        seq: u64,
+        epoch: String,
+        previous_epoch: String,
+        replayed: usize,
+    },
+}
+
+/// Where a client's deliveries stand in its user's history: `seq` is the
+/// highest delivered (or the one its first subscription started after),
+/// of history `epoch`. See [`Client::position`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: String,
+    pub seq: u64,
 }
 
 /// A subscribe / unsubscribe the server confirmed.
@@ -247,7 +297,10 @@ enum Command {
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
     events: mpsc::UnboundedReceiver<Event>,
+    position: SharedPosition,
 }
+
+type SharedPosition = Arc<std::sync::Mutex<Option<Position>>>;
 
 impl Client {
     /// Connects; fails if the first connection is refused.
@@ -262,6 +315,7 @@ impl Client {
         let ws = open(&options).await?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::unbounded_channel();
+        let position = SharedPosition::default();
         tokio::spawn(
             Connection {
                 options,
@@ -270,10 +324,26 @@ impl Client {
                 filters: Vec::new(),
                 pending: VecDeque::new(),
                 pings: VecDeque::new(),
+                position: None,
+                shared_position: position.clone(),
+                held: None,
             }
             .run(ws),
         );
-        Ok(Client { commands, events })
+        Ok(Client {
+            commands,
+            events,
+            position,
+        })
+    }
+
+    /// Where the deliveries stand in the user's history: the highest `seq`
+    /// handed to the event queue (events not yet taken with
+    /// [`Client::next_event`] included), or the one the first subscription
+    /// started after. `None` without history, or before a subscription is
+    /// confirmed. A reconnect resumes from it.
+    pub fn position(&self) -> Option<Position> {
+        self.position.lock().ok().and_then(|p| p.clone())
     }
 
     /// Adds filters; resolves when the server confirms them.
@@ -473,6 +543,14 @@ struct Connection {
     filters: Vec<Filter>,
     pending: VecDeque<Pending>,
     pings: VecDeque<Reply<()>>,
+    /// Where the deliveries stand; `None` until a confirmation carries a
+    /// `seq` and an `epoch` (never without history).
+    position: Option<Position>,
+    /// [`Client::position`]'s copy.
+    shared_position: SharedPosition,
+    /// From a reconnect's `resume` to the `resumed` answer: envelopes held
+    /// back, to be merged with the replay.
+    held: Option<Vec<Envelope>>,
 }
 
 impl Connection {
@@ -483,6 +561,8 @@ impl Connection {
                 None => return, // closed by the user
             };
             self.fail_pending();
+            // Never delivered: the next resume asks for them again.
+            self.held = None;
             let _ = self.events.send(Event::Disconnected {
                 code,
                 reason: reason.clone(),
@@ -577,11 +657,21 @@ impl Connection {
                     let _ = reply.send(Ok(()));
                 }
             }
-            Some(ServerMessage::Envelope(envelope)) => {
-                let _ = self.events.send(Event::Envelope(envelope));
-            }
-            Some(ServerMessage::Frame(ServerFrame::Subscribed { added, total, .. })) => {
+            Some(ServerMessage::Envelope(envelope)) => match &mut self.held {
+                // Without a seq it is not part of the history's order.
+                Some(held) if envelope.seq.is_some() => held.push(envelope),
+                _ => self.deliver(envelope),
+            },
+            Some(ServerMessage::Frame(ServerFrame::Subscribed {
+                added,
+                total,
+                seq,
+                epoch,
+            })) => {
                 self.confirm(added, total);
+                if let (Some(seq), Some(epoch)) = (seq, epoch) {
+                    self.subscribed_at(seq, epoch);
+                }
             }
             Some(ServerMessage::Frame(ServerFrame::Unsubscribed { removed, total })) => {
                 self.confirm(removed, total);
@@ -589,9 +679,96 @@ impl Connection {
             Some(ServerMessage::Frame(ServerFrame::Error { code, message })) => {
                 self.error(code, message);
             }
-            // Resuming is not wired into this client yet.
-            Some(ServerMessage::Frame(ServerFrame::Resumed { .. })) | None => {}
+            Some(ServerMessage::Frame(ServerFrame::Resumed {
+                since,
+                seq,
+                replayed,
+                complete,
+                epoch,
+            })) => self.resumed(since, seq, replayed, complete, epoch),
+            None => {}
         }
+    }
+
+    /// Hands an envelope to the application, unless its `seq` was
+    /// delivered already (or is not above the position).
+    fn deliver(&mut self, envelope: Envelope) {
+        if let (Some(seq), Some(position)) = (envelope.seq, &mut self.position) {
+            if seq <= position.seq {
+                return;
+            }
+            position.seq = seq;
+        }
+        let _ = self.events.send(Event::Envelope(envelope));
+        self.publish_position();
+    }
+
+    fn publish_position(&self) {
+        if let Ok(mut shared) = self.shared_position.lock() {
+            shared.clone_from(&self.position);
+        }
+    }
+
+    /// A confirmation's position: everything up to `seq` came before the
+    /// subscription, everything after it comes live on this socket. While
+    /// resuming, the replay covers it instead.
+    fn subscribed_at(&mut self, seq: u64, epoch: String) {
+        if self.held.is_some() {
+            return;
+        }
+        match &mut self.position {
+            Some(position) if position.epoch == epoch => position.seq = position.seq.max(seq),
+            Some(position) => {
+                // A new history under a live socket: what came before is lost.
+                let _ = self.events.send(Event::Gap {
+                    since: position.seq,
+                    seq,
+                    epoch: epoch.clone(),
+                    previous_epoch: position.epoch.clone(),
+                    replayed: 0,
+                });
+                self.position = Some(Position { epoch, seq });
+            }
+            None => self.position = Some(Position { epoch, seq }),
+        }
+        self.publish_position();
+    }
+
+    /// The end of a resume's replay: delivers what was held back, by `seq`.
+    fn resumed(&mut self, since: u64, seq: u64, replayed: usize, complete: bool, epoch: String) {
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        let previous = self.position.take().unwrap_or_else(|| Position {
+            epoch: epoch.clone(),
+            seq: since,
+        });
+        // The same history, and a position it has reached: go on from ours.
+        // Otherwise the new history's envelopes all count.
+        let continued = previous.epoch == epoch && since <= seq;
+        if !complete {
+            let _ = self.events.send(Event::Gap {
+                since,
+                seq,
+                epoch: epoch.clone(),
+                previous_epoch: previous.epoch.clone(),
+                replayed,
+            });
+        }
+        self.position = Some(Position {
+            epoch,
+            seq: if continued { previous.seq } else { 0 },
+        });
+        // Stable: of two copies of one seq, the first that came is kept.
+        held.sort_by_key(|envelope| envelope.seq);
+        for envelope in held {
+            self.deliver(envelope);
+        }
+        // Everything matching up to `seq` was replayed or held.
+        if let Some(position) = &mut self.position {
+            position.seq = position.seq.max(seq);
+        }
+        self.publish_position();
     }
 
     fn confirm(&mut self, changed: usize, total: usize) {
@@ -622,6 +799,16 @@ impl Connection {
             ErrorCode::InvalidFilter | ErrorCode::TooManyFilters if !self.pending.is_empty() => {
                 if let Some(front) = self.pending.front_mut() {
                     front.warnings.push((code, message));
+                }
+            }
+            // The server keeps no history (any more): no resume, no
+            // position; what was held back is delivered as it came.
+            ErrorCode::HistoryDisabled if self.held.is_some() => {
+                self.position = None;
+                self.publish_position();
+                let _ = self.events.send(Event::ServerError { code, message });
+                for envelope in self.held.take().unwrap_or_default() {
+                    self.deliver(envelope);
                 }
             }
             // The front request was refused whole: no confirmation follows.
@@ -699,6 +886,16 @@ impl Connection {
                 });
                 let text = ClientFrame::Subscribe { filters }.to_text();
                 let _ = ws.send(Message::text(text)).await;
+            }
+            // After the filters, so the replay matches them; what comes
+            // before its answer is held back.
+            if let Some(position) = &self.position {
+                let resume = ClientFrame::Resume {
+                    since: position.seq,
+                    epoch: position.epoch.clone(),
+                };
+                self.held = Some(Vec::new());
+                let _ = ws.send(Message::text(resume.to_text())).await;
             }
             let _ = self.events.send(Event::Reconnected { attempt });
             return Some(ws);
@@ -939,6 +1136,394 @@ mod tests {
             resubscribe,
             json!({"type": "subscribe", "filters": [{"type": "chat"}]})
         );
+    }
+
+    /// One connection of [`scripted_server`]: the frames the client sent
+    /// (`ping` is answered and left out), and a way to answer.
+    struct Scripted {
+        frames: mpsc::UnboundedReceiver<String>,
+        out: mpsc::UnboundedSender<Option<String>>,
+    }
+
+    impl Scripted {
+        async fn frame(&mut self) -> Value {
+            let text = within(self.frames.recv()).await.expect("a frame");
+            serde_json::from_str(&text).expect("JSON frame")
+        }
+
+        fn send(&self, frame: Value) {
+            self.out.send(Some(frame.to_string())).expect("connection");
+        }
+
+        /// Ends the TCP connection without a close frame.
+        fn drop_connection(&self) {
+            let _ = self.out.send(None);
+        }
+
+        /// Frames sent so far (after a ping barrier: all of them).
+        fn sent_so_far(&mut self) -> Vec<Value> {
+            let mut frames = Vec::new();
+            while let Ok(text) = self.frames.try_recv() {
+                frames.push(serde_json::from_str(&text).expect("JSON frame"));
+            }
+            frames
+        }
+    }
+
+    /// A fake server whose every connection the test drives by hand.
+    async fn scripted_server() -> (String, mpsc::UnboundedReceiver<Scripted>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}", listener.local_addr().expect("address"));
+        let (report, connections) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    continue;
+                };
+                let (frames_tx, frames) = mpsc::unbounded_channel();
+                let (out, mut out_rx) = mpsc::unbounded_channel::<Option<String>>();
+                let _ = report.send(Scripted { frames, out });
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            message = ws.next() => match message {
+                                Some(Ok(Message::Text(text))) if text.as_str() == "ping" => {
+                                    let _ = ws.send(Message::text("pong")).await;
+                                }
+                                Some(Ok(Message::Text(text))) => {
+                                    let _ = frames_tx.send(text.to_string());
+                                }
+                                Some(Ok(_)) => {}
+                                Some(Err(_)) | None => break,
+                            },
+                            out = out_rx.recv() => match out {
+                                Some(Some(text)) => {
+                                    let _ = ws.send(Message::text(text)).await;
+                                }
+                                // Dropping the stream closes the TCP
+                                // connection, with no close frame.
+                                Some(None) | None => break,
+                            },
+                        }
+                    }
+                });
+            }
+        });
+        (url, connections)
+    }
+
+    fn envelope(seq: u64) -> Value {
+        json!({"envelopeId": format!("e{seq}"), "type": "t", "payload": {"n": seq}, "seq": seq})
+    }
+
+    fn recovered(seq: u64) -> Value {
+        let mut frame = envelope(seq);
+        frame["recovered"] = json!(true);
+        frame
+    }
+
+    fn subscribed(seq: Option<u64>, epoch: &str) -> Value {
+        match seq {
+            Some(seq) => {
+                json!({"type": "subscribed", "added": 1, "total": 1, "seq": seq, "epoch": epoch})
+            }
+            None => json!({"type": "subscribed", "added": 1, "total": 1}),
+        }
+    }
+
+    fn resumed(since: u64, seq: u64, replayed: usize, complete: bool, epoch: &str) -> Value {
+        json!({"type": "resumed", "since": since, "seq": seq, "replayed": replayed,
+               "complete": complete, "epoch": epoch})
+    }
+
+    /// A client of `url` (fast reconnects), subscribed to `{"type":"t"}` on
+    /// `connection`, which confirms with `confirmation`.
+    async fn subscribed_client(
+        url: &str,
+        connection: &mut Option<Scripted>,
+        connections: &mut mpsc::UnboundedReceiver<Scripted>,
+        confirmation: Value,
+    ) -> Client {
+        let mut options = ClientOptions::new(url, "t");
+        options.backoff_initial = Duration::from_millis(10);
+        let client = Client::connect(options).await.expect("connect");
+        let mut first = within(connections.recv()).await.expect("a connection");
+        let answer = async {
+            assert_eq!(
+                first.frame().await,
+                json!({"type": "subscribe", "filters": [{"type": "t"}]})
+            );
+            first.send(confirmation);
+        };
+        let (confirmed, ()) = tokio::join!(client.subscribe(vec![json!({"type": "t"})]), answer);
+        confirmed.expect("subscribe");
+        *connection = Some(first);
+        client
+    }
+
+    /// Drops `connection`; returns the next one, after the client's
+    /// `Disconnected` and `Reconnected`, with the re-subscription read.
+    async fn reconnect(
+        client: &mut Client,
+        connection: &Scripted,
+        connections: &mut mpsc::UnboundedReceiver<Scripted>,
+    ) -> Scripted {
+        connection.drop_connection();
+        assert!(matches!(
+            within(client.next_event()).await,
+            Some(Event::Disconnected { code: None, .. })
+        ));
+        let mut next = within(connections.recv()).await.expect("a connection");
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::Reconnected { attempt: 1 })
+        );
+        assert_eq!(
+            next.frame().await,
+            json!({"type": "subscribe", "filters": [{"type": "t"}]})
+        );
+        next
+    }
+
+    /// Every event so far: a ping's pong follows whatever was sent before it.
+    async fn events_so_far(client: &mut Client) -> Vec<Event> {
+        within(client.ping()).await.expect("pong");
+        let mut events = Vec::new();
+        while let Ok(event) = client.events.try_recv() {
+            events.push(event);
+        }
+        events
+    }
+
+    /// The seqs (and whether recovered) of envelope events; panics on others.
+    fn seqs(events: &[Event]) -> Vec<(u64, bool)> {
+        events
+            .iter()
+            .map(|event| match event {
+                Event::Envelope(envelope) => (envelope.seq.expect("seq"), envelope.recovered),
+                other => panic!("expected an envelope, got {other:?}"),
+            })
+            .collect()
+    }
+
+    fn at(epoch: &str, seq: u64) -> Option<Position> {
+        Some(Position {
+            epoch: epoch.into(),
+            seq,
+        })
+    }
+
+    #[tokio::test]
+    async fn resumes_after_a_reconnect_and_merges_held_envelopes_with_the_replay() {
+        let (url, mut connections) = scripted_server().await;
+        let mut first = None;
+        let mut client = subscribed_client(
+            &url,
+            &mut first,
+            &mut connections,
+            subscribed(Some(4), "E1"),
+        )
+        .await;
+        let first = first.expect("first connection");
+        assert_eq!(client.position(), at("E1", 4));
+        for seq in [5, 6, 5] {
+            first.send(envelope(seq));
+        }
+        assert_eq!(
+            seqs(&events_so_far(&mut client).await),
+            [(5, false), (6, false)]
+        );
+        assert_eq!(client.position(), at("E1", 6));
+
+        let mut second = reconnect(&mut client, &first, &mut connections).await;
+        // After the re-subscription: resume from the last delivered seq.
+        assert_eq!(
+            second.frame().await,
+            json!({"type": "resume", "since": 6, "epoch": "E1"})
+        );
+        // Published before the resume was served: held back until `resumed`.
+        second.send(subscribed(Some(8), "E1"));
+        second.send(envelope(8));
+        assert_eq!(events_so_far(&mut client).await, []);
+        for seq in [7, 8] {
+            second.send(recovered(seq));
+        }
+        second.send(resumed(6, 8, 2, true, "E1"));
+        second.send(envelope(9));
+        second.send(envelope(9));
+        // In seq order, each once (of two copies, the first that came).
+        assert_eq!(
+            seqs(&events_so_far(&mut client).await),
+            [(7, true), (8, false), (9, false)]
+        );
+        assert_eq!(client.position(), at("E1", 9));
+        // A later confirmation moves the position to where it took effect.
+        let answer = async {
+            second.frame().await;
+            second.send(subscribed(Some(12), "E1"));
+        };
+        let (confirmed, ()) = tokio::join!(client.subscribe(vec![json!({"type": "u"})]), answer);
+        confirmed.expect("subscribe");
+        assert_eq!(client.position(), at("E1", 12));
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_resume_is_a_gap_and_delivery_goes_on_from_its_answer() {
+        let (url, mut connections) = scripted_server().await;
+        let mut first = None;
+        let mut client = subscribed_client(
+            &url,
+            &mut first,
+            &mut connections,
+            subscribed(Some(0), "E1"),
+        )
+        .await;
+        let first = first.expect("first connection");
+        first.send(envelope(1));
+        first.send(envelope(2));
+        assert_eq!(
+            seqs(&events_so_far(&mut client).await),
+            [(1, false), (2, false)]
+        );
+
+        // History trimmed: only 5 is left of 3 to 5.
+        let mut second = reconnect(&mut client, &first, &mut connections).await;
+        assert_eq!(
+            second.frame().await,
+            json!({"type": "resume", "since": 2, "epoch": "E1"})
+        );
+        second.send(recovered(5));
+        second.send(resumed(2, 5, 1, false, "E1"));
+        second.send(envelope(6));
+        let events = events_so_far(&mut client).await;
+        assert_eq!(
+            events[0],
+            Event::Gap {
+                since: 2,
+                seq: 5,
+                epoch: "E1".into(),
+                previous_epoch: "E1".into(),
+                replayed: 1
+            }
+        );
+        assert_eq!(seqs(&events[1..]), [(5, true), (6, false)]);
+
+        // A new history (epoch E2): its envelopes count from its start.
+        let mut third = reconnect(&mut client, &second, &mut connections).await;
+        assert_eq!(
+            third.frame().await,
+            json!({"type": "resume", "since": 6, "epoch": "E1"})
+        );
+        third.send(envelope(1));
+        third.send(resumed(6, 1, 0, false, "E2"));
+        third.send(envelope(2));
+        let events = events_so_far(&mut client).await;
+        assert_eq!(
+            events[0],
+            Event::Gap {
+                since: 6,
+                seq: 1,
+                epoch: "E2".into(),
+                previous_epoch: "E1".into(),
+                replayed: 0
+            }
+        );
+        assert_eq!(seqs(&events[1..]), [(1, false), (2, false)]);
+        assert_eq!(client.position(), at("E2", 2));
+        let mut fourth = reconnect(&mut client, &third, &mut connections).await;
+        assert_eq!(
+            fourth.frame().await,
+            json!({"type": "resume", "since": 2, "epoch": "E2"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_drop_while_resuming_resumes_again_from_the_same_position() {
+        let (url, mut connections) = scripted_server().await;
+        let mut first = None;
+        let mut client = subscribed_client(
+            &url,
+            &mut first,
+            &mut connections,
+            subscribed(Some(3), "E1"),
+        )
+        .await;
+        let first = first.expect("first connection");
+        let mut second = reconnect(&mut client, &first, &mut connections).await;
+        assert_eq!(
+            second.frame().await,
+            json!({"type": "resume", "since": 3, "epoch": "E1"})
+        );
+        second.send(envelope(4));
+        assert_eq!(events_so_far(&mut client).await, []);
+        // Held, never delivered: asked for again.
+        let mut third = reconnect(&mut client, &second, &mut connections).await;
+        assert_eq!(
+            third.frame().await,
+            json!({"type": "resume", "since": 3, "epoch": "E1"})
+        );
+        third.send(recovered(4));
+        third.send(resumed(3, 4, 1, true, "E1"));
+        assert_eq!(seqs(&events_so_far(&mut client).await), [(4, true)]);
+    }
+
+    #[tokio::test]
+    async fn without_history_nothing_is_resumed_and_envelopes_pass_as_they_come() {
+        let (url, mut connections) = scripted_server().await;
+        let mut first = None;
+        let mut client =
+            subscribed_client(&url, &mut first, &mut connections, subscribed(None, "")).await;
+        let first = first.expect("first connection");
+        assert_eq!(client.position(), None);
+        let plain = json!({"envelopeId": "p", "type": "t", "payload": null});
+        first.send(plain.clone());
+        first.send(plain.clone());
+        let events = events_so_far(&mut client).await;
+        assert_eq!(events.len(), 2);
+        assert!(events
+            .iter()
+            .all(|e| matches!(e, Event::Envelope(envelope) if envelope.envelope_id == "p" && envelope.seq.is_none())));
+        let mut second = reconnect(&mut client, &first, &mut connections).await;
+        second.send(subscribed(None, ""));
+        second.send(plain);
+        assert_eq!(events_so_far(&mut client).await.len(), 1);
+        assert_eq!(second.sent_so_far(), Vec::<Value>::new(), "no resume");
+    }
+
+    #[tokio::test]
+    async fn history_disabled_delivers_what_was_held_and_stops_resuming() {
+        let (url, mut connections) = scripted_server().await;
+        let mut first = None;
+        let mut client = subscribed_client(
+            &url,
+            &mut first,
+            &mut connections,
+            subscribed(Some(3), "E1"),
+        )
+        .await;
+        let first = first.expect("first connection");
+        let mut second = reconnect(&mut client, &first, &mut connections).await;
+        assert_eq!(
+            second.frame().await,
+            json!({"type": "resume", "since": 3, "epoch": "E1"})
+        );
+        second.send(envelope(4));
+        second.send(json!({"type": "error", "code": "history_disabled", "message": "no history"}));
+        let events = events_so_far(&mut client).await;
+        assert_eq!(
+            events[0],
+            Event::ServerError {
+                code: ErrorCode::HistoryDisabled,
+                message: "no history".into()
+            }
+        );
+        assert_eq!(seqs(&events[1..]), [(4, false)]);
+        assert_eq!(client.position(), None);
+        let mut third = reconnect(&mut client, &second, &mut connections).await;
+        within(client.ping()).await.expect("pong");
+        assert_eq!(third.sent_so_far(), Vec::<Value>::new(), "no resume");
     }
 
     #[test]

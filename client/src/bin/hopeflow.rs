@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use hopeflow_client::cli::{
-    batch_failures, describe_close, find_secret, parse_filter, token_claims, CLI_USER,
+    batch_failures, describe_close, describe_gap, find_secret, parse_filter, token_claims, CLI_USER,
 };
 use hopeflow_client::{
     token, Client, ClientOptions, Event, IdempotencyKey, PublishError, PublishOptions, Publisher,
@@ -74,7 +74,7 @@ enum Command {
     },
     /// Connect as a user, print each delivery as a JSON line, and ack it.
     #[command(
-        after_help = "Example:\n  hopeflow listen --user alice --filter type=chat_message --ack-result '{\"seen\":true}'\n\nWithout --token it mints its token, and a fresh one before every reconnect.\nIt stops when an operator disconnects it for good (close code 4001)."
+        after_help = "Example:\n  hopeflow listen --user alice --filter type=chat_message --ack-result '{\"seen\":true}'\n\nWithout --token it mints its token, and a fresh one before every reconnect.\nAfter a reconnect it resumes from the server's history: each envelope is printed\nonce, in seq order; what the history no longer held is reported on stderr\n(gap: ...). It stops when an operator disconnects it for good (close code 4001)."
     )]
     Listen {
         #[arg(long, default_value = "ws://127.0.0.1:8787")]
@@ -429,6 +429,16 @@ async fn listen(client: &mut Client, ack_result: Option<Value>) -> Result<(), St
             Event::Reconnected { attempt } => {
                 eprintln!("reconnected after {attempt} attempt(s); filters re-subscribed")
             }
+            Event::Gap {
+                since,
+                seq,
+                epoch,
+                previous_epoch,
+                replayed,
+            } => eprintln!(
+                "{}",
+                describe_gap(since, seq, &epoch, &previous_epoch, replayed)
+            ),
         }
     }
     Err(describe_close(last_close.0, &last_close.1))
