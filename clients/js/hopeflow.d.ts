@@ -5,6 +5,10 @@ export interface Envelope<Payload = unknown> {
   envelopeId: string;
   type: string;
   payload: Payload;
+  /** The user's history position (history on: always; each seq is delivered once, in order). */
+  seq?: number;
+  /** Sent again by a resume after a reconnect (same envelopeId and seq as first sent). */
+  recovered?: boolean;
   [field: string]: unknown;
 }
 
@@ -43,10 +47,39 @@ export interface StateDetail {
   cause?: unknown;
 }
 
-/** The server's confirmation of a subscribe: filters added, filters on the socket now. */
+/**
+ * The server's confirmation of a subscribe: filters added, filters on the
+ * socket now; with history on, the user's `seq` and `epoch` when it took
+ * effect (everything after `seq` reaches this client).
+ */
 export interface Subscribed {
   added: number;
   total: number;
+  seq?: number;
+  epoch?: string;
+}
+
+/** Where deliveries stand in the user's history: the highest `seq` delivered (or the one the first subscription started after), of history `epoch`. */
+export interface Position {
+  epoch: string;
+  seq: number;
+}
+
+/**
+ * A resume after a reconnect could not give back everything the drop may
+ * have made this client miss: envelopes matching its filters with a seq
+ * after `since` (of `previousEpoch`) and up to `seq` (of `epoch`) may be
+ * missing; resync from your backend. `replayed` of them were recovered and
+ * are delivered after this call. `epoch` differs from `previousEpoch` when
+ * the user's history was reset; otherwise it no longer reached back to
+ * `since + 1`. Delivery goes on from `seq` of `epoch`.
+ */
+export interface Gap {
+  since: number;
+  seq: number;
+  epoch: string;
+  previousEpoch: string;
+  replayed: number;
 }
 
 /** The server's confirmation of an unsubscribe: filters removed, filters left. */
@@ -98,11 +131,16 @@ export class HopeFlowClient {
 
   readonly state: ConnectionState;
 
+  /** A copy of the current position; null without history or before a subscription is confirmed. A reconnect resumes from it. */
+  readonly position: Position | null;
+
   /**
    * Sets the handler (replacing any earlier one). Its value, or resolved
    * value, is sent as the ack result; a handler that throws or rejects acks
    * nothing (onError gets "handler_failed"). Envelopes that arrive while no
-   * handler is set wait for one. Returns a function that removes it.
+   * handler is set wait for one. With history on, each `seq` is passed once
+   * and in order, across reconnects (what a reconnect's resume recovers
+   * included). Returns a function that removes it.
    */
   onEnvelope<Payload = unknown>(handler: (envelope: Envelope<Payload>) => unknown): () => void;
 
@@ -114,9 +152,18 @@ export class HopeFlowClient {
 
   /**
    * Errors not tied to a call: server error frames about nothing pending,
-   * "handler_failed", "token_failed", a re-subscription the server refused.
+   * "handler_failed", "token_failed", a re-subscription the server refused,
+   * "history_disabled" (the server answered a resume without keeping
+   * history: the client stops resuming).
    */
   onError(listener: (error: HopeFlowError) => void): () => void;
+
+  /**
+   * Calls `listener` when a resume after a reconnect was incomplete (see
+   * Gap), before the envelopes it did recover. Returns a function that
+   * removes it.
+   */
+  onGap(listener: (gap: Gap) => void): () => void;
 
   /**
    * Adds filters; resolves with the server's confirmation. While

@@ -1,5 +1,6 @@
 // HopeFlow Realtime client for browsers and Node 20+: one socket per client,
-// confirmed subscriptions, acks from a handler, reconnection with backoff.
+// confirmed subscriptions, acks from a handler, reconnection with backoff
+// that resumes from the user's history (each seq once, in order).
 // No dependencies; types in hopeflow.d.ts, behaviour in README.md.
 
 /** Per subscribe/unsubscribe frame the server reads this many filters. */
@@ -79,6 +80,11 @@ export class HopeFlowClient {
   #backlog = [];
   #stateListeners = new Set();
   #errorListeners = new Set();
+  #gapListeners = new Set();
+  /** {epoch, seq}: the highest seq delivered, or where the first subscription started; null without history. */
+  #pos = null;
+  /** From a reconnect's resume to its `resumed`: envelopes held back. */
+  #held = null;
   /** The ping or the backoff timer; never both at once. */
   #timer;
   #wake;
@@ -134,6 +140,16 @@ export class HopeFlowClient {
   onError(listener) {
     this.#errorListeners.add(listener);
     return () => this.#errorListeners.delete(listener);
+  }
+
+  onGap(listener) {
+    this.#gapListeners.add(listener);
+    return () => this.#gapListeners.delete(listener);
+  }
+
+  /** {epoch, seq} of the last delivery (see #pos), or null. */
+  get position() {
+    return this.#pos && { ...this.#pos };
   }
 
   subscribe(filters) {
@@ -251,7 +267,8 @@ export class HopeFlowClient {
       let socket;
       const end = (detail) => {
         if (this.#end != end) return;
-        this.#end = this.#socket = null;
+        // Held envelopes were never delivered: the next resume asks again.
+        this.#end = this.#socket = this.#held = null;
         clearTimeout(this.#timer);
         // A new socket starts with no filters: unconfirmed requests are sent
         // again there, after the re-subscription of the confirmed ones.
@@ -286,6 +303,11 @@ export class HopeFlowClient {
               if (last) this.#set("open");
             },
           });
+        }
+        // After the filters, so the replay matches them.
+        if (this.#pos) {
+          this.#held = [];
+          socket.send(JSON.stringify({ type: "resume", since: this.#pos.seq, epoch: this.#pos.epoch }));
         }
         for (const request of this.#queue.splice(0)) this.#send(request);
       });
@@ -332,14 +354,40 @@ export class HopeFlowClient {
     } catch {
       return;
     }
-    // Only deliveries carry an envelopeId.
-    if (message.envelopeId != null) return this.#deliver(socket, message);
+    const held = this.#held;
+    const pos = this.#pos;
+    const { type, code, seq, epoch } = message;
+    // Only deliveries carry an envelopeId; without a seq, no history order.
+    if (message.envelopeId != null) {
+      return held && seq != null ? held.push(message) : this.#take(socket, message);
+    }
+    const flush = () => {
+      this.#held = null;
+      // Stable: of two copies of a seq, the first that came is kept.
+      for (const envelope of held.sort((a, b) => a.seq - b.seq)) this.#take(socket, envelope);
+    };
+    if (type == "resumed" && held) {
+      const { since, complete, replayed } = message;
+      if (!complete) notify(this.#gapListeners, { since, seq, epoch, previousEpoch: pos.epoch, replayed });
+      // The same history, reached: go on from ours; a new one counts whole.
+      this.#pos = { epoch, seq: pos.epoch == epoch && since <= seq ? pos.seq : 0 };
+      flush();
+      // Everything matching up to seq was replayed or held.
+      this.#pos.seq = Math.max(this.#pos.seq, seq);
+      return;
+    }
+    if (type == "subscribed" && seq != null && !held) {
+      // Up to seq came before this subscription; after it, live here.
+      if (pos && pos.epoch != epoch) {
+        notify(this.#gapListeners, { since: pos.seq, seq, epoch, previousEpoch: pos.epoch, replayed: 0 });
+      }
+      this.#pos = { epoch, seq: pos?.epoch == epoch ? Math.max(pos.seq, seq) : seq };
+    }
     const request = this.#pending[0];
     const finish = (error, result) => {
       this.#pending.shift();
       request.done ? request.done(error, result) : request.resubscribed(error);
     };
-    const { type, code } = message;
     if (request && (type == "subscribed" || type == "unsubscribed")) {
       // The valid entries among the first 50 took effect, warnings or not.
       for (const filter of request.filters.slice(0, PER_MESSAGE)) {
@@ -359,8 +407,23 @@ export class HopeFlowClient {
         finish(error);
       } else {
         notify(this.#errorListeners, error);
+        // No history (any more): no position, no resume; held ones go out.
+        if (code == "history_disabled" && held) {
+          this.#pos = null;
+          flush();
+        }
       }
     }
+  }
+
+  /** Delivers an envelope unless its seq is not above the position. */
+  #take(socket, envelope) {
+    const pos = this.#pos;
+    if (pos && envelope.seq != null) {
+      if (envelope.seq <= pos.seq) return;
+      pos.seq = envelope.seq;
+    }
+    this.#deliver(socket, envelope);
   }
 
   #deliver(socket, envelope) {

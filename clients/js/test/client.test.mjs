@@ -605,3 +605,156 @@ test("a state listener that throws does not stop the client", async (t) => {
   assert.deepEqual(states, ["connecting", "open"]);
   assert.deepEqual(reported, ["listener bug"]);
 });
+
+// Resume (history on: envelopes carry seq, confirmations seq and epoch).
+
+const envelope = (seq, recovered) => ({
+  envelopeId: `e${seq}`,
+  type: "t",
+  payload: { n: seq },
+  seq,
+  ...(recovered && { recovered: true }),
+});
+const resumed = (since, seq, replayed, complete, epoch) => ({ type: "resumed", since, seq, replayed, complete, epoch });
+
+/**
+ * A client subscribed to {type: "t"} at `seq` of `epoch` (no seq: history
+ * off), recording what its handler sees ([seq, recovered]) and its gaps.
+ */
+async function resuming(t, seq, epoch = "E1") {
+  const env = await setup(t);
+  const seen = [];
+  const gaps = [];
+  env.client.onEnvelope((e) => {
+    seen.push(e.seq == null ? e.envelopeId : [e.seq, !!e.recovered]);
+    return e.seq;
+  });
+  env.client.onGap((gap) => gaps.push(gap));
+  env.socket().open();
+  const subscribed = env.client.subscribe([{ type: "t" }]);
+  env.socket().receive({ type: "subscribed", added: 1, total: 1, ...(seq != null && { seq, epoch }) });
+  assert.deepEqual(await subscribed, { added: 1, total: 1, ...(seq != null && { seq, epoch }) });
+  /** Drops the socket; the next one opens and gets its re-subscription's frame. */
+  const reconnect = async () => {
+    env.socket().drop(1006);
+    await flush();
+    await env.elapse(500);
+    const next = env.socket();
+    next.open();
+    return next;
+  };
+  return { ...env, seen, gaps, reconnect };
+}
+
+const resubscribe = { type: "subscribe", filters: [{ type: "t" }] };
+const acked = (socket) => socket.frames().filter((f) => f.type == "ack").map((f) => f.envelopeId);
+
+test("after a reconnect it resumes from the last delivered seq, and merges held envelopes with the replay", async (t) => {
+  const { client, socket, seen, gaps, reconnect } = await resuming(t, 4);
+  assert.deepEqual(client.position, { epoch: "E1", seq: 4 });
+  for (const seq of [5, 6, 5]) socket().receive(envelope(seq));
+  await flush();
+  assert.deepEqual(seen, [[5, false], [6, false]]);
+  assert.deepEqual(client.position, { epoch: "E1", seq: 6 });
+
+  const second = await reconnect();
+  // Re-subscribed first, so the replay matches the filters.
+  assert.deepEqual(second.frames(), [resubscribe, { type: "resume", since: 6, epoch: "E1" }]);
+  second.receive({ type: "subscribed", added: 1, total: 1, seq: 8, epoch: "E1" });
+  // Published before the resume was served: held back until `resumed`.
+  second.receive(envelope(8));
+  await flush();
+  assert.equal(seen.length, 2);
+  second.receive(envelope(7, true));
+  second.receive(envelope(8, true));
+  second.receive(resumed(6, 8, 2, true, "E1"));
+  second.receive(envelope(9));
+  second.receive(envelope(9));
+  await flush();
+  // In seq order, each once (of two copies, the first that came), acked on this socket.
+  assert.deepEqual(seen.slice(2), [[7, true], [8, false], [9, false]]);
+  assert.deepEqual(acked(second), ["e7", "e8", "e9"]);
+  assert.deepEqual(client.position, { epoch: "E1", seq: 9 });
+  assert.deepEqual(gaps, []);
+
+  // A later confirmation moves the position to where it took effect.
+  const more = client.subscribe([{ type: "u" }]);
+  second.receive({ type: "subscribed", added: 1, total: 2, seq: 12, epoch: "E1" });
+  await more;
+  assert.deepEqual(client.position, { epoch: "E1", seq: 12 });
+});
+
+test("an incomplete resume is reported to onGap, and delivery goes on from its answer", async (t) => {
+  const { client, socket, seen, gaps, reconnect } = await resuming(t, 0);
+  socket().receive(envelope(1));
+  socket().receive(envelope(2));
+
+  // Trimmed: of 3 to 5 only 5 is left.
+  const second = await reconnect();
+  assert.deepEqual(second.frames().at(-1), { type: "resume", since: 2, epoch: "E1" });
+  second.receive(envelope(5, true));
+  second.receive(resumed(2, 5, 1, false, "E1"));
+  second.receive(envelope(6));
+  await flush();
+  assert.deepEqual(gaps, [{ since: 2, seq: 5, epoch: "E1", previousEpoch: "E1", replayed: 1 }]);
+  assert.deepEqual(seen, [[1, false], [2, false], [5, true], [6, false]]);
+
+  // A new history (epoch E2): nothing replayed, its envelopes count from its start.
+  const third = await reconnect();
+  assert.deepEqual(third.frames().at(-1), { type: "resume", since: 6, epoch: "E1" });
+  third.receive(envelope(1));
+  third.receive(resumed(6, 1, 0, false, "E2"));
+  third.receive(envelope(2));
+  await flush();
+  assert.deepEqual(gaps[1], { since: 6, seq: 1, epoch: "E2", previousEpoch: "E1", replayed: 0 });
+  assert.deepEqual(seen.slice(4), [[1, false], [2, false]]);
+  assert.deepEqual(client.position, { epoch: "E2", seq: 2 });
+  const fourth = await reconnect();
+  assert.deepEqual(fourth.frames().at(-1), { type: "resume", since: 2, epoch: "E2" });
+});
+
+test("a drop while resuming asks again from the same seq; held envelopes were never delivered", async (t) => {
+  const { seen, reconnect } = await resuming(t, 3);
+  const second = await reconnect();
+  second.receive(envelope(4));
+  await flush();
+  assert.deepEqual(seen, []);
+  const third = await reconnect();
+  assert.deepEqual(third.frames(), [resubscribe, { type: "resume", since: 3, epoch: "E1" }]);
+  third.receive(envelope(4, true));
+  third.receive(resumed(3, 4, 1, true, "E1"));
+  await flush();
+  assert.deepEqual(seen, [[4, true]]);
+  assert.deepEqual(acked(third), ["e4"]);
+});
+
+test("without history (no seq) nothing is resumed and envelopes are delivered as they come", async (t) => {
+  const { client, socket, seen, gaps, reconnect } = await resuming(t, null);
+  assert.equal(client.position, null);
+  const plain = { envelopeId: "p", type: "t", payload: null };
+  socket().receive(plain);
+  socket().receive(plain);
+  const second = await reconnect();
+  assert.deepEqual(second.frames(), [resubscribe]);
+  second.receive({ type: "subscribed", added: 1, total: 1 });
+  second.receive(plain);
+  await flush();
+  assert.deepEqual(seen, ["p", "p", "p"]);
+  assert.deepEqual(gaps, []);
+});
+
+test("history_disabled in answer to a resume: reported, held envelopes delivered, no more resumes", async (t) => {
+  const { client, seen, errors, reconnect } = await resuming(t, 3);
+  const second = await reconnect();
+  second.receive(envelope(4));
+  second.receive({ type: "error", code: "history_disabled", message: "no history" });
+  await flush();
+  assert.deepEqual(
+    errors.map((e) => e.code),
+    ["history_disabled"],
+  );
+  assert.deepEqual(seen, [[4, false]]);
+  assert.equal(client.position, null);
+  const third = await reconnect();
+  assert.deepEqual(third.frames(), [resubscribe]);
+});
