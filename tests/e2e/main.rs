@@ -5,6 +5,7 @@
 //! when tests fail. `cargo test --test e2e -- <substring>` runs a subset.
 
 mod auth;
+mod chaos;
 mod client;
 mod delivery;
 mod frames;
@@ -98,6 +99,7 @@ fn main() {
     all.extend(operator_client::tests());
     all.extend(client::tests());
     all.extend(tls::tests());
+    all.extend(chaos::tests());
     let selected: Vec<Test> = all
         .into_iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
