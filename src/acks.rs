@@ -229,11 +229,16 @@ impl<W> AckBook<W> {
     }
 
     /// A socket that was sent the envelope again (a resume) is awaited too,
-    /// if the publish still waits; returns its waiter, whose count of
+    /// if the publish still waits and the socket connected after it was
+    /// sent (`connected_ms`; one that was there then had its chance live,
+    /// and may have acked already); returns its waiter, whose count of
     /// sockets grows by one.
-    pub fn join(&mut self, envelope_id: &str, socket: &str) -> Option<&mut W> {
+    pub fn join(&mut self, envelope_id: &str, socket: &str, connected_ms: f64) -> Option<&mut W> {
         let pending = self.pending.get_mut(envelope_id)?;
         pending.waiter.as_ref()?;
+        if connected_ms <= pending.tracking.sent_ms {
+            return None;
+        }
         if !pending.awaiting.insert(socket.to_owned()) {
             return None;
         }
@@ -427,11 +432,17 @@ mod tests {
     fn a_resumed_socket_joins_a_publish_in_flight() {
         let mut book = AckBook::default();
         // "b" resumed (a new socket of a client whose old one dropped).
-        book.begin("f".into(), sockets(&["a"]), 2, Tracking::default())
+        let sent = Tracking {
+            sent_ms: 1_000.0,
+            ..Tracking::default()
+        };
+        book.begin("f".into(), sockets(&["a"]), 2, sent)
             .expect("new");
-        assert_eq!(book.join("f", "b").copied(), Some(2));
-        assert_eq!(book.join("f", "b"), None, "joins once");
-        assert_eq!(book.join("nope", "b"), None);
+        assert_eq!(book.join("f", "b", 1_500.0).copied(), Some(2));
+        assert_eq!(book.join("f", "b", 1_500.0), None, "joins once");
+        assert_eq!(book.join("nope", "b", 1_500.0), None);
+        // A socket that was there when it was sent (and may have acked).
+        assert_eq!(book.join("f", "c", 900.0), None);
         assert_eq!(book.ack("f", "a", json!(1), 0.0), AckOutcome::Counted);
         assert_eq!(book.ack("f", "b", json!(2), 0.0), AckOutcome::Completed(2));
         assert_eq!(book.finish("f").results, vec![json!(1), json!(2)]);

@@ -567,10 +567,15 @@ impl HopeFlowRealtime {
             }
             Some(Ok(plan)) => plan,
         };
-        let filters = self.with_sockets(|sockets| {
+        let (filters, connected_ms) = self.with_sockets(|sockets| {
             sockets
                 .get(socket_id)
-                .map(|s| s.attachment.filters.clone())
+                .map(|s| {
+                    (
+                        s.attachment.filters.clone(),
+                        s.attachment.connected_at as f64,
+                    )
+                })
                 .unwrap_or_default()
         });
         let mut replayed = 0;
@@ -585,11 +590,11 @@ impl HopeFlowRealtime {
                 return;
             }
             replayed += 1;
-            if let Some(waiter) = self
-                .acks
-                .borrow_mut()
-                .book
-                .join(&envelope.envelope_id, socket_id)
+            if let Some(waiter) =
+                self.acks
+                    .borrow_mut()
+                    .book
+                    .join(&envelope.envelope_id, socket_id, connected_ms)
             {
                 waiter.client_count += 1;
             }
