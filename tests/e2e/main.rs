@@ -89,6 +89,8 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let mut all: Vec<Test> = Vec::new();
+    // The longest first (about 35 s), so it runs beside the others.
+    all.extend(chaos::tests());
     all.extend(routes::tests());
     all.extend(auth::tests());
     all.extend(frames::tests());
@@ -99,7 +101,6 @@ fn main() {
     all.extend(operator_client::tests());
     all.extend(client::tests());
     all.extend(tls::tests());
-    all.extend(chaos::tests());
     let selected: Vec<Test> = all
         .into_iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
