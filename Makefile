@@ -37,13 +37,15 @@ RUN_CONFIG := build/wrangler.toml
 FUZZ_SECS ?= 300
 FUZZ_TARGETS := client_frame filters publish_body token
 
-.PHONY: help dev debug build test bench fuzz install-cli tools rust-tools node-tools clean
+.PHONY: help dev debug build test contract contract-client bench fuzz install-cli tools rust-tools node-tools contract-tools clean
 
 help:
 	@echo "make dev    install what is missing, build, serve on 127.0.0.1:$(PORT)"
 	@echo "make debug  as make dev, through \`wrangler dev\` with the DevTools inspector on 127.0.0.1:$(INSPECTOR_PORT)"
 	@echo "make test   fmt, clippy, unit tests, integration tests against wrangler dev"
 	@echo "make build  release build into build/ (what wrangler deploy uploads)"
+	@echo "make contract  docs/openapi.yaml and docs/asyncapi.yaml against the code, schemathesis against the worker"
+	@echo "make contract-client  regenerate clients/ts/openapi.d.ts from docs/openapi.yaml"
 	@echo "make bench  hopeflow vs a JS reference vs the runtime floor (BENCH_ROUNDS, default 3)"
 	@echo "make fuzz   run every cargo-fuzz target for FUZZ_SECS (default 300) seconds"
 	@echo "make install-cli  install the hopeflow tool into ~/.cargo/bin"
@@ -107,7 +109,36 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
-test: build | node-tools $(CHROMIUM)
+# schemathesis (PyPI, pinned with its dependencies) for the contract test, in
+# a virtual environment of its own; made again when the pins change.
+VENV := target/venv
+CONTRACT_REQUIREMENTS := tests/contract/requirements.txt
+
+$(VENV)/.installed: $(CONTRACT_REQUIREMENTS)
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-input -r $(CONTRACT_REQUIREMENTS)
+	@touch $@
+
+contract-tools: $(VENV)/.installed
+
+# The contract (README "Contract"): the code tables of src/ against both
+# documents; the TypeScript client generated from docs/openapi.yaml is up
+# to date and compiles; then schemathesis (every check, positive and
+# negative data) and that client against the worker (tests/contract/run.sh).
+# The e2e suite checks every answer and frame it reads against the documents.
+contract: build | node-tools contract-tools
+	cargo test -p hopeflow-realtime --test contract_tables
+	@mkdir -p target/contract
+	openapi-typescript docs/openapi.yaml -o target/contract/openapi.d.ts
+	@diff -u clients/ts/openapi.d.ts target/contract/openapi.d.ts \
+	  || { echo "clients/ts/openapi.d.ts is not what docs/openapi.yaml generates: run make contract-client"; exit 1; }
+	tsc -p clients/ts
+	tests/contract/run.sh
+
+contract-client: | node-tools
+	openapi-typescript docs/openapi.yaml -o clients/ts/openapi.d.ts
+
+test: build | node-tools $(CHROMIUM) contract-tools
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p hopeflow-realtime --lib --target wasm32-unknown-unknown -- -D warnings
@@ -116,6 +147,7 @@ test: build | node-tools $(CHROMIUM)
 	@# The e2e suite runs the CLI as a real process.
 	cargo build -p hopeflow-client --bin hopeflow
 	cargo test -p hopeflow-realtime --test e2e
+	$(MAKE) --no-print-directory contract
 	@# The browser client: its state machine (fake socket), then headless Chromium against the worker.
 	node --test clients/js/test/ tests/browser/
 	@# Keeps the benchmark from rotting: tiny sizes, fails on any failed check.

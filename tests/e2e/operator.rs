@@ -10,9 +10,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::hostile::strict_token;
-use crate::support::{
-    http, publish, reply, send, sockets_of, unique_user, Client, Reply, Server, WAIT,
-};
+use crate::support::{http, publish, send, sockets_of, unique_user, Client, Reply, Server, WAIT};
 use crate::{tests, Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -58,7 +56,7 @@ fn post(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    async move { reply(request.send().await.expect("request")).await }
+    async move { send(request).await }
 }
 
 async fn disconnect(server: &Server, user: &str, body: Option<Value>) -> Reply {
