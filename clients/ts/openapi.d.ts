@@ -235,7 +235,12 @@ export interface components {
         UserPathId: string;
         /** @description The envelope's `type`; `null` or absent means `message`; `""` is refused. */
         EnvelopeType: string | null;
-        /** @description Any JSON; absent means `null`. */
+        /**
+         * @description Any JSON; absent means `null`. As the worker's JSON parser reads it:
+         *     arrays and objects nested at most 126 levels deep, numbers within a
+         *     64-bit float's range, no unpaired surrogate escapes (`"\ud800"`);
+         *     beyond these the body is `400 invalid_body` ("not valid JSON").
+         */
         Payload: unknown;
         /** @description Other fields are ignored. */
         PublishRequest: {
