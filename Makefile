@@ -121,12 +121,13 @@ $(VENV)/.installed: $(CONTRACT_REQUIREMENTS)
 
 contract-tools: $(VENV)/.installed
 
-# The contract (README "Contract"): the code tables of src/ against both
-# documents; the TypeScript client generated from docs/openapi.yaml is up
+# The contract (README "Contract"): both documents valid OpenAPI 3.1 and
+# AsyncAPI 3.0; the code tables of src/ against them; the TypeScript client generated from docs/openapi.yaml is up
 # to date and compiles; then schemathesis (every check, positive and
 # negative data) and that client against the worker (tests/contract/run.sh).
 # The e2e suite checks every answer and frame it reads against the documents.
 contract: build | node-tools contract-tools
+	$(VENV)/bin/python tests/contract/check_documents.py
 	cargo test -p hopeflow-realtime --test contract_tables
 	@mkdir -p target/contract
 	openapi-typescript docs/openapi.yaml -o target/contract/openapi.d.ts
