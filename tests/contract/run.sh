@@ -62,12 +62,16 @@ WRANGLER_SEND_METRICS=false WRANGLER_SEND_ERROR_REPORTS=false CLOUDFLARE_CF_FETC
   > "$DIR/wrangler.log" 2>&1 < /dev/null &
 SERVER_PID=$!
 
+healthy() {
+  "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+    "$BASE/health" 2>/dev/null
+}
 for _ in $(seq 600); do
-  if curl -fsS -o /dev/null "$BASE/health" 2>/dev/null; then break; fi
+  if healthy; then break; fi
   kill -0 "$SERVER_PID" 2>/dev/null || { echo "the worker exited" >&2; exit 1; }
   sleep 0.1
 done
-curl -fsS -o /dev/null "$BASE/health"
+healthy || { echo "the worker did not answer /health" >&2; exit 1; }
 
 # A token that reaches every route: any user may publish, and the scope has
 # the default OPERATOR_SCOPE (and `publish`, for servers with PUBLISH_SCOPE).
