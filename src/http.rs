@@ -126,6 +126,10 @@ pub fn error(err: &ApiError) -> Result<Response> {
     if let ApiError::MethodNotAllowed { allow } = err {
         response.headers().set("Allow", allow)?;
     }
+    // RFC 9110: a 426 names the protocol to upgrade to.
+    if let ApiError::UpgradeRequired = err {
+        response.headers().set("Upgrade", "websocket")?;
+    }
     if let Some(secs) = err.retry_after_secs() {
         response.headers().set("Retry-After", &secs.to_string())?;
     }

@@ -135,7 +135,12 @@ pub fn publish_with_options(
         let options = DeliverOptions { key: keyed, detail };
         let answer = deliver(&namespace, &user_id, &envelope_text, &options).await?;
         match answer {
-            Delivered::Plain(text) => Ok(glue::json_200(&JsValue::from_str(&text))),
+            // Through `respond`, so every answer of this path exposes
+            // `Idempotent-Replayed` the same way.
+            Delivered::Plain(text) => {
+                let answer = serde_json::from_str(&text).map_err(|_| ApiError::Internal)?;
+                respond(200, &answer, false)
+            }
             Delivered::Keyed {
                 replayed, answer, ..
             } => respond(200, &answer, replayed),
@@ -150,7 +155,7 @@ pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
     let key = req
         .headers()
         .get(crate::idempotency::HEADER)?
-        .map(|k| IdempotencyKey::parse(&k))
+        .map(|k| IdempotencyKey::parse(k.trim()))
         .transpose()
         .map_err(ApiError::InvalidIdempotencyKey)?;
     let detail = req.url().contains('?') && query_param(&req, "detail").as_deref() == Some("true");

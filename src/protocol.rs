@@ -448,7 +448,10 @@ impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             PublishError::EmptyBody => "request body is empty; expected a JSON object",
-            PublishError::InvalidJson => "request body is not valid JSON",
+            PublishError::InvalidJson => {
+                "request body is not valid JSON (the parser also refuses nesting deeper than \
+                 126 levels, numbers beyond 64-bit floats and lone surrogate escapes)"
+            }
             PublishError::NotAnObject => "request body must be a JSON object",
             PublishError::InvalidUserId => "\"userId\" must be a non-empty string",
             PublishError::InvalidType => "\"type\" must be a non-empty string when present",

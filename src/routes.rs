@@ -238,7 +238,8 @@ fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     let detail = req.url().contains('?') && query_param(&req, "detail").as_deref() == Some("true");
     if key.is_some() || detail {
         let key = key
-            .map(|k| IdempotencyKey::parse(&k))
+            // HTTP excludes a value's surrounding whitespace.
+            .map(|k| IdempotencyKey::parse(k.trim()))
             .transpose()
             .map_err(ApiError::InvalidIdempotencyKey)?;
         return operator_routes::publish_with_options(req, env, key, detail);

@@ -516,6 +516,8 @@ export interface components {
         UpgradeRequired: {
             headers: {
                 "Access-Control-Allow-Origin": components["headers"]["AccessControlAllowOrigin"];
+                /** @description The protocol to upgrade to (RFC 9110, 426). The worker sends it, but `Upgrade` is a hop-by-hop header that proxies drop (wrangler dev's does), so a client may not see it. */
+                Upgrade?: "websocket";
                 [name: string]: unknown;
             };
             content: {

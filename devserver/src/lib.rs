@@ -229,8 +229,31 @@ fn clock_ticks_per_sec() -> f64 {
     })
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, below the kernel's ephemeral range
+/// (`ip_local_port_range`). A port the kernel handed out for `bind(0)` and
+/// we released could be handed out again, to one of the runtime's own
+/// sockets, before wrangler binds it ("Address already in use" when six
+/// servers start at once); a port below the range is never handed out.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    // 12,000 ports under the range, walked from a start that differs per
+    // process, so concurrent test processes rarely meet.
+    let span = 12_000usize
+        .min(usize::from(low).saturating_sub(2_000))
+        .max(1);
+    let base = usize::from(low) - span;
+    let start = (std::process::id() as usize).wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::SeqCst)) % span;
+        let port = (base + offset) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -38,11 +38,24 @@ export function mint(userId, key, claims = {}) {
 export const hs256 = (text, key) => createHmac("sha256", key).update(text).digest("base64url");
 
 export async function freePort() {
-  const server = createTcpServer();
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
+  // Below the kernel's ephemeral range, so no socket the runtime opens with
+  // bind(0) can take the port between this check and wrangler binding it
+  // (devserver::free_port says more).
+  const low = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").split(/\s+/)[0]) || 32768;
+  const span = 12000;
+  for (let tries = 0; tries < 200; tries++) {
+    const port = low - span + Math.floor(Math.random() * span);
+    const server = createTcpServer();
+    const bound = await new Promise((resolve) => {
+      server.once("error", () => resolve(false));
+      server.listen(port, "127.0.0.1", () => resolve(true));
+    });
+    if (bound) {
+      await new Promise((resolve) => server.close(resolve));
+      return port;
+    }
+  }
+  throw new Error("no free port below the ephemeral range");
 }
 
 /**

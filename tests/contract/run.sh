@@ -30,7 +30,23 @@ CONFIG="$ROOT/build/wrangler.toml"
 
 DIR="$(mktemp -d "${TMPDIR:-/tmp}/hopeflow-contract.XXXXXX")"
 SECRET="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-PORT="$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# Below the kernel's ephemeral range, so no socket the runtime opens with
+# bind(0) takes it first (devserver::free_port says more).
+PORT="$("$VENV/bin/python" -c '
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(200):
+    port = random.randrange(low - 12000, low)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+')"
 BASE="http://127.0.0.1:$PORT"
 printf 'JWT_SECRET=%s\nCONSOLE_ENABLED=true\n' "$SECRET" > "$DIR/server.env"
 
