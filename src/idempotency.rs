@@ -50,6 +50,14 @@ impl IdempotencyKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key of a request whose body has `fingerprint`.
+    pub fn with_fingerprint(self, fingerprint: String) -> KeyedRequest {
+        KeyedRequest {
+            key: self.0,
+            fingerprint,
+        }
+    }
 }
 
 /// What makes two publishes "the same body": a SHA-256 of the request's

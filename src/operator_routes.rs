@@ -16,13 +16,13 @@ use crate::error::ApiError;
 use crate::glue::{self, Namespace, Thenable};
 use crate::http::{self, Incoming, Reply};
 use crate::idempotency::{
-    batch_fingerprint, publish_fingerprint, DeliverOptions, IdempotencyKey, KeyedRequest, Receipt,
+    batch_fingerprint, publish_fingerprint, DeliverOptions, IdempotencyKey, Receipt,
     REPLAYED_HEADER,
 };
 use crate::operator::{batch_entry, DisconnectRequest, UserRoute};
 use crate::protocol::{BatchRequest, PublishRequest};
 use crate::routes::{
-    authenticate, namespace, publish_checks, query_param, settings, unavailable_err, user_stub,
+    authenticate, namespace, publish_checks, publish_options, settings, unavailable_err, user_stub,
     Settings,
 };
 
@@ -121,13 +121,12 @@ pub fn publish_with_options(
     Ok(later(async move {
         let body = body_bytes(&body, limit).await?;
         let request = PublishRequest::parse(&body).map_err(ApiError::InvalidBody)?;
-        let keyed = key.map(|key| KeyedRequest {
-            key: key.as_str().to_owned(),
-            fingerprint: publish_fingerprint(
+        let keyed = key.map(|key| {
+            key.with_fingerprint(publish_fingerprint(
                 &request.user_id,
                 &request.envelope_type,
                 &request.payload,
-            ),
+            ))
         });
         let user_id = request.user_id.clone();
         let envelope = request.into_envelope(new_envelope_id());
@@ -152,26 +151,19 @@ pub fn publish_with_options(
 pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
     let settings = settings(env)?;
     publish_checks(&req, &settings)?;
-    let key = req
-        .headers()
-        .get(crate::idempotency::HEADER)?
-        .map(|k| IdempotencyKey::parse(k.trim()))
-        .transpose()
-        .map_err(ApiError::InvalidIdempotencyKey)?;
-    let detail = req.url().contains('?') && query_param(&req, "detail").as_deref() == Some("true");
+    let (key, detail) = publish_options(&req)?;
     let limit = settings.config.max_publish_bytes;
     let namespace = namespace(env)?;
     let body = glue::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
     Ok(later(async move {
         let body = body_bytes(&body, limit).await?;
         let request = BatchRequest::parse(&body).map_err(ApiError::InvalidBody)?;
-        let keyed = key.map(|key| KeyedRequest {
-            key: key.as_str().to_owned(),
-            fingerprint: batch_fingerprint(
+        let keyed = key.map(|key| {
+            key.with_fingerprint(batch_fingerprint(
                 &request.user_ids,
                 &request.envelope_type,
                 &request.payload,
-            ),
+            ))
         });
         let envelope_id = new_envelope_id();
         let envelope_text = request

@@ -234,14 +234,8 @@ fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     publish_checks(&req, &settings)?;
     // A key or `?detail=true` takes the slower path of options; a plain
     // publish pays one header lookup and no URL parse for them.
-    let key = req.headers().get(IDEMPOTENCY_HEADER)?;
-    let detail = req.url().contains('?') && query_param(&req, "detail").as_deref() == Some("true");
+    let (key, detail) = publish_options(&req)?;
     if key.is_some() || detail {
-        let key = key
-            // HTTP excludes a value's surrounding whitespace.
-            .map(|k| IdempotencyKey::parse(k.trim()))
-            .transpose()
-            .map_err(ApiError::InvalidIdempotencyKey)?;
         return operator_routes::publish_with_options(req, env, key, detail);
     }
     let namespace = namespace(env)?;
@@ -270,6 +264,21 @@ pub(crate) fn publish_checks(
         return Err(ApiError::UnsupportedMediaType);
     }
     check_declared_length(req, settings.config.max_publish_bytes)
+}
+
+/// A publish's `Idempotency-Key` (validated) and `?detail=true`.
+pub(crate) fn publish_options(
+    req: &Incoming,
+) -> std::result::Result<(Option<IdempotencyKey>, bool), ApiError> {
+    let key = req
+        .headers()
+        .get(IDEMPOTENCY_HEADER)?
+        // HTTP excludes a value's surrounding whitespace.
+        .map(|k| IdempotencyKey::parse(k.trim()))
+        .transpose()
+        .map_err(ApiError::InvalidIdempotencyKey)?;
+    let detail = req.url().contains('?') && query_param(req, "detail").as_deref() == Some("true");
+    Ok((key, detail))
 }
 
 fn check_declared_length(req: &Incoming, limit: usize) -> std::result::Result<(), ApiError> {
