@@ -26,9 +26,7 @@ export WRANGLER_SEND_METRICS := false
 export WRANGLER_SEND_ERROR_REPORTS := false
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-# console.html and the browser client are compiled in (include_str!).
-SOURCES := $(shell find src -name '*.rs') src/shim.js src/console.html clients/js/hopeflow.js \
-  Cargo.toml Cargo.lock
+SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 WORKER := build/worker/shim.mjs
 # wrangler.toml without [build]: starts the prebuilt worker in about a second.
 RUN_CONFIG := build/wrangler.toml
@@ -71,8 +69,21 @@ build: $(WORKER) $(RUN_CONFIG)
 
 # src/shim.js is the worker's JavaScript entry (it makes the Durable Object
 # callable over RPC); worker-build bundles it with the wasm-bindgen glue.
-$(WORKER): $(SOURCES) | tools
-	CUSTOM_SHIM=$(CURDIR)/src/shim.js worker-build --release
+# The entry imports the console's assets by absolute path (worker-build
+# bundles it from a staging dir of its own): build/shim.js is src/shim.js
+# with that path filled in.
+CONSOLE_ASSETS := build/console-assets.mjs
+
+$(CONSOLE_ASSETS): src/console.html clients/js/hopeflow.js devserver/console-assets.mjs
+	@mkdir -p build
+	node devserver/console-assets.mjs $@ src/console.html clients/js/hopeflow.js
+
+build/shim.js: src/shim.js
+	@mkdir -p build
+	sed 's|@CONSOLE_ASSETS@|$(CURDIR)/$(CONSOLE_ASSETS)|' src/shim.js > $@
+
+$(WORKER): $(SOURCES) build/shim.js $(CONSOLE_ASSETS) | tools
+	CUSTOM_SHIM=$(CURDIR)/build/shim.js worker-build --release
 	@touch $@
 
 $(RUN_CONFIG): wrangler.toml

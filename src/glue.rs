@@ -73,6 +73,32 @@ pub fn warm_up() -> usize {
     crate::warmup::exercise(WARM_UP_ROUNDS) + (crossed & 1)
 }
 
+thread_local! {
+    /// The debug console's page and script (JS strings), handed over by
+    /// `src/shim.js` as the module loads; kept out of the wasm.
+    static CONSOLE_ASSETS: OnceCell<(JsValue, JsValue)> = const { OnceCell::new() };
+}
+
+/// Called once by `src/shim.js` with the console's page and script.
+#[wasm_bindgen(js_name = setConsoleAssets)]
+pub fn set_console_assets(page: JsValue, client: JsValue) {
+    CONSOLE_ASSETS.with(|cell| {
+        let _ = cell.set((page, client));
+    });
+}
+
+/// A response whose body is the console's page (`page`) or its script,
+/// with `headers`; `None` before `src/shim.js` handed them over.
+pub fn console_asset(page: bool, headers: &web_sys::Headers) -> Option<web_sys::Response> {
+    let body = CONSOLE_ASSETS.with(|cell| {
+        cell.get()
+            .map(|(p, c)| if page { p.clone() } else { c.clone() })
+    })?;
+    let init = js_sys::Object::new();
+    js_sys::Reflect::set(&init, &JsValue::from_str("headers"), headers).ok()?;
+    Some(NewResponse::new(&body, &init).unchecked_into())
+}
+
 /// Calls of each hot import in [`warm_up`].
 const CROSSING_WARM_UP: usize = 2_000;
 

@@ -26,33 +26,35 @@ use crate::routes::{
     Settings,
 };
 
-/// The debug console's page, served only with `CONSOLE_ENABLED=true`.
-const CONSOLE_PAGE: &str = include_str!("console.html");
-/// The browser client the page imports, served beside it.
-const CONSOLE_CLIENT: &str = include_str!("../clients/js/hopeflow.js");
-
-/// `GET /console` and the module it imports; 404 unless enabled.
+/// `GET /console` and the module it imports; 404 unless enabled. Their
+/// text comes from the JavaScript entry (`glue::console_asset`), not from
+/// the wasm.
 pub fn console(req: &Incoming, env: &Env) -> Result<Reply, ApiError> {
     if !settings(env)?.config.console_enabled {
         return Err(ApiError::NotFound);
     }
-    let (body, content_type) = if req.path() == "/console" {
-        (CONSOLE_PAGE, "text/html; charset=utf-8")
+    let page = req.path() == "/console";
+    let headers = web_sys::Headers::new().map_err(|_| ApiError::Internal)?;
+    let content_type = if page {
+        "text/html; charset=utf-8"
     } else {
-        (CONSOLE_CLIENT, "text/javascript; charset=utf-8")
+        "text/javascript; charset=utf-8"
     };
-    let response = Response::ok(body)?;
-    let headers = response.headers();
-    headers.set("Content-Type", content_type)?;
+    let set = |name: &str, value: &str| headers.set(name, value).map_err(|_| ApiError::Internal);
+    set("Content-Type", content_type)?;
     // Everything the page uses is served from here: nothing else may load.
-    headers.set(
+    set(
         "Content-Security-Policy",
         "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; \
          script-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
     )?;
-    headers.set("X-Content-Type-Options", "nosniff")?;
-    headers.set("Cache-Control", "no-store")?;
-    Ok(response.into())
+    set("X-Content-Type-Options", "nosniff")?;
+    set("Cache-Control", "no-store")?;
+    let response = glue::console_asset(page, &headers).ok_or_else(|| {
+        console_error!("the console's assets were not handed over by the entry");
+        ApiError::Internal
+    })?;
+    Ok(Response::from(response).into())
 }
 
 /// A route of `/users/{userId}/...`.

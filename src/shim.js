@@ -9,6 +9,9 @@
 import * as imports from "./index_bg.js";
 import wasmModule from "./index.wasm";
 import { DurableObject } from "cloudflare:workers";
+// The debug console's page and the browser client, as strings (made by
+// devserver/console-assets.mjs; the Makefile fills in the path).
+import { consolePage, consoleClient } from "@CONSOLE_ASSETS@";
 $SNIPPET_JS_IMPORTS
 
 const instance = new WebAssembly.Instance(wasmModule, {
@@ -21,6 +24,8 @@ instance.exports.__wbindgen_start?.();
 // its pure code (src/warmup.rs) and its crossings into JavaScript
 // (glue::warm_up). The global scope may not build a response or set a timer.
 imports.warmUp();
+// Handed over once, so they need not be compiled into the wasm.
+imports.setConsoleAssets(consolePage, consoleClient);
 
 export default {
   fetch(request, env, ctx) {
