@@ -414,9 +414,7 @@ impl HopeFlowRealtime {
         let envelope = Envelope::parse(&text).ok_or(ApiError::Internal)?;
         let now_ms = js_sys::Date::now();
         if let Some(keyed) = &options.key {
-            if let Some(answer) =
-                self.replay_or_wait(keyed, settings.config.idempotency_ttl_secs, now_ms)
-            {
+            if let Some(answer) = self.replay_or_wait(keyed, now_ms) {
                 return Ok(answer);
             }
         }
@@ -614,14 +612,10 @@ impl HopeFlowRealtime {
     /// A keyed publish seen before: the stored answer, a conflict, or a
     /// Promise of the answer of the same publish still in flight. `None`:
     /// a new key, to deliver.
-    fn replay_or_wait(&self, keyed: &KeyedRequest, ttl_secs: u64, now_ms: f64) -> Option<JsValue> {
+    fn replay_or_wait(&self, keyed: &KeyedRequest, now_ms: f64) -> Option<JsValue> {
         let mut in_flight = self.acks.borrow_mut();
-        if in_flight.store.is_none() {
-            in_flight.store = KeyStore::open(&self.raw_state, ttl_secs);
-        }
-        let stored = in_flight
-            .store
-            .as_ref()
+        let stored = self
+            .key_store(&mut in_flight)
             .and_then(|store| store.find(&keyed.key, now_ms));
         let first = in_flight.keys.in_flight(&keyed.key);
         match idempotency::decide(stored, first, &keyed.fingerprint) {
@@ -691,19 +685,25 @@ impl HopeFlowRealtime {
     /// The alarm: deletes expired idempotency keys (and sets itself again
     /// for the next expiry).
     pub fn alarm(&self) {
-        let ttl_secs = self
-            .settings
-            .as_ref()
-            .map_or(crate::config::DEFAULT_IDEMPOTENCY_TTL_SECS, |s| {
-                s.config.idempotency_ttl_secs
-            });
         let mut in_flight = self.acks.borrow_mut();
-        if in_flight.store.is_none() {
-            in_flight.store = KeyStore::open(&self.raw_state, ttl_secs);
-        }
-        if let Some(store) = &in_flight.store {
+        if let Some(store) = self.key_store(&mut in_flight) {
             store.delete_expired(js_sys::Date::now());
         }
+    }
+
+    /// The table of keyed answers, opened by its first use (`None` when it
+    /// cannot be, which is logged; the next use tries again).
+    fn key_store<'a>(&self, in_flight: &'a mut InFlight) -> Option<&'a KeyStore> {
+        if in_flight.store.is_none() {
+            let ttl_secs = self
+                .settings
+                .as_ref()
+                .map_or(crate::config::DEFAULT_IDEMPOTENCY_TTL_SECS, |s| {
+                    s.config.idempotency_ttl_secs
+                });
+            in_flight.store = KeyStore::open(&self.raw_state, ttl_secs);
+        }
+        in_flight.store.as_ref()
     }
 
     /// Applies a subscribe (`add`) or unsubscribe to the socket's filters and

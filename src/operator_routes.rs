@@ -182,6 +182,14 @@ pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
                 .map(|user| deliver(&namespace, user, &envelope_text, &options)),
         )
         .await;
+        // Another body under this key for every user: the batch's conflict.
+        let conflicts = answers
+            .iter()
+            .filter(|a| matches!(a, Err(ApiError::IdempotencyConflict)))
+            .count();
+        if conflicts == answers.len() {
+            return Err(ApiError::IdempotencyConflict);
+        }
         let mut replays = Vec::new();
         let users: Vec<Value> = request
             .user_ids
@@ -199,22 +207,9 @@ pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
                     replays.push((replayed, envelope_id));
                     batch_entry(user, Ok(answer))
                 }
-                Err(ApiError::IdempotencyConflict) => batch_entry(
-                    user,
-                    Err((
-                        ApiError::IdempotencyConflict.code(),
-                        ApiError::IdempotencyConflict.to_string(),
-                    )),
-                ),
                 Err(err) => batch_entry(user, Err((err.code(), err.to_string()))),
             })
             .collect();
-        if users
-            .iter()
-            .all(|u| u["error"]["error"] == "idempotency_conflict")
-        {
-            return Err(ApiError::IdempotencyConflict);
-        }
         // A retry that every user had answered before is a replay: it keeps
         // the envelope id the sockets were sent the first time.
         let replayed = !replays.is_empty()
