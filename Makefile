@@ -126,6 +126,8 @@ VENV := target/venv
 CONTRACT_REQUIREMENTS := tests/contract/requirements.txt
 
 $(VENV)/.installed: $(CONTRACT_REQUIREMENTS)
+	@python3 -c 'import ensurepip, venv' 2>/dev/null || { apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv; }
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-input -r $(CONTRACT_REQUIREMENTS)
 	@touch $@

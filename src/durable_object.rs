@@ -31,7 +31,7 @@ use crate::glue::{
     js_key, load_attachment, pending_answer, send_value, store_attachment, IncomingFrame, Settle,
     Timer,
 };
-use crate::history;
+use crate::history::{self, Retention};
 use crate::http;
 use crate::idempotency::{self, DeliverOptions, KeyBook, KeyedRequest, Receipt};
 use crate::limits::{SocketLimits, Verdict};
@@ -420,7 +420,7 @@ impl HopeFlowRealtime {
         }
         // Kept before it is sent, also when no socket is there to get it.
         let envelope_text = match self.record(&text, now_ms)? {
-            Some(with_seq) => JsValue::from_str(&with_seq),
+            Some(with_seq) => with_seq,
             None => envelope_text,
         };
         let delivered: Vec<String> = self.with_sockets(|sockets| {
@@ -488,7 +488,7 @@ impl HopeFlowRealtime {
         &self,
         envelope_text: &str,
         now_ms: f64,
-    ) -> std::result::Result<Option<String>, ApiError> {
+    ) -> std::result::Result<Option<JsValue>, ApiError> {
         let recorded = self.with_history(|history| history.record(envelope_text, now_ms));
         match recorded {
             None => Ok(None),
@@ -653,7 +653,20 @@ impl HopeFlowRealtime {
                 .collect()
         });
         let pending = self.acks.borrow().book.len();
-        SocketsView::new(user_id, sockets, pending).to_text()
+        let history_on = self
+            .settings
+            .as_ref()
+            .is_ok_and(|s| s.config.history.enabled());
+        let history = history_on
+            .then(|| match crate::storage::history_view(&self.raw_state) {
+                Ok(view) => view,
+                Err(err) => {
+                    console_error!("reading history for the sockets view: {err}");
+                    None
+                }
+            })
+            .flatten();
+        SocketsView::new(user_id, sockets, pending, history).to_text()
     }
 
     /// `disconnect` (RPC from the worker, `DisconnectRequest` as JSON text):
@@ -682,12 +695,18 @@ impl HopeFlowRealtime {
         disconnected_text(chosen.len())
     }
 
-    /// The alarm: deletes expired idempotency keys (and sets itself again
-    /// for the next expiry).
+    /// The alarm: deletes expired idempotency keys and history past its
+    /// bounds (and sets itself again for the next expiry).
     pub fn alarm(&self) {
         let mut in_flight = self.acks.borrow_mut();
-        if let Some(store) = self.key_store(&mut in_flight) {
-            store.delete_expired(js_sys::Date::now());
+        let scheduled = self
+            .key_store(&mut in_flight)
+            .is_some_and(|store| store.cleanup(js_sys::Date::now()));
+        drop(in_flight);
+        if !scheduled {
+            if let Some(history) = self.history.borrow_mut().as_mut() {
+                history.unscheduled();
+            }
         }
     }
 
@@ -695,13 +714,14 @@ impl HopeFlowRealtime {
     /// cannot be, which is logged; the next use tries again).
     fn key_store<'a>(&self, in_flight: &'a mut InFlight) -> Option<&'a KeyStore> {
         if in_flight.store.is_none() {
-            let ttl_secs = self
-                .settings
-                .as_ref()
-                .map_or(crate::config::DEFAULT_IDEMPOTENCY_TTL_SECS, |s| {
-                    s.config.idempotency_ttl_secs
-                });
-            in_flight.store = KeyStore::open(&self.raw_state, ttl_secs);
+            let (ttl_secs, retention) = self.settings.as_ref().map_or(
+                (
+                    crate::config::DEFAULT_IDEMPOTENCY_TTL_SECS,
+                    Retention::default(),
+                ),
+                |s| (s.config.idempotency_ttl_secs, s.config.history),
+            );
+            in_flight.store = KeyStore::open(&self.raw_state, ttl_secs, retention);
         }
         in_flight.store.as_ref()
     }

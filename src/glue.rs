@@ -326,6 +326,8 @@ pub struct Sql(RawSql);
 #[derive(Clone)]
 pub enum Bind<'a> {
     Text(&'a str),
+    /// Text already in a JS string, bound without another copy.
+    JsText(&'a JsValue),
     Number(f64),
 }
 
@@ -342,6 +344,7 @@ impl Sql {
         for bind in binds {
             args.push(&match bind {
                 Bind::Text(text) => JsValue::from_str(text),
+                Bind::JsText(text) => (*text).clone(),
                 Bind::Number(number) => JsValue::from_f64(*number),
             });
         }

@@ -34,6 +34,28 @@ impl Retention {
     pub fn cutoff_ms(&self, now_ms: f64) -> f64 {
         now_ms - (self.ttl_secs * 1000) as f64
     }
+
+    /// When an envelope stored at `stored_ms` is past the TTL: the time for
+    /// the alarm that deletes it. With history off, at once.
+    pub fn expires_at(&self, stored_ms: f64) -> f64 {
+        if self.enabled() {
+            stored_ms + (self.ttl_secs * 1000) as f64 + 1.0
+        } else {
+            stored_ms
+        }
+    }
+
+    /// The binds of [`PURGE`] (rows to keep by size, cutoff time). With
+    /// history off (turned off after envelopes were stored), everything
+    /// goes: only the newest row's `seq` stays, without its envelope, so
+    /// turning history on again continues the sequence.
+    pub fn purge_bounds(&self, now_ms: f64) -> (u64, f64) {
+        if self.enabled() {
+            (self.size, self.cutoff_ms(now_ms))
+        } else {
+            (1, now_ms + 1.0)
+        }
+    }
 }
 
 impl Default for Retention {
@@ -95,7 +117,7 @@ pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS history (
     at INTEGER NOT NULL
 )";
 /// The `epoch`. (The last `seq` given out is the newest row's, which
-/// `TRIM` never drops, so it is never reused.)
+/// `PURGE` never drops, so it is never reused.)
 pub const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS history_meta (
     k TEXT PRIMARY KEY,
     v TEXT NOT NULL
@@ -107,17 +129,32 @@ pub const LAST_SEQ: &str = "SELECT MAX(seq) AS seq FROM history";
 pub const WRITE_META: &str = "INSERT OR REPLACE INTO history_meta (k, v) VALUES (?, ?)";
 /// Binds: seq, envelope text, now.
 pub const INSERT: &str = "INSERT INTO history (seq, envelope, at) VALUES (?, ?, ?)";
-/// Binds: the highest seq to drop by size, the cutoff time, the newest seq.
-/// The newest row is never dropped by age (`SINCE` and `OLDEST` skip it once
-/// expired): it keeps the last `seq`, so none is given out twice.
-pub const TRIM: &str = "DELETE FROM history WHERE seq <= ? OR (at < ? AND seq < ?)";
+/// Binds: the rows to keep by size, the cutoff time ([`Retention::purge_bounds`]).
+/// Deletes every row past either bound but the newest: that one keeps the
+/// last `seq`, so none is given out twice; [`BLANK_EXPIRED`] empties it.
+pub const PURGE: &str = "DELETE FROM history WHERE seq < (SELECT MAX(seq) FROM history) \
+     AND (seq <= (SELECT MAX(seq) FROM history) - ? OR at < ?)";
+/// Binds: the cutoff time. After [`PURGE`] only the newest row can be past
+/// it: its payload is dropped, its `seq` kept (an empty row is never read).
+pub const BLANK_EXPIRED: &str = "UPDATE history SET envelope = '' WHERE at < ? AND envelope != ''";
+/// When the oldest row still holding an envelope was stored: the next one
+/// to expire, for the object's alarm.
+pub const OLDEST_STORED: &str = "SELECT MIN(at) AS at FROM history WHERE envelope != ''";
+/// The last `seq` given out and the envelopes kept (for the operator).
+pub const STORED: &str = "SELECT COALESCE(MAX(seq), 0) AS seq, \
+     COALESCE(SUM(envelope != ''), 0) AS stored FROM history";
+/// Whether the object has a history table (the alarm runs also in objects
+/// that never had one).
+pub const HAS_TABLE: &str =
+    "SELECT 1 AS yes FROM sqlite_master WHERE type = 'table' AND name = 'history'";
 /// Binds: since, the oldest seq within `HISTORY_SIZE`, cutoff time. (Rows
 /// past the size are trimmed only every [`TRIM_EVERY`] publishes, so reads
 /// apply the bound themselves.)
 pub const SINCE: &str = "SELECT seq, envelope FROM history \
-     WHERE seq > ? AND seq >= ? AND at >= ? ORDER BY seq";
+     WHERE seq > ? AND seq >= ? AND at >= ? AND envelope != '' ORDER BY seq";
 /// Binds: the oldest seq within `HISTORY_SIZE`, cutoff time.
-pub const OLDEST: &str = "SELECT MIN(seq) AS oldest FROM history WHERE seq >= ? AND at >= ?";
+pub const OLDEST: &str = "SELECT MIN(seq) AS oldest FROM history \
+     WHERE seq >= ? AND at >= ? AND envelope != ''";
 
 /// Publishes between two trims: a delete per publish was a second storage
 /// statement on every publish; reads bound the size themselves.
@@ -182,5 +219,20 @@ mod tests {
         assert_eq!(three.oldest_kept(5), 3);
         assert_eq!(three.oldest_kept(2), 1);
         assert!(trims_at(16) && trims_at(32) && !trims_at(17));
+    }
+
+    #[test]
+    fn purge_bounds_and_expiry() {
+        let r = Retention {
+            size: 3,
+            ttl_secs: 2,
+        };
+        assert_eq!(r.purge_bounds(10_000.0), (3, 8_000.0));
+        // Due just after the TTL, so the alarm finds the row past the cutoff.
+        assert!(r.expires_at(1_000.0) > 3_000.0);
+        assert!(r.cutoff_ms(r.expires_at(1_000.0)) > 1_000.0);
+        let off = Retention { size: 0, ..r };
+        assert_eq!(off.purge_bounds(10_000.0), (1, 10_001.0));
+        assert_eq!(off.expires_at(1_000.0), 1_000.0);
     }
 }

@@ -156,16 +156,35 @@ pub struct SocketsView {
     pub pending_publishes: usize,
     /// Oldest first.
     pub sockets: Vec<SocketInfo>,
+    /// Absent with history off, and for a user who never had a history.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub history: Option<HistoryView>,
+}
+
+/// The user's history as stored: the last `seq` given out, and how many
+/// envelopes are kept at rest (rows past the bounds included until the
+/// object deletes them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryView {
+    pub seq: u64,
+    #[serde(rename = "storedEnvelopes")]
+    pub stored_envelopes: u64,
 }
 
 impl SocketsView {
-    pub fn new(user_id: String, mut sockets: Vec<SocketInfo>, pending: usize) -> SocketsView {
+    pub fn new(
+        user_id: String,
+        mut sockets: Vec<SocketInfo>,
+        pending: usize,
+        history: Option<HistoryView>,
+    ) -> SocketsView {
         sockets.sort_by(|a, b| (a.connected_at, &a.socket_id).cmp(&(b.connected_at, &b.socket_id)));
         SocketsView {
             user_id,
             count: sockets.len(),
             pending_publishes: pending,
             sockets,
+            history,
         }
     }
 
@@ -284,13 +303,22 @@ mod tests {
             connected_at: at,
             filters: Vec::new(),
         };
-        let view = SocketsView::new("u".into(), vec![info("b", 2), info("a", 1)], 3);
+        let view = SocketsView::new("u".into(), vec![info("b", 2), info("a", 1)], 3, None);
         assert_eq!(
             serde_json::from_str::<Value>(&view.to_text()).expect("json"),
             json!({"userId": "u", "count": 2, "pendingPublishes": 3, "sockets": [
                 {"socketId": "a", "connectedAt": 1, "filters": []},
                 {"socketId": "b", "connectedAt": 2, "filters": []},
             ]})
+        );
+        let history = HistoryView {
+            seq: 7,
+            stored_envelopes: 3,
+        };
+        let view = SocketsView::new("u".into(), vec![], 0, Some(history));
+        assert_eq!(
+            serde_json::from_str::<Value>(&view.to_text()).expect("json")["history"],
+            json!({"seq": 7, "storedEnvelopes": 3})
         );
         assert_eq!(disconnected_text(2), r#"{"closed":2}"#);
     }

@@ -1,23 +1,32 @@
 //! The object's SQLite tables, run with the rules of `idempotency` and
-//! `history`: the answers of keyed publishes, and the user's history.
+//! `history`: the answers of keyed publishes, and the user's history. The
+//! object's one alarm deletes what expired in both ([`cleanup`]).
 
+use wasm_bindgen::JsValue;
 use worker::console_error;
-use worker::worker_sys::DurableObjectState;
+use worker::worker_sys::{DurableObjectState, DurableObjectStorage};
 
 use crate::glue::{set_alarm, Bind, Sql};
 use crate::history::{self, Position, Retention};
 use crate::idempotency::{self, KeyedRequest, Stored};
+use crate::operator::HistoryView;
 
 /// The table of keyed answers (`idempotency`).
 pub struct KeyStore {
     sql: Sql,
     /// The raw storage, for `setAlarm`.
-    storage: worker::worker_sys::DurableObjectStorage,
+    storage: DurableObjectStorage,
     ttl_secs: u64,
+    /// The history's bounds, for the alarm both tables share.
+    retention: Retention,
 }
 
 impl KeyStore {
-    pub fn open(state: &DurableObjectState, ttl_secs: u64) -> Option<KeyStore> {
+    pub fn open(
+        state: &DurableObjectState,
+        ttl_secs: u64,
+        retention: Retention,
+    ) -> Option<KeyStore> {
         let storage = state.storage().ok()?;
         let sql = Sql::of(state)?;
         for statement in [idempotency::CREATE_TABLE, idempotency::CREATE_INDEX] {
@@ -30,6 +39,7 @@ impl KeyStore {
             sql,
             storage,
             ttl_secs,
+            retention,
         })
     }
 
@@ -63,37 +73,89 @@ impl KeyStore {
         if let Err(err) = self.sql.exec(idempotency::INSERT, &binds) {
             console_error!("storing an idempotent answer: {err}");
         }
-        self.schedule_cleanup();
+        schedule_cleanup(&self.sql, &self.storage, self.retention);
     }
 
-    /// Deletes expired keys; sets the alarm for the next expiry, if any.
-    pub fn delete_expired(&self, now_ms: f64) {
+    /// The alarm: deletes expired keys and history rows past their bounds;
+    /// sets the alarm again for the next expiry. Whether one is set.
+    pub fn cleanup(&self, now_ms: f64) -> bool {
         let binds = [Bind::Number(now_ms.floor())];
         if let Err(err) = self.sql.exec(idempotency::DELETE_EXPIRED, &binds) {
             console_error!("deleting expired idempotency keys: {err}");
         }
-        self.schedule_cleanup();
+        purge_history(&self.sql, self.retention, now_ms);
+        schedule_cleanup(&self.sql, &self.storage, self.retention)
     }
+}
 
-    /// The alarm fires at the oldest key's expiry (every key lives the same
-    /// TTL, so that is the next one due).
-    fn schedule_cleanup(&self) {
-        let next = self
-            .sql
-            .exec(idempotency::NEXT_EXPIRY, &[])
+/// Sets the object's alarm for the earliest expiry among idempotency keys
+/// (every key lives the same TTL, so the oldest is next) and envelopes
+/// in history; a table that does not exist has none. Whether one is set.
+fn schedule_cleanup(sql: &Sql, storage: &DurableObjectStorage, retention: Retention) -> bool {
+    let first_number = |query: &str, column: &str| {
+        sql.exec(query, &[])
             .ok()
-            .and_then(|rows| rows.first().and_then(|row| row.number("next")));
-        if let Some(at_ms) = next {
-            set_alarm(&self.storage, at_ms);
+            .and_then(|rows| rows.first().and_then(|row| row.number(column)))
+    };
+    let key = first_number(idempotency::NEXT_EXPIRY, "next");
+    let envelope = first_number(history::OLDEST_STORED, "at").map(|at| retention.expires_at(at));
+    match (key, envelope) {
+        (None, None) => false,
+        (Some(at), None) | (None, Some(at)) => {
+            set_alarm(storage, at);
+            true
         }
+        (Some(a), Some(b)) => {
+            set_alarm(storage, a.min(b));
+            true
+        }
+    }
+}
+
+/// The user's history as stored, without opening it; `None` for a user
+/// who never had one (no table).
+pub fn history_view(state: &DurableObjectState) -> Result<Option<HistoryView>, String> {
+    let sql = Sql::of(state).ok_or("no storage")?;
+    if sql.exec(history::HAS_TABLE, &[])?.is_empty() {
+        return Ok(None);
+    }
+    let rows = sql.exec(history::STORED, &[])?;
+    let row = rows.first();
+    let number = |column| row.and_then(|row| row.number(column)).unwrap_or(0.0) as u64;
+    Ok(Some(HistoryView {
+        seq: number("seq"),
+        stored_envelopes: number("stored"),
+    }))
+}
+
+/// Deletes history rows past their bounds (all of them with history off),
+/// keeping the newest row's `seq` without its envelope once expired.
+fn purge_history(sql: &Sql, retention: Retention, now_ms: f64) {
+    let has_table = sql
+        .exec(history::HAS_TABLE, &[])
+        .is_ok_and(|rows| !rows.is_empty());
+    if !has_table {
+        return;
+    }
+    let (keep, cutoff) = retention.purge_bounds(now_ms);
+    let cutoff = Bind::Number(cutoff.floor());
+    let purged = sql
+        .exec(history::PURGE, &[Bind::Number(keep as f64), cutoff.clone()])
+        .and_then(|_| sql.exec(history::BLANK_EXPIRED, &[cutoff]));
+    if let Err(err) = purged {
+        console_error!("deleting expired history: {err}");
     }
 }
 
 /// The user's history (`history`): envelopes by `seq`, and the epoch.
 pub struct History {
     sql: Sql,
+    storage: DurableObjectStorage,
     pub position: Position,
     retention: Retention,
+    /// Whether this instance set the alarm that deletes expired envelopes
+    /// (it runs on until nothing is left to expire, then [`History::unscheduled`]).
+    alarm_set: bool,
 }
 
 /// A retained envelope's text (with its `seq`).
@@ -106,6 +168,7 @@ impl History {
     /// the last `seq`.
     pub fn open(state: &DurableObjectState, retention: Retention) -> Result<History, String> {
         let sql = Sql::of(state).ok_or("no storage")?;
+        let storage = state.storage().map_err(|err| format!("{err:?}"))?;
         sql.exec(history::CREATE_TABLE, &[])?;
         sql.exec(history::CREATE_META, &[])?;
         let stored = sql
@@ -128,40 +191,44 @@ impl History {
             .unwrap_or(0.0);
         Ok(History {
             sql,
+            storage,
             position: Position {
                 seq: last as u64,
                 epoch,
             },
             retention,
+            alarm_set: false,
         })
     }
 
     /// Gives the envelope the next `seq` and keeps it; returns the text
-    /// sockets get (with its `seq`).
-    pub fn record(&mut self, envelope_text: &str, now_ms: f64) -> Result<String, String> {
+    /// sockets get (with its `seq`), as the one JS string that is both
+    /// stored and sent.
+    pub fn record(&mut self, envelope_text: &str, now_ms: f64) -> Result<JsValue, String> {
         let seq = self.position.seq + 1;
-        let text = history::with_seq(envelope_text, seq);
+        let text = JsValue::from_str(&history::with_seq(envelope_text, seq));
         let binds = [
             Bind::Number(seq as f64),
-            Bind::Text(&text),
+            Bind::JsText(&text),
             Bind::Number(now_ms.floor()),
         ];
         self.sql.exec(history::INSERT, &binds)?;
         self.position.seq = seq;
-        if !history::trims_at(seq) {
-            return Ok(text);
+        if !self.alarm_set {
+            self.alarm_set = schedule_cleanup(&self.sql, &self.storage, self.retention);
         }
-        let trim = [
-            Bind::Number(seq.saturating_sub(self.retention.size) as f64),
-            Bind::Number(self.retention.cutoff_ms(now_ms).floor()),
-            Bind::Number(seq as f64),
-        ];
-        // A failed trim keeps more rows until the next one; reads still
-        // keep to the bounds.
-        if let Err(err) = self.sql.exec(history::TRIM, &trim) {
-            console_error!("trimming history: {err}");
+        if history::trims_at(seq) {
+            // A failed trim keeps more rows until the next one; reads still
+            // keep to the bounds.
+            purge_history(&self.sql, self.retention, now_ms);
         }
         Ok(text)
+    }
+
+    /// The alarm found nothing more to expire: the next envelope recorded
+    /// sets it again.
+    pub fn unscheduled(&mut self) {
+        self.alarm_set = false;
     }
 
     /// Retained, unexpired envelopes after `since`, oldest first, and the

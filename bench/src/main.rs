@@ -149,6 +149,7 @@ fn main() -> ExitCode {
             "to the runtime's own port (wrangler's dev proxy skipped)"
         },
         "server": "wrangler's startWorker (the API behind `wrangler dev`) without the DevTools inspector: devserver/serve.mjs",
+        "state": target::state_base().display().to_string(),
         "order": Impl::RUN_ORDER.map(Impl::name),
         "machine": machine(&root),
         "sizes": sizes,

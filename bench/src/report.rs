@@ -200,6 +200,9 @@ const HISTORY_METRICS: &[&str] = &[
     "rt_cpu_us",
     "tp_publishes_per_s",
     "tp_cpu_us",
+    "nobody_p50_ms",
+    "nobody_cpu_us",
+    "first_publish_ms",
 ];
 
 /// All rounds of all implementations, in run order.
@@ -378,9 +381,10 @@ pub fn markdown(run: &Run, header: &Value) -> String {
     );
     let _ = writeln!(
         md,
-        "Servers: {}. Clients connect {}.\n",
+        "Servers: {}. Clients connect {}. Durable Object storage under `{}` (`BENCH_STATE_DIR`).\n",
         header["server"].as_str().unwrap_or("?"),
-        header["route"].as_str().unwrap_or("?")
+        header["route"].as_str().unwrap_or("?"),
+        header["state"].as_str().unwrap_or("the system temp dir")
     );
     let _ = writeln!(md, "Sizes: `{}`\n", header["sizes"]);
     let _ = writeln!(

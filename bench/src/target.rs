@@ -50,7 +50,7 @@ impl Impl {
     /// The scenarios this server runs; `None`: all of them.
     pub fn scenarios(self) -> Option<&'static [&'static str]> {
         match self {
-            Impl::HopeflowHistoryOff => Some(&["rt", "tp"]),
+            Impl::HopeflowHistoryOff => Some(&["rt", "tp", "nobody", "start"]),
             _ => None,
         }
     }
@@ -90,10 +90,49 @@ pub struct Serve {
     pub inspector: bool,
 }
 
+/// Where a server keeps its Durable Object storage: `BENCH_STATE_DIR`, else
+/// /dev/shm (tmpfs) when there is one. On this machine's ext4 disk every
+/// storage commit is an fsync, which the runtime's CPU figure counts (as
+/// kernel time) and which the output gate waits for; that is the VM's
+/// disk, not what a deployed object's storage costs or what Cloudflare bills
+/// as CPU. bench/README.md, "History: on disk and on tmpfs", measures both.
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new(name: &str) -> Result<StateDir, String> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let dir = state_base().join(format!(
+            "hopeflow-bench-state-{}-{}-{name}",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(StateDir(dir))
+    }
+}
+
+/// The directory the servers' state dirs are made in.
+pub fn state_base() -> PathBuf {
+    match std::env::var_os("BENCH_STATE_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// One running server of one implementation.
 pub struct Target {
     pub which: Impl,
     process: DevServer,
+    /// Declared after `process`, so it is removed once the server stopped.
+    _state: StateDir,
     http: reqwest::Client,
     publisher_token: String,
     /// Where clients connect: the runtime's own port, or wrangler's proxy.
@@ -111,6 +150,7 @@ impl Target {
         }
         let mut vars = vec![("JWT_SECRET", SECRET)];
         vars.extend_from_slice(which.vars());
+        let state = StateDir::new(which.name())?;
         let mut process = DevServer::spawn(&Launch {
             root,
             config: &config,
@@ -122,7 +162,7 @@ impl Target {
             log_level: "warn",
             inspector: serve.inspector,
             https: None,
-            state: None,
+            state: Some(&state.0),
         })
         .map_err(|e| format!("spawn wrangler dev: {e}"))?;
         let ready_after = process.wait_ready(Duration::from_secs(120))?;
@@ -141,6 +181,7 @@ impl Target {
         Ok(Target {
             which,
             process,
+            _state: state,
             http,
             publisher_token: token("bench-backend"),
             port,

@@ -255,6 +255,20 @@ pub struct UserSockets {
     #[serde(rename = "pendingPublishes", default)]
     pub pending_publishes: usize,
     pub sockets: Vec<SocketInfo>,
+    /// The user's history as stored; `None` when the server keeps none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<StoredHistory>,
+}
+
+/// `history` in `GET /users/{id}/sockets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredHistory {
+    /// The last `seq` given out (0 before the first publish).
+    pub seq: u64,
+    /// Envelopes kept at rest, including any past the retention bounds
+    /// that the server has not deleted yet.
+    #[serde(rename = "storedEnvelopes")]
+    pub stored_envelopes: u64,
 }
 
 /// One open socket of a user.
@@ -566,6 +580,19 @@ mod tests {
         assert_eq!((sockets.count, sockets.pending_publishes), (2, 1));
         assert_eq!(sockets.sockets[0].filters, vec![json!({"type": "chat"})]);
         assert_eq!(sockets.sockets[1].connected_at, 1_700_000_000_001);
+        assert_eq!(sockets.history, None);
+        let with_history: UserSockets = serde_json::from_str(
+            r#"{"userId":"a","count":0,"pendingPublishes":0,"sockets":[],
+                "history":{"seq":9,"storedEnvelopes":4}}"#,
+        )
+        .expect("sockets with history");
+        assert_eq!(
+            with_history.history,
+            Some(StoredHistory {
+                seq: 9,
+                stored_envelopes: 4
+            })
+        );
         assert_eq!(
             serde_json::to_value(&sockets).expect("json")["sockets"][1]["connectedAt"],
             json!(1_700_000_000_001u64)

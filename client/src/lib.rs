@@ -30,7 +30,8 @@ pub mod token;
 
 pub use api::{
     ApiError, BatchOutcome, Delivery, DeliveryStatus, DisconnectOutcome, IdempotencyKey,
-    InvalidIdempotencyKey, PublishOptions, PublishOutcome, SocketInfo, UserOutcome, UserSockets,
+    InvalidIdempotencyKey, PublishOptions, PublishOutcome, SocketInfo, StoredHistory, UserOutcome,
+    UserSockets,
 };
 pub use publisher::{PublishError, Publisher};
 pub use socket::{

@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use crate::hostile::strict_token;
 use devserver::free_port;
 
-use crate::support::{publish, publish_as, unique_user, Client, Server, WAIT};
+use crate::support::{
+    publish, publish_as, send, sockets_of, unique_user, Client, Server, WAIT,
+};
 use crate::{tests, Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -27,6 +29,7 @@ pub fn tests() -> Vec<Test> {
         history_off_has_no_seq_and_refuses_resume,
         bad_resume_frames_get_error_frames,
         history_survives_a_restart,
+        expired_envelopes_are_deleted_from_storage,
     ]
 }
 
@@ -277,6 +280,58 @@ async fn history_off_has_no_seq_and_refuses_resume(ctx: Arc<Ctx>) {
     resume(&mut socket, json!(0), json!("e")).await;
     socket.expect_error("history_disabled").await;
     socket.ping().await;
+}
+
+/// The stored history as the operator's sockets route reports it.
+async fn stored_history(ctx: &Ctx, user: &str) -> Value {
+    let admin = strict_token(ctx, "ops", json!({"scope": "ops-admin"}));
+    let reply = send(
+        ctx.strict
+            .user_route(Method::GET, user, "sockets")
+            .bearer_auth(admin),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["history"].clone()
+}
+
+async fn expired_envelopes_are_deleted_from_storage(ctx: Arc<Ctx>) {
+    // The strict server keeps 3 envelopes for 2 s. Nobody listens: the
+    // envelopes are stored all the same, and the object's alarm deletes
+    // them at their expiry without another publish.
+    let user = unique_user("purge");
+    let backend = strict_token(&ctx, "backend", json!({}));
+    for n in 1..=5 {
+        let r = publish_as(&ctx.strict, &backend, json!({"userId": user, "payload": n})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let history = stored_history(&ctx, &user).await;
+    assert_eq!(history["seq"], 5, "{history}");
+    let stored = history["storedEnvelopes"].as_u64().expect("storedEnvelopes");
+    assert!((1..=5).contains(&stored), "{history}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let history = stored_history(&ctx, &user).await;
+        assert_eq!(history["seq"], 5, "the last seq is kept: {history}");
+        if history["storedEnvelopes"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expired envelopes still stored: {history}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The sequence goes on, and the next envelope is kept (and deleted) in
+    // its turn.
+    let r = publish_as(&ctx.strict, &backend, json!({"userId": user, "payload": 6})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let history = stored_history(&ctx, &user).await;
+    assert_eq!(history["seq"], 6, "{history}");
+    // With history off the route says nothing of it.
+    let off = sockets_of(&ctx.nohistory, &user).await;
+    assert_eq!(off.status, 200);
+    assert!(off.body.get("history").is_none(), "{}", off.body);
 }
 
 async fn bad_resume_frames_get_error_frames(ctx: Arc<Ctx>) {
