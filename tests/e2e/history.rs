@@ -13,9 +13,7 @@ use serde_json::{json, Value};
 use crate::hostile::strict_token;
 use devserver::free_port;
 
-use crate::support::{
-    publish, publish_as, send, sockets_of, unique_user, Client, Server, WAIT,
-};
+use crate::support::{publish, publish_as, send, sockets_of, unique_user, Client, Server, WAIT};
 use crate::{tests, Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -307,7 +305,9 @@ async fn expired_envelopes_are_deleted_from_storage(ctx: Arc<Ctx>) {
     }
     let history = stored_history(&ctx, &user).await;
     assert_eq!(history["seq"], 5, "{history}");
-    let stored = history["storedEnvelopes"].as_u64().expect("storedEnvelopes");
+    let stored = history["storedEnvelopes"]
+        .as_u64()
+        .expect("storedEnvelopes");
     assert!((1..=5).contains(&stored), "{history}");
     let deadline = Instant::now() + WAIT;
     loop {
