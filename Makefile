@@ -162,7 +162,9 @@ test: build | node-tools $(CHROMIUM) contract-tools
 	cargo build -p hopeflow-client --bin hopeflow
 	cargo test -p hopeflow-realtime --test e2e
 	$(MAKE) --no-print-directory contract
-	@# The browser client: its state machine (fake socket), then headless Chromium against the worker.
+	@# The browser client: its declarations against its documented use, its
+	@# state machine (fake socket) and size, then headless Chromium against the worker.
+	tsc -p clients/js/test/types
 	node --test clients/js/test/ tests/browser/
 	@# Keeps the benchmark from rotting: tiny sizes, fails on any failed check.
 	cargo run -p hopeflow-bench -- --smoke --out target/bench-smoke

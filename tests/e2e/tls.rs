@@ -114,7 +114,30 @@ async fn tls_cli_round_trip(ctx: Arc<Ctx>) {
     let envelope: Value =
         serde_json::from_str(&line.expect("stdout").expect("a line")).expect("json line");
     assert_eq!(envelope["payload"]["text"], "hi");
-    let _ = listen.kill().await;
+    // The operator commands over TLS: the listening socket is there, and
+    // disconnecting it for good ends `listen`.
+    let operator = |command: &str| {
+        let mut cmd = hopeflow();
+        cmd.args([command, "--url", &server.http(), "--user", &user])
+            .args(["--secret", &secret])
+            .arg("--ca-cert")
+            .arg(ca(server));
+        cmd
+    };
+    let sockets = within(operator("sockets").output())
+        .await
+        .expect("run sockets");
+    assert!(sockets.status.success(), "{sockets:?}");
+    let sockets: Value = serde_json::from_slice(&sockets.stdout).expect("json");
+    assert_eq!(sockets["count"], 1, "{sockets}");
+    let closed = within(operator("disconnect").output())
+        .await
+        .expect("run disconnect");
+    assert!(closed.status.success(), "{closed:?}");
+    let closed: Value = serde_json::from_slice(&closed.stdout).expect("json");
+    assert_eq!(closed, json!({"closed": 1}));
+    let status = within(listen.wait()).await.expect("listen ends");
+    assert!(status.code().is_some(), "{status:?}");
 }
 
 /// Asserts a one-line message that says the certificate is not trusted and
