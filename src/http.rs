@@ -17,12 +17,20 @@ pub struct Incoming {
     /// Read once: each `url()` of the runtime's request copies the string
     /// out of JS again.
     url: String,
+    /// Fetched once: each `headers()` of the runtime's request is a call
+    /// into JS, and a publish reads four of them.
+    headers: Headers,
 }
 
 impl Incoming {
     pub fn new(inner: web_sys::Request) -> Incoming {
         let url = inner.url();
-        Incoming { inner, url }
+        let headers = Headers(inner.headers());
+        Incoming {
+            inner,
+            url,
+            headers,
+        }
     }
 
     /// The method. `worker::Method` reads every method it does not name
@@ -48,8 +56,8 @@ impl Incoming {
         crate::query::path(&self.url)
     }
 
-    pub fn headers(&self) -> Headers {
-        Headers(self.inner.headers())
+    pub fn headers(&self) -> &Headers {
+        &self.headers
     }
 
     /// The runtime's request.
