@@ -143,10 +143,8 @@ pub const OLDEST_STORED: &str = "SELECT MIN(at) AS at FROM history WHERE envelop
 /// The last `seq` given out and the envelopes kept (for the operator).
 pub const STORED: &str = "SELECT COALESCE(MAX(seq), 0) AS seq, \
      COALESCE(SUM(envelope != ''), 0) AS stored FROM history";
-/// Whether the object has a history table (the alarm runs also in objects
-/// that never had one).
-pub const HAS_TABLE: &str =
-    "SELECT 1 AS yes FROM sqlite_master WHERE type = 'table' AND name = 'history'";
+/// The table's name, for [`crate::storage`]'s check that it exists.
+pub const TABLE: &str = "history";
 /// Binds: since, the oldest seq within `HISTORY_SIZE`, cutoff time. (Rows
 /// past the size are trimmed only every [`TRIM_EVERY`] publishes, so reads
 /// apply the bound themselves.)

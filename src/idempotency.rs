@@ -195,6 +195,8 @@ pub fn expires_at(now_ms: f64, ttl_secs: u64) -> i64 {
 
 /// The object's table of answered keys; rows past `expires_at` (ms) are
 /// never read and are deleted by the object's alarm.
+/// The table's name, for [`crate::storage`]'s check that it exists.
+pub const TABLE: &str = "idempotency";
 pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,

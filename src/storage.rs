@@ -97,7 +97,12 @@ fn schedule_cleanup(sql: &Sql, storage: &DurableObjectStorage, retention: Retent
             .ok()
             .and_then(|rows| rows.first().and_then(|row| row.number(column)))
     };
-    let key = first_number(idempotency::NEXT_EXPIRY, "next");
+    // Asked first: a statement on a missing table throws, and a JS
+    // exception costs more than this query (the first publish of every
+    // user has history and no key yet).
+    let key = has_table(sql, idempotency::TABLE)
+        .then(|| first_number(idempotency::NEXT_EXPIRY, "next"))
+        .flatten();
     let envelope = first_number(history::OLDEST_STORED, "at").map(|at| retention.expires_at(at));
     match (key, envelope) {
         (None, None) => false,
@@ -116,7 +121,7 @@ fn schedule_cleanup(sql: &Sql, storage: &DurableObjectStorage, retention: Retent
 /// who never had one (no table).
 pub fn history_view(state: &DurableObjectState) -> Result<Option<HistoryView>, String> {
     let sql = Sql::of(state).ok_or("no storage")?;
-    if sql.exec(history::HAS_TABLE, &[])?.is_empty() {
+    if !has_table(&sql, history::TABLE) {
         return Ok(None);
     }
     let rows = sql.exec(history::STORED, &[])?;
@@ -128,13 +133,18 @@ pub fn history_view(state: &DurableObjectState) -> Result<Option<HistoryView>, S
     }))
 }
 
+/// Whether the object has table `name` (the alarm and the operator's view
+/// run also in objects that never made one).
+fn has_table(sql: &Sql, name: &str) -> bool {
+    const QUERY: &str = "SELECT 1 AS yes FROM sqlite_master WHERE type = 'table' AND name = ?";
+    sql.exec(QUERY, &[Bind::Text(name)])
+        .is_ok_and(|rows| !rows.is_empty())
+}
+
 /// Deletes history rows past their bounds (all of them with history off),
 /// keeping the newest row's `seq` without its envelope once expired.
 fn purge_history(sql: &Sql, retention: Retention, now_ms: f64) {
-    let has_table = sql
-        .exec(history::HAS_TABLE, &[])
-        .is_ok_and(|rows| !rows.is_empty());
-    if !has_table {
+    if !has_table(sql, history::TABLE) {
         return;
     }
     let (keep, cutoff) = retention.purge_bounds(now_ms);

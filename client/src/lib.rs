@@ -36,6 +36,6 @@ pub use api::{
 pub use publisher::{PublishError, Publisher};
 pub use socket::{
     Client, ClientError, ClientOptions, CloseCode, Confirmation, Envelope, ErrorCode, Event,
-    Position, TokenPlacement, TokenProvider,
+    FrameObserver, Position, ServerFrameText, TokenPlacement, TokenProvider,
 };
 pub use tls::{TlsError, Trust};

@@ -105,6 +105,26 @@ impl fmt::Debug for TokenProvider {
     }
 }
 
+/// Sees every frame the server sends, as it arrives (see
+/// [`ClientOptions::with_frame_observer`]).
+#[derive(Clone)]
+pub struct FrameObserver(Arc<dyn Fn(ServerFrameText<'_>) + Send + Sync>);
+
+/// A frame from the server, as [`FrameObserver`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerFrameText<'a> {
+    /// A text frame, exactly as received.
+    Text(&'a str),
+    /// A close frame that carries a status code: the code and reason.
+    Close(u16, &'a str),
+}
+
+impl fmt::Debug for FrameObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FrameObserver")
+    }
+}
+
 /// How a [`Client`] connects and reconnects.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -128,6 +148,8 @@ pub struct ClientOptions {
     pub trust: Trust,
     /// How long one connection attempt (TCP, TLS, upgrade) may take.
     pub connect_timeout: Duration,
+    /// Sees every server frame before the client handles it.
+    pub frame_observer: Option<FrameObserver>,
 }
 
 impl ClientOptions {
@@ -142,6 +164,7 @@ impl ClientOptions {
             backoff_max: Duration::from_secs(10),
             trust: Trust::public_roots(),
             connect_timeout: CONNECT_TIMEOUT,
+            frame_observer: None,
         }
     }
 
@@ -159,6 +182,18 @@ impl ClientOptions {
         Fut: Future<Output = Result<String, String>> + Send + 'static,
     {
         self.token_provider = Some(TokenProvider::new(fetch));
+        self
+    }
+
+    /// Calls `observe` with every frame the server sends (text and close),
+    /// before the client handles it: for logging the wire, or checking it
+    /// against `docs/asyncapi.yaml` (the e2e tests do). It runs on the
+    /// client's task, so it should be quick.
+    pub fn with_frame_observer(
+        mut self,
+        observe: impl Fn(ServerFrameText<'_>) + Send + Sync + 'static,
+    ) -> ClientOptions {
+        self.frame_observer = Some(FrameObserver(Arc::new(observe)));
         self
     }
 }
@@ -592,8 +627,18 @@ impl Connection {
                     }
                 }
                 message = ws.next() => match message {
-                    Some(Ok(Message::Text(text))) => self.message(&text),
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(FrameObserver(observe)) = &self.options.frame_observer {
+                            observe(ServerFrameText::Text(&text));
+                        }
+                        self.message(&text)
+                    }
                     Some(Ok(Message::Close(frame))) => {
+                        if let (Some(FrameObserver(observe)), Some(frame)) =
+                            (&self.options.frame_observer, &frame)
+                        {
+                            observe(ServerFrameText::Close(u16::from(frame.code), &frame.reason));
+                        }
                         // Send the reply tungstenite only queued, so the
                         // server's side ends now, not after the reconnect's
                         // backoff and token fetch.

@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { ROOT, WAIT_MS, Worker, freePort, hs256, launchChromium, recordProblems } from "./support.mjs";
+import { ROOT, WAIT_MS, Worker, freePort, hs256, launchChromium, mint, recordProblems } from "./support.mjs";
 
 const SCREENSHOT = join(ROOT, "target/console.png");
 const SCREENSHOT_END = join(ROOT, "target/console-end.png");
@@ -229,6 +229,67 @@ test(
       assert.deepEqual(JSON.parse(stored), { "hopeflow-console.userId": userId });
       assert.deepEqual(problems, []);
       await screenshot(page, SCREENSHOT_END);
+    } finally {
+      await context.close();
+    }
+  },
+);
+
+test(
+  "a pasted token connects; unsubscribe; an operator's disconnect with reconnect (4000) brings the console back, subscribed again",
+  { timeout: 6 * WAIT_MS },
+  async () => {
+    const userId = `console-paste-${randomUUID()}`;
+    const context = await browser.newContext({ viewport: PHONE, isMobile: true, hasTouch: true });
+    const page = await context.newPage();
+    const seen = [];
+    recordProblems(page, seen);
+    try {
+      await page.goto(worker.url("/console"), { timeout: WAIT_MS });
+      await waitFor(page, "body[data-ready=true]", "the page's module did not run", "attached");
+      // A token made elsewhere (here: by the test), pasted.
+      await page.fill("#token", mint(userId, worker.secret, { scope: "publish operator" }));
+      await page.click("#connect");
+      await waitFor(page, "#state[data-state=open]", "the pasted token did not connect");
+      assert.match(await text(page, "#who"), new RegExp(`as ${userId} \\[publish operator\\]`));
+
+      for (const filter of ['{"type":"note"}', '{"type":"other"}']) {
+        await page.fill("#filter", filter);
+        await page.click("#subscribe");
+        await waitFor(page, `#filters [data-testid=filter]:has-text('${filter}')`, `${filter} was not confirmed`);
+      }
+      await page.fill("#filter", '{"type":"other"}');
+      await page.click("#unsubscribe");
+      await until(page, () => document.getElementById("subscribe-result").textContent.startsWith("unsubscribed:"), null, "no unsubscribe answer");
+      assert.match(await text(page, "#subscribe-result"), /^unsubscribed: \{"removed":1,"total":1\}/);
+      assert.deepEqual(await page.locator("#filters [data-testid=filter] code").allInnerTexts(), ['{"type":"note"}']);
+
+      await page.click("#sockets-refresh");
+      await waitFor(page, "#sockets-list [data-testid=socket]", "the sockets panel lists nothing");
+      const before = await page.locator("#sockets-list [data-testid=socket]").first().getAttribute("data-socket-id");
+      await page.check("#sockets-reconnect");
+      await page.fill("#sockets-reason", "token revoked");
+      await page.locator("#sockets-list [data-testid=socket] [data-testid=disconnect-socket]").first().click();
+      await until(
+        page,
+        () => document.getElementById("events").textContent.includes("reconnecting (4000: token revoked)"),
+        null,
+        "the 4000 close is not shown",
+      );
+      await waitFor(page, "#state[data-state=open]", "the console did not come back after 4000");
+      // Back with a new socket, and its filter subscribed again.
+      await page.click("#sockets-refresh");
+      await until(
+        page,
+        (old) => {
+          const socket = document.querySelector("#sockets-list [data-testid=socket]");
+          return socket && socket.dataset.socketId != old && socket.querySelector(".socket-filters").textContent == '{"type":"note"}';
+        },
+        before,
+        "the new socket is not listed with its filter",
+      );
+      assert.equal(await page.locator("#sockets-list [data-testid=socket]").count(), 1);
+      assert.deepEqual(seen, []);
     } finally {
       await context.close();
     }

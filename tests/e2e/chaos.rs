@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::support::contract;
 use crate::support::unique_user;
 use crate::{tests, Ctx, Test};
 
@@ -215,10 +216,10 @@ async fn chaos_every_client_gets_exactly_its_envelopes(ctx: Arc<Ctx>) {
     let mut followers = Vec::new();
     for client_filters in &filters {
         let proxy = Proxy::start(server.port).await;
-        let mut options = ClientOptions::new(
+        let mut options = contract::checked(ClientOptions::new(
             format!("ws://127.0.0.1:{}", proxy.port),
             server.token(&user),
-        );
+        ));
         options.backoff_initial = Duration::from_millis(100);
         options.backoff_max = Duration::from_secs(1);
         let client = Client::connect(options).await.expect("connect");

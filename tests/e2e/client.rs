@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+use crate::support::contract;
 use crate::support::{unique_user, Server, WAIT};
 use crate::{tests, Ctx, Test};
 
@@ -36,10 +37,10 @@ fn secret(server: &Server) -> String {
 }
 
 fn options(server: &Server, user: &str) -> ClientOptions {
-    ClientOptions::new(
+    contract::checked(ClientOptions::new(
         server.base_ws(),
         token::mint(&secret(server), user, None, Map::new()),
-    )
+    ))
 }
 
 fn publisher(server: &Server) -> Publisher {
@@ -287,9 +288,12 @@ async fn cli_token_and_check_token(ctx: Arc<Ctx>) {
     assert_eq!(claims.user_id, "alice");
     assert_eq!(token::payload(&minted).expect("payload")["role"], "tester");
     // The server accepts the CLI's token.
-    Client::connect(ClientOptions::new(ctx.server.base_ws(), minted.clone()))
-        .await
-        .expect("connect with the CLI's token");
+    Client::connect(contract::checked(ClientOptions::new(
+        ctx.server.base_ws(),
+        minted.clone(),
+    )))
+    .await
+    .expect("connect with the CLI's token");
 
     let check = |token: String| {
         let secret = secret.clone();

@@ -11,9 +11,10 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::hostile::strict_token;
-use devserver::free_port;
 
-use crate::support::{publish, publish_as, send, sockets_of, unique_user, Client, Server, WAIT};
+use crate::support::{
+    publish, publish_as, send, sockets_of, unique_user, Client, Restartable, WAIT,
+};
 use crate::{tests, Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -352,22 +353,11 @@ async fn bad_resume_frames_get_error_frames(ctx: Arc<Ctx>) {
 }
 
 async fn history_survives_a_restart(ctx: Arc<Ctx>) {
-    let secret = ctx.server.secret.clone().expect("secret");
-    let state = std::env::temp_dir().join(format!("hopeflow-history-{}", unique_user("state")));
-    let port = free_port();
-    let start = {
-        let state = state.clone();
-        move || {
-            let secret = secret.clone();
-            let state = state.clone();
-            // Starting and stopping block; keep them off the async workers.
-            tokio::task::spawn_blocking(move || {
-                let vars = [("JWT_SECRET", secret.as_str())];
-                Server::spawn_persistent("history-restart", &vars, port, &state).wait_ready()
-            })
-        }
-    };
-    let server = start().await.expect("start");
+    let runtime = Restartable::new(
+        "history-restart",
+        ctx.server.secret.clone().expect("secret"),
+    );
+    let server = runtime.start().await;
     let user = unique_user("restart");
     publish(&server, &user, "t", json!(1)).await;
     publish(&server, &user, "t", json!(2)).await;
@@ -375,11 +365,9 @@ async fn history_survives_a_restart(ctx: Arc<Ctx>) {
     let (seq, epoch) = subscribe_at(&mut socket, json!([{}])).await;
     assert_eq!(seq, 2);
     drop(socket);
-    tokio::task::spawn_blocking(move || drop(server))
-        .await
-        .expect("stop");
+    Restartable::stop(server).await;
 
-    let server = start().await.expect("restart");
+    let server = runtime.start().await;
     let mut socket = Client::for_user(&server, &user).await;
     let (after, same_epoch) = subscribe_at(&mut socket, json!([{}])).await;
     assert_eq!((after, &same_epoch), (2, &epoch), "seq and epoch continue");
@@ -393,8 +381,5 @@ async fn history_survives_a_restart(ctx: Arc<Ctx>) {
         socket.ack_next(json!(null))
     );
     assert_eq!(envelope["seq"], 3);
-    tokio::task::spawn_blocking(move || drop(server))
-        .await
-        .expect("stop");
-    let _ = std::fs::remove_dir_all(&state);
+    Restartable::stop(server).await;
 }

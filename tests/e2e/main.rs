@@ -169,6 +169,13 @@ fn main() {
         }
     }
 
+    // Frames the Rust client received (its frame observer) that do not
+    // match docs/asyncapi.yaml; the support client's fail their test.
+    for violation in support::contract::client_frame_violations() {
+        println!("FAIL client_frames_match_asyncapi: {violation}");
+        failures.push("client_frames_match_asyncapi");
+    }
+
     let ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| panic!("tests still hold the servers"));
     if !failures.is_empty() || std::env::var_os("E2E_SHOW_LOG").is_some() {
         eprintln!("--- wrangler log (main) ---\n{}", ctx.server.log());

@@ -1,7 +1,7 @@
 //! The operator API against the real runtime: the operator scope, a user's
 //! sockets, disconnecting (4001 / 4000), `/publish/batch`,
 //! `Idempotency-Key` (replay, waiting for the first, conflict, hibernation,
-//! expiry), `?detail=true` and the `MAX_RESULTS_BYTES` cap.
+//! a restart, expiry), `?detail=true` and the `MAX_RESULTS_BYTES` cap.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -10,7 +10,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::hostile::strict_token;
-use crate::support::{http, publish, send, sockets_of, unique_user, Client, Reply, Server, WAIT};
+use crate::support::{
+    http, publish, send, sockets_of, unique_user, Client, Reply, Restartable, Server, WAIT,
+};
 use crate::{tests, Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -27,6 +29,7 @@ pub fn tests() -> Vec<Test> {
         idempotent_retry_waits_for_the_first,
         idempotent_batch_replays,
         idempotent_retry_after_hibernation,
+        idempotent_retry_after_a_restart,
         idempotency_keys_expire,
         detail_says_what_became_of_each_socket,
         results_past_the_cap_are_null_and_flagged,
@@ -591,6 +594,39 @@ async fn idempotent_retry_after_hibernation(ctx: Arc<Ctx>) {
     assert_eq!(again.body, first.body);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     socket.ping().await;
+}
+
+async fn idempotent_retry_after_a_restart(ctx: Arc<Ctx>) {
+    // The runtime stops and starts again with its storage (a deploy, an
+    // eviction): the key is still there, the retry delivers nothing.
+    let runtime = Restartable::new("idem-restart", ctx.server.secret.clone().expect("secret"));
+    let server = runtime.start().await;
+    let user = unique_user("idem-restart");
+    let token = server.token("backend");
+    let key = unique_user("restart-key");
+    let headers = [("Idempotency-Key", key.as_str())];
+    let body = json!({"userId": user, "payload": "before"});
+    let mut socket = Client::for_user(&server, &user).await;
+    socket.subscribe(json!([{}])).await;
+    let first = post(&server, "/publish", &token, &headers, body.clone());
+    let (first, _) = tokio::join!(first, socket.ack_next(json!("first")));
+    assert_eq!(first.body, json!({"clientCount": 1, "results": ["first"]}));
+    drop(socket);
+    Restartable::stop(server).await;
+
+    let server = runtime.start().await;
+    let mut socket = Client::for_user(&server, &user).await;
+    socket.subscribe(json!([{}])).await;
+    let again = post(&server, "/publish", &token, &headers, body).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let changed = json!({"userId": user, "payload": "after"});
+    let conflict = post(&server, "/publish", &token, &headers, changed).await;
+    assert_eq!(conflict.status, 409, "{}", conflict.body);
+    // Nothing was delivered again: the next frame is the ping's answer.
+    socket.ping().await;
+    Restartable::stop(server).await;
 }
 
 async fn idempotency_keys_expire(ctx: Arc<Ctx>) {

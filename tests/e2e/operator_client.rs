@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::client::hopeflow;
+use crate::support::contract;
 use crate::support::{unique_user, Server, WAIT};
 use crate::{tests, Ctx, Test};
 
@@ -52,10 +53,10 @@ fn operator(server: &Server) -> Publisher {
 }
 
 fn options(server: &Server, user: &str) -> ClientOptions {
-    let mut options = ClientOptions::new(
+    let mut options = contract::checked(ClientOptions::new(
         server.base_ws(),
         token::mint(&secret(server), user, None, Map::new()),
-    );
+    ));
     options.backoff_initial = Duration::from_millis(50);
     options.backoff_max = Duration::from_millis(500);
     options

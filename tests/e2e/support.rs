@@ -278,6 +278,56 @@ pub fn without_position(mut frame: Value) -> Value {
     frame
 }
 
+/// A server that can be stopped and started again on the same port with
+/// the same Durable Object storage (removed on drop), as a restart of the
+/// runtime keeps it.
+pub struct Restartable {
+    name: &'static str,
+    secret: String,
+    port: u16,
+    state: PathBuf,
+}
+
+impl Restartable {
+    pub fn new(name: &'static str, secret: String) -> Restartable {
+        Restartable {
+            name,
+            secret,
+            port: free_port(),
+            state: std::env::temp_dir().join(format!("hopeflow-{}", unique_user(name))),
+        }
+    }
+
+    /// Starts it (again) and waits until it is ready.
+    pub async fn start(&self) -> Server {
+        let (name, secret, port, state) = (
+            self.name,
+            self.secret.clone(),
+            self.port,
+            self.state.clone(),
+        );
+        // Starting and stopping block; keep them off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let vars = [("JWT_SECRET", secret.as_str())];
+            Server::spawn_persistent(name, &vars, port, &state).wait_ready()
+        })
+        .await
+        .expect("start")
+    }
+
+    pub async fn stop(server: Server) {
+        tokio::task::spawn_blocking(move || drop(server))
+            .await
+            .expect("stop");
+    }
+}
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
 /// A user's sockets, as an operator sees them.
 pub async fn sockets_of(server: &Server, user: &str) -> Reply {
     send(
@@ -788,6 +838,39 @@ pub mod contract {
             "a server frame does not match docs/asyncapi.yaml#{SERVER_FRAME}:\n  {}\nframe: {text}",
             problems.join("\n  ")
         );
+    }
+
+    /// Frames the Rust client's observer saw that failed their check.
+    static CLIENT_VIOLATIONS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// Options of the Rust client (`hopeflow_client`) that check every frame
+    /// it receives against docs/asyncapi.yaml. The observer runs on the
+    /// client's task, where a panic would only end the client, so a
+    /// mismatch is recorded and fails the run (main.rs) naming the frame.
+    pub fn checked(options: hopeflow_client::ClientOptions) -> hopeflow_client::ClientOptions {
+        options.with_frame_observer(|frame| {
+            let checked = std::panic::catch_unwind(|| match frame {
+                hopeflow_client::ServerFrameText::Text(text) => check_frame(text),
+                hopeflow_client::ServerFrameText::Close(code, reason) => check_close(code, reason),
+            });
+            if let Err(panic) = checked {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| format!("{frame:?}"));
+                if let Ok(mut all) = CLIENT_VIOLATIONS.lock() {
+                    all.push(why);
+                }
+            }
+        })
+    }
+
+    pub fn client_frame_violations() -> Vec<String> {
+        CLIENT_VIOLATIONS
+            .lock()
+            .map(|all| all.clone())
+            .unwrap_or_default()
     }
 
     /// A close frame the server sent must carry one of docs/asyncapi.yaml's

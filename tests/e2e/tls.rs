@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::client::hopeflow;
+use crate::support::contract;
 use crate::support::{unique_user, Server, WAIT};
 use crate::{tests, Ctx, Test};
 
@@ -46,9 +47,12 @@ async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
 async fn tls_library_round_trip(ctx: Arc<Ctx>) {
     let server = &ctx.tls;
     let user = unique_user("tls-lib");
-    let options = ClientOptions::new(server.base_ws(), user_token(server, &user))
-        .with_ca_cert(ca(server))
-        .expect("CA file");
+    let options = contract::checked(ClientOptions::new(
+        server.base_ws(),
+        user_token(server, &user),
+    ))
+    .with_ca_cert(ca(server))
+    .expect("CA file");
     let mut client = within(Client::connect(options)).await.expect("connect");
     let confirmation = within(client.subscribe(vec![json!({"type": "secure"})]))
         .await
