@@ -45,6 +45,16 @@ impl Retention {
         }
     }
 
+    /// When the object's cleanup alarm runs for something `due_ms`: then,
+    /// but at least a tenth of the TTL (1 s to 60 s) after `now_ms`, so a
+    /// steady stream of publishes wakes the object once per that gap, not
+    /// once per envelope. Deletion at rest lags expiry by at most the gap;
+    /// reads never return an expired envelope meanwhile.
+    pub fn cleanup_at(&self, due_ms: f64, now_ms: f64) -> f64 {
+        let gap_ms = (self.ttl_secs * 100).clamp(1_000, 60_000) as f64;
+        due_ms.max(now_ms + gap_ms)
+    }
+
     /// The binds of [`PURGE`] (rows to keep by size, cutoff time). With
     /// history off (turned off after envelopes were stored), everything
     /// goes: only the newest row's `seq` stays, without its envelope, so
@@ -229,6 +239,16 @@ mod tests {
         // Due just after the TTL, so the alarm finds the row past the cutoff.
         assert!(r.expires_at(1_000.0) > 3_000.0);
         assert!(r.cutoff_ms(r.expires_at(1_000.0)) > 1_000.0);
+        // At most one cleanup per tenth of the TTL, from 1 s to 60 s.
+        assert_eq!(r.cleanup_at(5_000.0, 1_000.0), 5_000.0);
+        assert_eq!(r.cleanup_at(1_500.0, 1_000.0), 2_000.0);
+        let default = Retention::default();
+        assert_eq!(default.cleanup_at(1_000.0, 1_000.0), 31_000.0);
+        let day = Retention {
+            ttl_secs: 86_400,
+            ..default
+        };
+        assert_eq!(day.cleanup_at(0.0, 0.0), 60_000.0);
         let off = Retention { size: 0, ..r };
         assert_eq!(off.purge_bounds(10_000.0), (1, 10_001.0));
         assert_eq!(off.expires_at(1_000.0), 1_000.0);

@@ -73,7 +73,7 @@ impl KeyStore {
         if let Err(err) = self.sql.exec(idempotency::INSERT, &binds) {
             console_error!("storing an idempotent answer: {err}");
         }
-        schedule_cleanup(&self.sql, &self.storage, self.retention);
+        schedule_cleanup(&self.sql, &self.storage, self.retention, now_ms);
     }
 
     /// The alarm: deletes expired keys and history rows past their bounds;
@@ -84,37 +84,41 @@ impl KeyStore {
             console_error!("deleting expired idempotency keys: {err}");
         }
         purge_history(&self.sql, self.retention, now_ms);
-        schedule_cleanup(&self.sql, &self.storage, self.retention)
+        schedule_cleanup(&self.sql, &self.storage, self.retention, now_ms)
     }
 }
 
 /// Sets the object's alarm for the earliest expiry among idempotency keys
-/// (every key lives the same TTL, so the oldest is next) and envelopes
-/// in history; a table that does not exist has none. Whether one is set.
-fn schedule_cleanup(sql: &Sql, storage: &DurableObjectStorage, retention: Retention) -> bool {
-    let first_number = |query: &str, column: &str| {
+/// (every key lives the same TTL, so the oldest is next) and envelopes in
+/// history, but not sooner than [`Retention::cleanup_at`] allows; a table
+/// that does not exist has none. Whether one is set.
+fn schedule_cleanup(
+    sql: &Sql,
+    storage: &DurableObjectStorage,
+    retention: Retention,
+    now_ms: f64,
+) -> bool {
+    // Each table is asked for only if it exists: a statement on a missing
+    // table throws, and a JS exception costs more than this query (every
+    // user's first publish has history and no key yet).
+    let first_number = |table: &str, query: &str, column: &str| {
+        if !has_table(sql, table) {
+            return None;
+        }
         sql.exec(query, &[])
             .ok()
             .and_then(|rows| rows.first().and_then(|row| row.number(column)))
     };
-    // Asked first: a statement on a missing table throws, and a JS
-    // exception costs more than this query (the first publish of every
-    // user has history and no key yet).
-    let key = has_table(sql, idempotency::TABLE)
-        .then(|| first_number(idempotency::NEXT_EXPIRY, "next"))
-        .flatten();
-    let envelope = first_number(history::OLDEST_STORED, "at").map(|at| retention.expires_at(at));
-    match (key, envelope) {
-        (None, None) => false,
-        (Some(at), None) | (None, Some(at)) => {
-            set_alarm(storage, at);
-            true
-        }
-        (Some(a), Some(b)) => {
-            set_alarm(storage, a.min(b));
-            true
-        }
-    }
+    let key = first_number(idempotency::TABLE, idempotency::NEXT_EXPIRY, "next");
+    let envelope = first_number(history::TABLE, history::OLDEST_STORED, "at")
+        .map(|at| retention.expires_at(at));
+    let due = match (key, envelope) {
+        (None, None) => return false,
+        (Some(at), None) | (None, Some(at)) => at,
+        (Some(a), Some(b)) => a.min(b),
+    };
+    set_alarm(storage, retention.cleanup_at(due, now_ms));
+    true
 }
 
 /// The user's history as stored, without opening it; `None` for a user
@@ -225,7 +229,7 @@ impl History {
         self.sql.exec(history::INSERT, &binds)?;
         self.position.seq = seq;
         if !self.alarm_set {
-            self.alarm_set = schedule_cleanup(&self.sql, &self.storage, self.retention);
+            self.alarm_set = schedule_cleanup(&self.sql, &self.storage, self.retention, now_ms);
         }
         if history::trims_at(seq) {
             // A failed trim keeps more rows until the next one; reads still

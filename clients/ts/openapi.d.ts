@@ -348,7 +348,7 @@ export interface components {
             pendingPublishes: number;
             /** @description Oldest first. */
             sockets: components["schemas"]["SocketInfo"][];
-            /** @description The user's history as stored (absent when `HISTORY_SIZE=0`, and for a user who never had a history): the last `seq` given out, and how many envelopes are kept at rest. Envelopes past `HISTORY_TTL_SECS` are deleted by the object's alarm at their expiry; envelopes past `HISTORY_SIZE` at least every 16 publishes. The newest `seq` is kept without its envelope so that it is never given out again. */
+            /** @description The user's history as stored (absent when `HISTORY_SIZE=0`, and for a user who never had a history): the last `seq` given out, and how many envelopes are kept at rest. Envelopes past `HISTORY_TTL_SECS` are deleted by the object's alarm at most a tenth of the TTL (1 to 60 s) after their expiry; envelopes past `HISTORY_SIZE` at least every 16 publishes. The newest `seq` is kept without its envelope so that it is never given out again. */
             history?: {
                 seq: number;
                 storedEnvelopes: number;
