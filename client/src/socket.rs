@@ -203,7 +203,8 @@ impl ClientOptions {
 pub enum Event {
     /// A delivery; ack it with [`Client::ack`].
     Envelope(Envelope),
-    /// An error frame not tied to a request of ours (e.g. `rate_limited`).
+    /// An error frame not tied to a request of ours (e.g. `rate_limited`
+    /// while no subscribe or unsubscribe waits).
     ServerError { code: ErrorCode, message: String },
     /// The connection dropped (close code if the server sent one; see
     /// [`CloseCode::from_code`] for ours). The client reconnects unless the
@@ -269,7 +270,8 @@ pub enum ClientError {
     Connect(String),
     /// The [`TokenProvider`] gave no token for the first connection.
     Token(String),
-    /// The server refused the request (e.g. `subscription_limit`).
+    /// The server refused the request (`subscription_limit`, or
+    /// `rate_limited`: it dropped the frame).
     Refused { code: ErrorCode, message: String },
     /// The connection dropped before the answer came.
     Disconnected,
@@ -857,7 +859,12 @@ impl Connection {
                 }
             }
             // The front request was refused whole: no confirmation follows.
-            ErrorCode::SubscriptionLimit if !self.pending.is_empty() => {
+            // The server answers frames in order and a confirmation comes
+            // before anything sent later, so a refusal while requests wait
+            // is the oldest one's (as the browser client reads it too). A
+            // rate-limited late ack would be misread, but acks of pending
+            // deliveries are never limited.
+            ErrorCode::SubscriptionLimit | ErrorCode::RateLimited if !self.pending.is_empty() => {
                 if let Some(Pending {
                     reply: Some(reply), ..
                 }) = self.pending.pop_front()
@@ -1569,6 +1576,39 @@ mod tests {
         let mut third = reconnect(&mut client, &second, &mut connections).await;
         within(client.ping()).await.expect("pong");
         assert_eq!(third.sent_so_far(), Vec::<Value>::new(), "no resume");
+    }
+
+    #[tokio::test]
+    async fn a_rate_limited_subscribe_is_refused_and_the_next_gets_its_own_confirmation() {
+        let (url, mut connections) = scripted_server().await;
+        let mut first = None;
+        let client =
+            subscribed_client(&url, &mut first, &mut connections, subscribed(None, "")).await;
+        let mut server = first.expect("first connection");
+        // A subscribe the server rate-limits is dropped: an error frame, no
+        // confirmation. It used to wait for one until the socket closed.
+        let refused = client.subscribe(vec![json!({"type": "a"})]);
+        let answer = async {
+            assert_eq!(server.frame().await["type"], "subscribe");
+            server.send(json!({"type": "error", "code": "rate_limited", "message": "slow down"}));
+        };
+        let (refused, ()) = tokio::join!(within(refused), answer);
+        match refused {
+            Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::RateLimited),
+            other => panic!("expected rate_limited, got {other:?}"),
+        }
+        // The next request gets its own confirmation, not a stale one.
+        let next = client.subscribe(vec![json!({"type": "b"})]);
+        let answer = async {
+            assert_eq!(
+                server.frame().await,
+                json!({"type": "subscribe", "filters": [{"type": "b"}]})
+            );
+            server.send(json!({"type": "subscribed", "added": 1, "total": 2}));
+        };
+        let (next, ()) = tokio::join!(within(next), answer);
+        let next = next.expect("confirmed");
+        assert_eq!((next.changed, next.total), (1, 2));
     }
 
     #[test]
