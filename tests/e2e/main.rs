@@ -179,6 +179,20 @@ fn main() {
     let ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| panic!("tests still hold the servers"));
     if !failures.is_empty() || std::env::var_os("E2E_SHOW_LOG").is_some() {
         eprintln!("--- wrangler log (main) ---\n{}", ctx.server.log());
+        // The others' ends: a server that died shows why there.
+        for (name, server) in [
+            ("strict", &ctx.strict),
+            ("tls", &ctx.tls),
+            ("nohistory", &ctx.nohistory),
+        ] {
+            let log = server.log();
+            let tail = log
+                .char_indices()
+                .rev()
+                .nth(6000)
+                .map_or(log.as_str(), |(at, _)| &log[at..]);
+            eprintln!("--- wrangler log ({name}), its end ---\n{tail}");
+        }
     }
     // Dropping the servers stops their process groups.
     drop(ctx);
