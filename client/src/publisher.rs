@@ -190,19 +190,8 @@ impl Publisher {
         payload: Value,
         options: PublishOptions,
     ) -> Result<PublishOutcome, PublishError> {
-        let mut body = json!({ "userId": user_id, "payload": payload });
-        if let Some(kind) = kind {
-            body["type"] = Value::from(kind);
-        }
-        let path = publish_path("/publish", options.detail);
-        let answer = self
-            .call(
-                Method::POST,
-                &path,
-                Some(&body),
-                options.idempotency_key.as_ref(),
-            )
-            .await?;
+        let body = json!({ "userId": user_id, "payload": payload });
+        let answer = self.post_publish("/publish", body, kind, &options).await?;
         let mut outcome: PublishOutcome = parse(answer.text)?;
         outcome.replayed = answer.replayed;
         Ok(outcome)
@@ -227,18 +216,9 @@ impl Publisher {
             .into_iter()
             .map(|id| Value::from(id.as_ref()))
             .collect();
-        let mut body = json!({ "userIds": user_ids, "payload": payload });
-        if let Some(kind) = kind {
-            body["type"] = Value::from(kind);
-        }
-        let path = publish_path("/publish/batch", options.detail);
+        let body = json!({ "userIds": user_ids, "payload": payload });
         let answer = self
-            .call(
-                Method::POST,
-                &path,
-                Some(&body),
-                options.idempotency_key.as_ref(),
-            )
+            .post_publish("/publish/batch", body, kind, &options)
             .await?;
         let mut outcome: BatchOutcome = parse(answer.text)?;
         outcome.replayed = answer.replayed;
@@ -290,6 +270,28 @@ impl Publisher {
 
     /// One request, retried after a 503 as configured; a 200's body, or the
     /// error the status means.
+    /// `POST route` with a publish body (its `type` added when given), the
+    /// options' `Idempotency-Key` and `?detail=true`.
+    async fn post_publish(
+        &self,
+        route: &str,
+        mut body: Value,
+        kind: Option<&str>,
+        options: &PublishOptions,
+    ) -> Result<Answer, PublishError> {
+        if let Some(kind) = kind {
+            body["type"] = Value::from(kind);
+        }
+        let path = publish_path(route, options.detail);
+        self.call(
+            Method::POST,
+            &path,
+            Some(&body),
+            options.idempotency_key.as_ref(),
+        )
+        .await
+    }
+
     async fn call(
         &self,
         method: Method,
