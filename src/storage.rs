@@ -83,7 +83,10 @@ impl KeyStore {
         if let Err(err) = self.sql.exec(idempotency::DELETE_EXPIRED, &binds) {
             console_error!("deleting expired idempotency keys: {err}");
         }
-        purge_history(&self.sql, self.retention, now_ms);
+        // The alarm runs also in objects that never had a history.
+        if has_table(&self.sql, history::TABLE) {
+            purge_history(&self.sql, self.retention, now_ms);
+        }
         schedule_cleanup(&self.sql, &self.storage, self.retention, now_ms)
     }
 }
@@ -148,9 +151,6 @@ fn has_table(sql: &Sql, name: &str) -> bool {
 /// Deletes history rows past their bounds (all of them with history off),
 /// keeping the newest row's `seq` without its envelope once expired.
 fn purge_history(sql: &Sql, retention: Retention, now_ms: f64) {
-    if !has_table(sql, history::TABLE) {
-        return;
-    }
     let (keep, cutoff) = retention.purge_bounds(now_ms);
     let cutoff = Bind::Number(cutoff.floor());
     let purged = sql
