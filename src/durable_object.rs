@@ -147,14 +147,30 @@ impl Waiter {
             console_error!("serializing a publish outcome failed");
             return;
         };
-        let Some(keyed) = self.keyed else {
-            self.settle.answer(&text);
-            return;
-        };
+        match self.keyed {
+            None => self.settle.answer(&text),
+            Some(keyed) => {
+                Waiter::answer_keyed(book, keyed, &self.envelope_id, self.settle, &outcome, &text)
+            }
+        }
+    }
+
+    /// A keyed publish's answer: stored, and given to the repeats that
+    /// waited for it. Out of line, so that V8's optimizing tier does not
+    /// compile it with every plain publish's answer (bench/README.md, row 22).
+    #[inline(never)]
+    fn answer_keyed(
+        book: &Book,
+        keyed: KeyedRequest,
+        envelope_id: &str,
+        settle: Settle,
+        outcome: &PublishOutcome,
+        text: &str,
+    ) {
         let repeats = {
             let mut in_flight = book.borrow_mut();
             if let Some(store) = &in_flight.store {
-                store.save(&keyed, &self.envelope_id, &text, js_sys::Date::now());
+                store.save(&keyed, envelope_id, text, js_sys::Date::now());
             }
             in_flight
                 .keys
@@ -162,11 +178,10 @@ impl Waiter {
                 .map(|(_, repeats)| repeats)
                 .unwrap_or_default()
         };
-        let answer = serde_json::to_value(&outcome).unwrap_or_default();
-        self.settle
-            .answer(&receipt(false, &self.envelope_id, answer.clone()));
+        let answer = serde_json::to_value(outcome).unwrap_or_default();
+        settle.answer(&receipt(false, envelope_id, answer.clone()));
         for repeat in repeats {
-            repeat.answer(&receipt(true, &self.envelope_id, answer.clone()));
+            repeat.answer(&receipt(true, envelope_id, answer.clone()));
         }
     }
 }
@@ -355,6 +370,7 @@ impl HopeFlowRealtime {
     }
 
     /// `GET /connect`: accept a hibernatable socket for the user in `X-User-ID`.
+    #[inline(never)]
     fn accept_socket(&self, req: &web_sys::Request) -> std::result::Result<Response, ApiError> {
         let encoded = req
             .headers()
@@ -526,6 +542,7 @@ impl HopeFlowRealtime {
     /// comes before or between them. A socket resuming an envelope whose
     /// publish still waits for acks joins it: its ack reaches the publisher,
     /// counted in `clientCount`.
+    #[inline(never)]
     fn resume(&self, ws: &WebSocket, socket_id: &str, since: u64, epoch: &str) {
         let now_ms = js_sys::Date::now();
         let plan = self.with_history(|history| {
@@ -612,6 +629,7 @@ impl HopeFlowRealtime {
     /// A keyed publish seen before: the stored answer, a conflict, or a
     /// Promise of the answer of the same publish still in flight. `None`:
     /// a new key, to deliver.
+    #[inline(never)]
     fn replay_or_wait(&self, keyed: &KeyedRequest, now_ms: f64) -> Option<JsValue> {
         let mut in_flight = self.acks.borrow_mut();
         let stored = self
@@ -728,6 +746,7 @@ impl HopeFlowRealtime {
 
     /// Applies a subscribe (`add`) or unsubscribe to the socket's filters and
     /// confirms it; rejected entries are reported first.
+    #[inline(never)]
     fn change_filters(
         &self,
         ws: &WebSocket,
@@ -783,6 +802,7 @@ impl HopeFlowRealtime {
 
     /// Answers a bad message with an error frame, and closes the socket with
     /// 1008 when violations pile up.
+    #[inline(never)]
     fn reject(&self, ws: &WebSocket, socket_id: &str, frame: ServerFrame, now_ms: f64) {
         send_frame(ws, &frame);
         let ServerFrame::Error { code, .. } = frame else {

@@ -110,6 +110,8 @@ pub fn json_text(status: u16, text: String) -> Result<Response> {
 }
 
 /// The JSON error response for `err`, as the runtime's object.
+#[cold]
+#[inline(never)]
 pub fn error_js(err: &ApiError) -> JsValue {
     match error(err) {
         Ok(response) => web_sys::Response::from(response).into(),
@@ -122,6 +124,8 @@ pub fn error_js(err: &ApiError) -> JsValue {
 }
 
 /// The JSON error response for `err`.
+#[cold]
+#[inline(never)]
 pub fn error(err: &ApiError) -> Result<Response> {
     let message = err.to_string();
     let response = json(
@@ -145,6 +149,7 @@ pub fn error(err: &ApiError) -> Result<Response> {
 }
 
 /// `OPTIONS`: the CORS preflight answer for a route answering `allow`.
+#[inline(never)]
 pub fn preflight(allow: &str) -> Result<Response> {
     let headers = Headers::new();
     headers.set("Access-Control-Allow-Origin", "*")?;

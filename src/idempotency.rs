@@ -112,6 +112,7 @@ impl DeliverOptions {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    #[inline(never)]
     pub fn parse(text: &str) -> Option<DeliverOptions> {
         serde_json::from_str(text).ok()
     }

@@ -29,6 +29,7 @@ use crate::routes::{
 /// `GET /console` and the module it imports; 404 unless enabled. Their
 /// text comes from the JavaScript entry (`glue::console_asset`), not from
 /// the wasm.
+#[inline(never)]
 pub fn console(req: &Incoming, env: &Env) -> Result<Reply, ApiError> {
     if !settings(env)?.config.console_enabled {
         return Err(ApiError::NotFound);
@@ -58,6 +59,7 @@ pub fn console(req: &Incoming, env: &Env) -> Result<Reply, ApiError> {
 }
 
 /// A route of `/users/{userId}/...`.
+#[inline(never)]
 pub fn user(
     req: Incoming,
     env: &Env,
@@ -111,6 +113,7 @@ fn require_operator(req: &Incoming, settings: &Settings) -> Result<(), ApiError>
 
 /// `POST /publish` with an `Idempotency-Key` or `?detail=true` (the
 /// caller has run the checks before the body).
+#[inline(never)]
 pub fn publish_with_options(
     req: Incoming,
     env: &Env,
@@ -150,6 +153,7 @@ pub fn publish_with_options(
 }
 
 /// `POST /publish/batch`: one envelope to up to 100 users, all at once.
+#[inline(never)]
 pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
     let settings = settings(env)?;
     publish_checks(&req, &settings)?;

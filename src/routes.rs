@@ -41,9 +41,7 @@ pub fn handle(req: Incoming, env: &Env) -> JsValue {
 fn route(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     let method = req.method();
     match (req.path(), method) {
-        ("/health", Method::Get | Method::Head) => {
-            Ok(http::json(200, &serde_json::json!({ "ok": true }))?.into())
-        }
+        ("/health", Method::Get | Method::Head) => health(),
         ("/health", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         ("/publish", Method::Post) => publish(req, env),
         ("/publish/batch", Method::Post) => operator_routes::batch(req, env),
@@ -62,11 +60,22 @@ fn route(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
         ("/console" | "/console/hopeflow.js", _) if settings(env)?.config.console_enabled => {
             Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" })
         }
-        (path, method) => match operator::user_route(path) {
-            Some(Ok((user_id, route))) => operator_routes::user(req, env, user_id, route, method),
-            Some(Err(BadUserPath::InvalidUserId)) => Err(ApiError::InvalidUserPath),
-            Some(Err(BadUserPath::NotFound)) | None => Err(ApiError::NotFound),
-        },
+        (_, method) => user_route(req, env, method),
+    }
+}
+
+#[inline(never)]
+fn health() -> std::result::Result<Reply, ApiError> {
+    Ok(http::json(200, &serde_json::json!({ "ok": true }))?.into())
+}
+
+/// `/users/{userId}/…`, or 404.
+#[inline(never)]
+fn user_route(req: Incoming, env: &Env, method: Method) -> std::result::Result<Reply, ApiError> {
+    match operator::user_route(req.path()) {
+        Some(Ok((user_id, route))) => operator_routes::user(req, env, user_id, route, method),
+        Some(Err(BadUserPath::InvalidUserId)) => Err(ApiError::InvalidUserPath),
+        Some(Err(BadUserPath::NotFound)) | None => Err(ApiError::NotFound),
     }
 }
 
@@ -102,9 +111,18 @@ thread_local! {
 /// invalid one refuses the request (and says why in the log, on every
 /// request, since errors are not kept).
 pub fn settings(env: &Env) -> std::result::Result<Rc<Settings>, ApiError> {
-    if let Some(settings) = SETTINGS.with(|cell| cell.get().cloned()) {
-        return Ok(settings);
+    match SETTINGS.with(|cell| cell.get().cloned()) {
+        Some(settings) => Ok(settings),
+        None => build_settings(env),
     }
+}
+
+/// The isolate's first request builds the settings. Out of line: inlined
+/// into [`settings`], which every request calls, it made V8 recompile this
+/// cold code with the hot path's optimizing tier (bench/README.md, row 22).
+#[cold]
+#[inline(never)]
+fn build_settings(env: &Env) -> std::result::Result<Rc<Settings>, ApiError> {
     let config = read_config(env).map_err(|err| {
         console_error!("configuration error: {err}");
         ApiError::Misconfigured
@@ -185,6 +203,7 @@ thread_local! {
 /// the token. A plain `GET /` runs them too and answers 426 only when they
 /// pass, because a browser cannot read why a WebSocket handshake failed:
 /// its client asks this way whether a refusal was the token's fault.
+#[inline(never)]
 fn handshake_checks(req: &Incoming, env: &Env) -> std::result::Result<Claims, ApiError> {
     let settings = settings(env)?;
     if !settings
@@ -198,6 +217,7 @@ fn handshake_checks(req: &Incoming, env: &Env) -> std::result::Result<Claims, Ap
 
 /// WebSocket upgrade: hand the request to the user's Durable Object; its
 /// answer (the 101 with the client socket) is passed on as it is.
+#[inline(never)]
 fn connect(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     let claims = handshake_checks(&req, env)?;
     // A copy of the client's headers, in one call; the client must not

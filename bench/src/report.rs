@@ -243,7 +243,12 @@ impl Run {
     /// this shared machine, so this cancels more of the drift between rounds
     /// than the ratio of the medians does.
     fn paired_ratio(&self, other: Impl, key: &str) -> Option<f64> {
-        let ours = self.of(Impl::Hopeflow).map(|r| r.metrics.get(key).copied());
+        self.paired_ratio_of(Impl::Hopeflow, other, key)
+    }
+
+    /// [`Run::paired_ratio`] of any two servers: `ours` ÷ `other`.
+    fn paired_ratio_of(&self, ours: Impl, other: Impl, key: &str) -> Option<f64> {
+        let ours = self.of(ours).map(|r| r.metrics.get(key).copied());
         let theirs = self.of(other).map(|r| r.metrics.get(key).copied());
         let ratios: Vec<f64> = ours.zip(theirs).filter_map(|(a, b)| ratio(a, b)).collect();
         median(&ratios)
@@ -323,6 +328,17 @@ pub fn json(run: &Run, header: Value) -> Value {
     ratios.insert(
         "hopeflow/hopeflow-history-off paired by round".into(),
         json!(history),
+    );
+    let both_off: BTreeMap<&str, f64> = HISTORY_METRICS
+        .iter()
+        .filter_map(|key| {
+            run.paired_ratio_of(Impl::HopeflowHistoryOff, Impl::ReferenceJsHistoryOff, key)
+                .map(|r| (*key, r))
+        })
+        .collect();
+    ratios.insert(
+        "hopeflow-history-off/reference-js-history-off paired by round".into(),
+        json!(both_off),
     );
     let mut out = header;
     out["results"] = Value::Object(results);
@@ -422,28 +438,61 @@ pub fn markdown(run: &Run, header: &Value) -> String {
             ratio_cell(run.paired_ratio(Impl::Floor, m.key), m.better),
         );
     }
-    let _ = writeln!(md, "\n## What history costs\n");
+    let _ = writeln!(md, "\n## History off on both\n");
     let _ = writeln!(
         md,
-        "hopeflow as deployed (history on, `HISTORY_SIZE=100`: a storage write per publish) against the same build with `HISTORY_SIZE=0`, in the same rounds.\n"
+        "Both servers with `HISTORY_SIZE=0` (no storage write per publish), in the same rounds.\n"
     );
     let _ = writeln!(
         md,
-        "| figure | history on | history off | on ÷ off | on ÷ off, paired |"
+        "| figure | hopeflow-history-off | reference-js-history-off | ÷ | ÷, paired |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     for m in METRICS.iter().filter(|m| HISTORY_METRICS.contains(&m.key)) {
-        let on = medians[&Impl::Hopeflow].get(m.key).copied();
-        let off = medians[&Impl::HopeflowHistoryOff].get(m.key).copied();
+        let ours = medians[&Impl::HopeflowHistoryOff].get(m.key).copied();
+        let theirs = medians[&Impl::ReferenceJsHistoryOff].get(m.key).copied();
         let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| number(v, m.unit));
+        let paired =
+            run.paired_ratio_of(Impl::HopeflowHistoryOff, Impl::ReferenceJsHistoryOff, m.key);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} |",
             m.label,
-            cell(on),
-            cell(off),
-            ratio_cell(ratio(on, off), m.better),
+            cell(ours),
+            cell(theirs),
+            ratio_cell(ratio(ours, theirs), m.better),
+            ratio_cell(paired, m.better),
+        );
+    }
+    let _ = writeln!(md, "\n## What history costs\n");
+    let _ = writeln!(
+        md,
+        "Each server as deployed (history on, `HISTORY_SIZE=100`: a storage write per publish) against itself with `HISTORY_SIZE=0`, in the same rounds.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| figure | hopeflow on | hopeflow off | on ÷ off, paired | reference-js on | reference-js off | on ÷ off, paired |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for m in METRICS.iter().filter(|m| HISTORY_METRICS.contains(&m.key)) {
+        let cell = |which: Impl| {
+            medians[&which]
+                .get(m.key)
+                .map_or("–".to_string(), |v| number(*v, m.unit))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            m.label,
+            cell(Impl::Hopeflow),
+            cell(Impl::HopeflowHistoryOff),
             ratio_cell(run.paired_ratio(Impl::HopeflowHistoryOff, m.key), m.better),
+            cell(Impl::ReferenceJs),
+            cell(Impl::ReferenceJsHistoryOff),
+            ratio_cell(
+                run.paired_ratio_of(Impl::ReferenceJs, Impl::ReferenceJsHistoryOff, m.key),
+                Better::Neither
+            ),
         );
     }
     let _ = writeln!(md, "\n## Bundle\n");

@@ -23,7 +23,11 @@ pub enum Impl {
     Hopeflow,
     /// hopeflow with `HISTORY_SIZE=0`: what history costs a publish.
     HopeflowHistoryOff,
+    /// The reference keeps the same history (same tables, one insert per
+    /// publish), on by default as in hopeflow.
     ReferenceJs,
+    /// The reference with `HISTORY_SIZE=0`, paired with hopeflow's.
+    ReferenceJsHistoryOff,
     Floor,
 }
 
@@ -31,10 +35,11 @@ impl Impl {
     /// The three servers compared on every figure.
     pub const ALL: [Impl; 3] = [Impl::Hopeflow, Impl::ReferenceJs, Impl::Floor];
     /// Every server of a round, in the order they run.
-    pub const RUN_ORDER: [Impl; 4] = [
+    pub const RUN_ORDER: [Impl; 5] = [
         Impl::Hopeflow,
         Impl::HopeflowHistoryOff,
         Impl::ReferenceJs,
+        Impl::ReferenceJsHistoryOff,
         Impl::Floor,
     ];
 
@@ -43,6 +48,7 @@ impl Impl {
             Impl::Hopeflow => "hopeflow",
             Impl::HopeflowHistoryOff => "hopeflow-history-off",
             Impl::ReferenceJs => "reference-js",
+            Impl::ReferenceJsHistoryOff => "reference-js-history-off",
             Impl::Floor => "floor",
         }
     }
@@ -50,7 +56,9 @@ impl Impl {
     /// The scenarios this server runs; `None`: all of them.
     pub fn scenarios(self) -> Option<&'static [&'static str]> {
         match self {
-            Impl::HopeflowHistoryOff => Some(&["rt", "tp", "nobody", "start"]),
+            Impl::HopeflowHistoryOff | Impl::ReferenceJsHistoryOff => {
+                Some(&["rt", "tp", "nobody", "start"])
+            }
             _ => None,
         }
     }
@@ -58,7 +66,7 @@ impl Impl {
     /// Settings beyond the secret.
     fn vars(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Impl::HopeflowHistoryOff => &[("HISTORY_SIZE", "0")],
+            Impl::HopeflowHistoryOff | Impl::ReferenceJsHistoryOff => &[("HISTORY_SIZE", "0")],
             _ => &[],
         }
     }
@@ -67,7 +75,9 @@ impl Impl {
     pub fn config(self, root: &Path) -> PathBuf {
         match self {
             Impl::Hopeflow | Impl::HopeflowHistoryOff => root.join("build/wrangler.toml"),
-            Impl::ReferenceJs => root.join("bench/servers/reference-js/wrangler.toml"),
+            Impl::ReferenceJs | Impl::ReferenceJsHistoryOff => {
+                root.join("bench/servers/reference-js/wrangler.toml")
+            }
             Impl::Floor => root.join("bench/servers/floor/wrangler.toml"),
         }
     }

@@ -2,6 +2,10 @@
 // the benchmarks: what a user would otherwise deploy. Written to be fast in
 // its own idiom: WebCrypto HS256 with a cached key, an in-memory socket index
 // rebuilt from attachments after hibernation, one JSON.stringify per publish.
+// Per-user history as in hopeflow (issue 12, same settings and defaults:
+// HISTORY_SIZE 100, HISTORY_TTL_SECS 300, 0 turns it off): every publish
+// gets the next `seq` and is inserted into the object's SQLite before it is
+// sent; `resume` replays what a socket missed.
 import { DurableObject } from "cloudflare:workers";
 
 const CORS = { "Access-Control-Allow-Origin": "*" };
@@ -139,6 +143,21 @@ function sameFilter(a, b) {
   return keys.length === Object.keys(b).length && keys.every((k) => b[k] === a[k]);
 }
 
+// The same tables and statements as hopeflow's src/history.rs.
+const HISTORY_SQL = {
+  createTable: "CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY, envelope TEXT NOT NULL, at INTEGER NOT NULL)",
+  createMeta: "CREATE TABLE IF NOT EXISTS history_meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
+  readEpoch: "SELECT v FROM history_meta WHERE k = 'epoch'",
+  writeEpoch: "INSERT OR REPLACE INTO history_meta (k, v) VALUES ('epoch', ?)",
+  lastSeq: "SELECT MAX(seq) AS seq FROM history",
+  insert: "INSERT INTO history (seq, envelope, at) VALUES (?, ?, ?)",
+  purge: "DELETE FROM history WHERE seq < (SELECT MAX(seq) FROM history) AND (seq <= (SELECT MAX(seq) FROM history) - ? OR at < ?)",
+  blankExpired: "UPDATE history SET envelope = '' WHERE at < ? AND envelope != ''",
+  oldestStored: "SELECT MIN(at) AS at FROM history WHERE envelope != ''",
+  since: "SELECT seq, envelope FROM history WHERE seq > ? AND seq >= ? AND at >= ? AND envelope != '' ORDER BY seq",
+  oldest: "SELECT MIN(seq) AS oldest FROM history WHERE seq >= ? AND at >= ? AND envelope != ''",
+};
+
 function matches(filter, envelope) {
   for (const key in filter) {
     const actual = key === "type" ? envelope.type : envelope.payload?.[key];
@@ -152,6 +171,10 @@ export class HopeFlowRealtime extends DurableObject {
     super(ctx, env);
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair("ping", "pong"));
     this.timeoutMs = Number(env.ACK_TIMEOUT_MS ?? 5000);
+    this.historySize = Number(env.HISTORY_SIZE ?? 100);
+    this.historyTtlMs = Number(env.HISTORY_TTL_SECS ?? 300) * 1000;
+    // {sql, epoch, seq, alarmSet}, opened by the first publish or resume.
+    this.history = null;
     // ws -> {id, u, f}; rebuilt from attachments after hibernation.
     this.sockets = new Map();
     for (const ws of ctx.getWebSockets()) this.sockets.set(ws, ws.deserializeAttachment());
@@ -163,13 +186,15 @@ export class HopeFlowRealtime extends DurableObject {
     const url = new URL(request.url);
     if (url.pathname === "/connect") {
       const pair = new WebSocketPair();
-      const state = { id: crypto.randomUUID(), u: decodeURIComponent(request.headers.get("X-User-ID") ?? ""), f: [] };
+      const state = { id: crypto.randomUUID(), u: decodeURIComponent(request.headers.get("X-User-ID") ?? ""), f: [], c: Date.now() };
       this.ctx.acceptWebSocket(pair[1]);
       pair[1].serializeAttachment(state);
       this.sockets.set(pair[1], state);
       return new Response(null, { status: 101, webSocket: pair[0] });
     }
     const envelope = await request.json();
+    const now = Date.now();
+    if (this.historySize > 0) this.record(envelope, now);
     const text = JSON.stringify(envelope);
     const delivered = [];
     for (const [ws, state] of this.sockets) {
@@ -182,12 +207,103 @@ export class HopeFlowRealtime extends DurableObject {
     }
     if (delivered.length === 0) return Response.json({ clientCount: 0, results: [] });
     const results = [];
+    const pending = { awaiting: new Set(delivered), count: delivered.length, results, resolve: null, sentAt: now };
+    // The timer is cleared by the last ack: workerd allows 10,000 active
+    // timeouts, which 2,000 publishes/s with a 5 s timeout each reach.
+    let timer;
     await new Promise((resolve) => {
-      this.pending.set(envelope.envelopeId, { awaiting: new Set(delivered), results, resolve });
-      setTimeout(resolve, this.timeoutMs);
+      pending.resolve = resolve;
+      this.pending.set(envelope.envelopeId, pending);
+      timer = setTimeout(resolve, this.timeoutMs);
     });
+    clearTimeout(timer);
     this.pending.delete(envelope.envelopeId);
-    return Response.json({ clientCount: delivered.length, results });
+    return Response.json({ clientCount: pending.count, results });
+  }
+
+  openHistory() {
+    if (this.history) return this.history;
+    const sql = this.ctx.storage.sql;
+    sql.exec(HISTORY_SQL.createTable);
+    sql.exec(HISTORY_SQL.createMeta);
+    let epoch = sql.exec(HISTORY_SQL.readEpoch).toArray()[0]?.v;
+    if (!epoch) {
+      epoch = crypto.randomUUID().replaceAll("-", "");
+      sql.exec(HISTORY_SQL.writeEpoch, epoch);
+    }
+    const seq = sql.exec(HISTORY_SQL.lastSeq).one().seq ?? 0;
+    this.history = { sql, epoch, seq, alarmSet: false };
+    return this.history;
+  }
+
+  // Gives the envelope the next seq and stores it before it is sent.
+  record(envelope, now) {
+    const history = this.openHistory();
+    const seq = history.seq + 1;
+    envelope.seq = seq;
+    history.sql.exec(HISTORY_SQL.insert, seq, JSON.stringify(envelope), now);
+    history.seq = seq;
+    if (!history.alarmSet) {
+      // Deletes envelopes at their expiry (alarm below).
+      this.ctx.storage.setAlarm(now + this.historyTtlMs + 1);
+      history.alarmSet = true;
+    }
+    if (seq % 16 === 0) this.purge(now);
+  }
+
+  purge(now) {
+    const sql = this.history.sql;
+    const cutoff = now - this.historyTtlMs;
+    sql.exec(HISTORY_SQL.purge, this.historySize, cutoff);
+    sql.exec(HISTORY_SQL.blankExpired, cutoff);
+  }
+
+  alarm() {
+    if (this.historySize <= 0) return;
+    const history = this.openHistory();
+    const now = Date.now();
+    this.purge(now);
+    const at = history.sql.exec(HISTORY_SQL.oldestStored).one().at;
+    if (at === null) {
+      history.alarmSet = false;
+      return;
+    }
+    const gap = Math.min(Math.max(this.historyTtlMs / 10, 1000), 60000);
+    this.ctx.storage.setAlarm(Math.max(at + this.historyTtlMs + 1, now + gap));
+  }
+
+  resume(ws, state, since, epoch) {
+    if (this.historySize <= 0) {
+      ws.send(JSON.stringify({ type: "error", code: "history_disabled", message: "this server keeps no history" }));
+      return;
+    }
+    const history = this.openHistory();
+    const now = Date.now();
+    const oldestKept = Math.max(1, history.seq + 1 - this.historySize);
+    const cutoff = now - this.historyTtlMs;
+    let rows = [];
+    let oldest = null;
+    if (epoch === history.epoch && since <= history.seq) {
+      rows = history.sql.exec(HISTORY_SQL.since, since, oldestKept, cutoff).toArray();
+      oldest = history.sql.exec(HISTORY_SQL.oldest, oldestKept, cutoff).one().oldest;
+    }
+    let replayed = 0;
+    for (const row of rows) {
+      const envelope = JSON.parse(row.envelope);
+      if (!state.f.some((f) => matches(f, envelope))) continue;
+      envelope.recovered = true;
+      ws.send(JSON.stringify(envelope));
+      replayed++;
+      // A socket that connected after the envelope went out joins its publish.
+      const pending = this.pending.get(envelope.envelopeId);
+      if (pending && state.c > pending.sentAt && !pending.awaiting.has(state.id)) {
+        pending.awaiting.add(state.id);
+        pending.count++;
+      }
+    }
+    const complete = epoch === history.epoch && since <= history.seq &&
+      (since === history.seq || (oldest !== null && oldest <= since + 1));
+    ws.send(JSON.stringify({ type: "resumed", since, seq: history.seq, replayed, complete, epoch: history.epoch }));
   }
 
   webSocketMessage(ws, message) {
@@ -226,9 +342,23 @@ export class HopeFlowRealtime extends DurableObject {
       }
       ws.serializeAttachment(state);
       const changed = Math.abs(state.f.length - before);
-      ws.send(JSON.stringify(frame.type === "subscribe"
-        ? { type: "subscribed", added: changed, total: state.f.length }
-        : { type: "unsubscribed", removed: changed, total: state.f.length }));
+      let confirmation;
+      if (frame.type === "subscribe") {
+        confirmation = { type: "subscribed", added: changed, total: state.f.length };
+        if (this.historySize > 0) {
+          const history = this.openHistory();
+          confirmation.seq = history.seq;
+          confirmation.epoch = history.epoch;
+        }
+      } else {
+        confirmation = { type: "unsubscribed", removed: changed, total: state.f.length };
+      }
+      ws.send(JSON.stringify(confirmation));
+      return;
+    }
+    if (frame?.type === "resume" && Number.isSafeInteger(frame.since) && frame.since >= 0 &&
+        typeof frame.epoch === "string") {
+      this.resume(ws, state, frame.since, frame.epoch);
       return;
     }
     ws.send(JSON.stringify({ type: "error", code: "invalid_frame", message: "unknown or malformed frame" }));
