@@ -137,12 +137,7 @@ impl Waiter {
     /// Answers the publish with what arrived; a keyed one also stores its
     /// answer and answers the repeats that waited for it.
     fn answer(self, book: &Book, settled: Settled) {
-        let outcome = PublishOutcome {
-            client_count: self.client_count,
-            results: settled.results,
-            deliveries: settled.deliveries,
-            truncated: settled.truncated,
-        };
+        let outcome = outcome(self.client_count, settled);
         let Some(text) = outcome.to_text() else {
             console_error!("serializing a publish outcome failed");
             return;
@@ -183,6 +178,15 @@ impl Waiter {
         for repeat in repeats {
             repeat.answer(&receipt(true, envelope_id, answer.clone()));
         }
+    }
+}
+
+fn outcome(client_count: usize, settled: Settled) -> PublishOutcome {
+    PublishOutcome {
+        client_count,
+        results: settled.results,
+        deliveries: settled.deliveries,
+        truncated: settled.truncated,
     }
 }
 
@@ -454,6 +458,15 @@ impl HopeFlowRealtime {
                 .map(|(id, _)| id.clone())
                 .collect()
         });
+        if delivered.is_empty() && options.key.is_none() {
+            // Nobody to wait for: the answer itself, no Promise to settle.
+            let settled = Settled {
+                deliveries: options.detail.then(Vec::new),
+                ..Settled::default()
+            };
+            let text = outcome(0, settled).to_text().ok_or(ApiError::Internal)?;
+            return Ok(JsValue::from_str(&text));
+        }
         let (answer, settle) = pending_answer();
         let waiter = Waiter {
             envelope_id: envelope.envelope_id.clone(),
@@ -468,6 +481,7 @@ impl HopeFlowRealtime {
                 envelope.envelope_id.clone(),
             );
         }
+        // A keyed publish that reached nobody still stores its answer.
         if delivered.is_empty() {
             let settled = Settled {
                 deliveries: options.detail.then(Vec::new),
