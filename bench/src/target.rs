@@ -86,6 +86,11 @@ impl Impl {
     fn speaks_protocol(self) -> bool {
         self != Impl::Floor
     }
+
+    /// Whether it records history (the protocol servers as deployed).
+    pub fn keeps_history(self) -> bool {
+        self.speaks_protocol() && !self.vars().contains(&("HISTORY_SIZE", "0"))
+    }
 }
 
 /// How a server is run and reached.
@@ -284,6 +289,55 @@ impl Target {
         Ok(elapsed)
     }
 
+    /// Checks that `user`'s history holds what was published: a new
+    /// socket's `subscribed` reports a `seq` of at least `published`, and a
+    /// `resume` from three before it replays those three envelopes, in
+    /// order, marked `recovered`, and says it is complete. So a server
+    /// compared "with history" is shown to have recorded every publish.
+    pub async fn check_history(&self, user: &str, published: u64) -> Result<(), String> {
+        const BACK: u64 = 3;
+        let (mut ws, _) = tokio_tungstenite::connect_async(self.socket_url(user))
+            .await
+            .map_err(|e| format!("history check connect: {e}"))?;
+        ws.send(Message::text(r#"{"type":"subscribe","filters":[{}]}"#))
+            .await
+            .map_err(|e| format!("history check send: {e}"))?;
+        let confirmation = read_json(&mut ws).await?;
+        let (Some(seq), Some(epoch)) = (
+            confirmation["seq"].as_u64(),
+            confirmation["epoch"].as_str().map(str::to_owned),
+        ) else {
+            return Err(format!("subscribed without seq and epoch: {confirmation}"));
+        };
+        if seq < published.max(BACK) {
+            return Err(format!("history at seq {seq} after {published} publishes"));
+        }
+        let resume = serde_json::json!({ "type": "resume", "since": seq - BACK, "epoch": epoch });
+        ws.send(Message::text(resume.to_string()))
+            .await
+            .map_err(|e| format!("history check send: {e}"))?;
+        let mut replayed = Vec::new();
+        let end = loop {
+            let frame = read_json(&mut ws).await?;
+            if frame["type"] == "resumed" {
+                break frame;
+            }
+            if frame["recovered"] != true {
+                return Err(format!("resume sent a frame not marked recovered: {frame}"));
+            }
+            replayed.push(frame["seq"].as_u64().unwrap_or(0));
+        };
+        let _ = ws.close(None).await;
+        let expected: Vec<u64> = (seq - BACK + 1..=seq).collect();
+        if replayed != expected || end["complete"] != true {
+            return Err(format!(
+                "resume from {} replayed seq {replayed:?}, ended with {end}",
+                seq - BACK
+            ));
+        }
+        Ok(())
+    }
+
     /// Opens `count` sockets for `user` (at most `parallel` handshakes at a
     /// time), each subscribed to everything and acking every delivery.
     /// Returns the group and each socket's connect+subscribe time; on a
@@ -426,6 +480,26 @@ async fn connect(
             }
         }
     }))
+}
+
+/// The next text frame as JSON, within [`STEP_TIMEOUT`].
+async fn read_json<S>(ws: &mut S) -> Result<Value, String>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let next = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| "history check: no frame".to_string())?;
+        match next {
+            Some(Ok(Message::Text(text))) => {
+                return serde_json::from_str(&text)
+                    .map_err(|e| format!("history check frame {text}: {e}"))
+            }
+            Some(Ok(_)) => continue,
+            _ => return Err("history check: socket ended".into()),
+        }
+    }
 }
 
 /// The reply to a delivery: an ack naming its envelope, or (for the floor)
