@@ -80,9 +80,10 @@ fn parse_args(root: &Path) -> Result<Args, String> {
             "--out" => args.out = it.next().ok_or("--out needs a directory")?.into(),
             "--profile" => {
                 let name = it.next().unwrap_or_default();
-                let which = Impl::ALL.into_iter().find(|i| i.name() == name);
-                args.profile =
-                    Some(which.ok_or("--profile needs hopeflow, reference-js or floor")?);
+                let which = Impl::RUN_ORDER.into_iter().find(|i| i.name() == name);
+                args.profile = Some(which.ok_or(
+                    "--profile needs hopeflow, hopeflow-history-off, reference-js, reference-js-history-off or floor",
+                )?);
             }
             "-h" | "--help" => {
                 return Err(
