@@ -181,6 +181,7 @@ impl Waiter {
     }
 }
 
+/// The answer of a publish sent to `client_count` sockets.
 fn outcome(client_count: usize, settled: Settled) -> PublishOutcome {
     PublishOutcome {
         client_count,
@@ -304,6 +305,8 @@ impl HopeFlowRealtime {
 }
 
 impl HopeFlowRealtime {
+    /// Acks are the hot frames; the others' handlers are `#[inline(never)]`
+    /// so that V8 does not recompile them with it (bench/README.md, row 22).
     pub fn websocket_message(&self, ws: &WebSocket, message: IncomingFrame) {
         let Some(socket_id) = self.socket_id(ws) else {
             return;

@@ -38,6 +38,9 @@ pub fn handle(req: Incoming, env: &Env) -> JsValue {
     }
 }
 
+/// Every route but `/publish` is `#[inline(never)]`, here and in
+/// `operator_routes`: V8 recompiles a hot function with all that was
+/// inlined into it, cold routes included (bench/README.md, row 22).
 fn route(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     let method = req.method();
     match (req.path(), method) {
