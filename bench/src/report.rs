@@ -51,6 +51,12 @@ const METRICS: &[Metric] = &[
         Better::Lower,
     ),
     metric(
+        "rt_helper_cpu_us",
+        "round trip: of which helper threads (V8 compiling, GC)",
+        "µs",
+        Better::Lower,
+    ),
+    metric(
         "tp_publishes_per_s",
         "throughput: publishes",
         "/s",
@@ -60,6 +66,12 @@ const METRICS: &[Metric] = &[
     metric(
         "tp_cpu_us",
         "throughput: runtime CPU per publish",
+        "µs",
+        Better::Lower,
+    ),
+    metric(
+        "tp_helper_cpu_us",
+        "throughput: of which helper threads (V8 compiling, GC)",
         "µs",
         Better::Lower,
     ),
@@ -198,8 +210,10 @@ const HISTORY_METRICS: &[&str] = &[
     "rt_p90_ms",
     "rt_p99_ms",
     "rt_cpu_us",
+    "rt_helper_cpu_us",
     "tp_publishes_per_s",
     "tp_cpu_us",
+    "tp_helper_cpu_us",
     "nobody_p50_ms",
     "nobody_cpu_us",
     "first_publish_ms",

@@ -220,10 +220,13 @@ async fn round_trip(target: &Target, sizes: &Sizes, round: &mut Round) -> Result
     }
     let mut samples = Vec::with_capacity(sizes.round_trip_publishes as usize);
     let cpu_before = target.cpu_secs();
+    let helpers_before = target.helper_cpu_secs();
     for n in 0..sizes.round_trip_publishes {
         samples.push(ms(target.publish(&user, n, 1).await?));
     }
-    let cpu_us = (target.cpu_secs() - cpu_before) * 1e6 / sizes.round_trip_publishes as f64;
+    let per_publish = 1e6 / sizes.round_trip_publishes as f64;
+    let cpu_us = (target.cpu_secs() - cpu_before) * per_publish;
+    let helpers_us = (target.helper_cpu_secs() - helpers_before) * per_publish;
     opened.sockets.close().await;
     // Outside the measured window; a server that did not record every
     // publish gets no round-trip figures.
@@ -232,6 +235,7 @@ async fn round_trip(target: &Target, sizes: &Sizes, round: &mut Round) -> Result
         target.check_history(&user, published).await?;
     }
     round.set("rt_cpu_us", cpu_us);
+    round.set("rt_helper_cpu_us", helpers_us);
     // Kept in run order, so a trend over time shows in the JSON.
     round.round_trips_ms.extend(&samples);
     samples.sort_by(f64::total_cmp);
@@ -255,6 +259,7 @@ async fn throughput(target: &Target, sizes: &Sizes, round: &mut Round) -> Result
     let published = AtomicU64::new(0);
     let acks_before = opened.sockets.acks();
     let cpu_before = target.cpu_secs();
+    let helpers_before = target.helper_cpu_secs();
     let started = Instant::now();
     let publishers = (0..sizes.throughput_publishers).map(|p| {
         let (done, published, user) = (done.clone(), &published, &user);
@@ -278,6 +283,7 @@ async fn throughput(target: &Target, sizes: &Sizes, round: &mut Round) -> Result
     let elapsed = started.elapsed().as_secs_f64();
     let acks = opened.sockets.acks() - acks_before;
     let cpu = target.cpu_secs() - cpu_before;
+    let helpers = target.helper_cpu_secs() - helpers_before;
     opened.sockets.close().await;
     results.into_iter().collect::<Result<Vec<()>, String>>()?;
     round.set(
@@ -287,6 +293,7 @@ async fn throughput(target: &Target, sizes: &Sizes, round: &mut Round) -> Result
     round.set("tp_acks_per_s", acks as f64 / elapsed);
     let published = published.load(Ordering::Relaxed).max(1) as f64;
     round.set("tp_cpu_us", cpu * 1e6 / published);
+    round.set("tp_helper_cpu_us", helpers * 1e6 / published);
     Ok(())
 }
 

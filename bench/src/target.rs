@@ -214,6 +214,12 @@ impl Target {
         self.process.runtime_cpu_secs().unwrap_or(0.0)
     }
 
+    /// The part of [`Target::cpu_secs`] used by the runtime's helper
+    /// threads (V8's background compiling and garbage collection).
+    pub fn helper_cpu_secs(&self) -> f64 {
+        self.process.runtime_helper_cpu_secs().unwrap_or(0.0)
+    }
+
     pub fn rss(&self) -> Option<u64> {
         self.process.runtime_rss()
     }

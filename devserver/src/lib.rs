@@ -278,6 +278,20 @@ pub fn health_ok(port: u16) -> bool {
 
 /// The `workerd` processes of `group` other than wrangler's dev proxy (the
 /// one listening on `proxy_port`): the runtime that runs the worker itself.
+/// utime + stime of a `/proc/.../stat` file, in clock ticks.
+fn cpu_ticks(path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the comm: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(
+        [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+            .sum(),
+    )
+}
+
 fn runtime_pids(group: u32, proxy_port: u16) -> Vec<u32> {
     let proxy_entry = format!("entry=127.0.0.1:{proxy_port}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -328,19 +342,33 @@ impl DevServer {
         let ticks_per_sec = clock_ticks_per_sec();
         let mut total = None;
         for pid in runtime_pids(self.child.id(), self.port) {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            let Some(ticks) = cpu_ticks(&format!("/proc/{pid}/stat")) else {
                 continue;
             };
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            // After the comm: state is field 3, utime 14 and stime 15.
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let ticks: u64 = [11, 12]
-                .iter()
-                .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
-                .sum();
             *total.get_or_insert(0.0) += ticks as f64 / ticks_per_sec;
+        }
+        total
+    }
+
+    /// The CPU seconds (user + system) of the runtime's threads other than
+    /// its main one, where the isolate runs: V8's helper threads, which
+    /// compile optimized code and collect garbage in the background. With
+    /// [`DevServer::runtime_cpu_secs`] it splits what a publish costs.
+    pub fn runtime_helper_cpu_secs(&self) -> Option<f64> {
+        let ticks_per_sec = clock_ticks_per_sec();
+        let mut total = None;
+        for pid in runtime_pids(self.child.id(), self.port) {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                if task.file_name().to_str() == Some(pid.to_string().as_str()) {
+                    continue;
+                }
+                if let Some(ticks) = cpu_ticks(&task.path().join("stat").to_string_lossy()) {
+                    *total.get_or_insert(0.0) += ticks as f64 / ticks_per_sec;
+                }
+            }
         }
         total
     }
