@@ -127,6 +127,13 @@ fn main() -> ExitCode {
     {
         sizes.round_trip_warmup = n;
     }
+    // For a profile of a larger fan-out (`--profile-scenario publish-fanout`).
+    if let Some(n) = std::env::var("BENCH_FANOUT_SOCKETS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        sizes.fanout_sockets = n;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
