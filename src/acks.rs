@@ -124,6 +124,17 @@ pub struct Settled {
     pub deliveries: Option<Vec<Delivery>>,
 }
 
+impl Settled {
+    /// What a publish sent to no socket brings: no results, and with
+    /// `detail` an empty list of deliveries.
+    pub fn nobody(detail: bool) -> Settled {
+        Settled {
+            deliveries: detail.then(Vec::new),
+            ..Settled::default()
+        }
+    }
+}
+
 /// What an ack did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AckOutcome<W> {

@@ -463,10 +463,7 @@ impl HopeFlowRealtime {
         });
         if delivered.is_empty() && options.key.is_none() {
             // Nobody to wait for: the answer itself, no Promise to settle.
-            let settled = Settled {
-                deliveries: options.detail.then(Vec::new),
-                ..Settled::default()
-            };
+            let settled = Settled::nobody(options.detail);
             let text = outcome(0, settled).to_text().ok_or(ApiError::Internal)?;
             return Ok(JsValue::from_str(&text));
         }
@@ -486,11 +483,7 @@ impl HopeFlowRealtime {
         }
         // A keyed publish that reached nobody still stores its answer.
         if delivered.is_empty() {
-            let settled = Settled {
-                deliveries: options.detail.then(Vec::new),
-                ..Settled::default()
-            };
-            waiter.answer(&self.acks, settled);
+            waiter.answer(&self.acks, Settled::nobody(options.detail));
             return Ok(answer);
         }
         let tracking = Tracking {

@@ -260,6 +260,24 @@ impl Run {
         self.paired_ratio_of(Impl::Hopeflow, other, key)
     }
 
+    /// `ours ÷ other` paired by round for each of `keys` that both have,
+    /// into `ratios` as "ours/other paired by round".
+    fn insert_paired(
+        &self,
+        ratios: &mut Map<String, Value>,
+        ours: Impl,
+        other: Impl,
+        keys: impl Iterator<Item = &'static str>,
+    ) {
+        let paired: BTreeMap<&str, f64> = keys
+            .filter_map(|key| self.paired_ratio_of(ours, other, key).map(|r| (key, r)))
+            .collect();
+        ratios.insert(
+            format!("{}/{} paired by round", ours.name(), other.name()),
+            json!(paired),
+        );
+    }
+
     /// [`Run::paired_ratio`] of any two servers: `ours` ÷ `other`.
     fn paired_ratio_of(&self, ours: Impl, other: Impl, key: &str) -> Option<f64> {
         let ours = self.of(ours).map(|r| r.metrics.get(key).copied());
@@ -323,36 +341,21 @@ pub fn json(run: &Run, header: Value) -> Value {
             })
             .collect();
         ratios.insert(format!("hopeflow/{}", other.name()), json!(figures));
-        let paired: BTreeMap<&str, f64> = METRICS
-            .iter()
-            .filter_map(|m| run.paired_ratio(other, m.key).map(|r| (m.key, r)))
-            .collect();
-        ratios.insert(
-            format!("hopeflow/{} paired by round", other.name()),
-            json!(paired),
-        );
+        let all = METRICS.iter().map(|m| m.key);
+        run.insert_paired(&mut ratios, Impl::Hopeflow, other, all);
     }
-    let history: BTreeMap<&str, f64> = HISTORY_METRICS
-        .iter()
-        .filter_map(|key| {
-            run.paired_ratio(Impl::HopeflowHistoryOff, key)
-                .map(|r| (*key, r))
-        })
-        .collect();
-    ratios.insert(
-        "hopeflow/hopeflow-history-off paired by round".into(),
-        json!(history),
+    let history = HISTORY_METRICS.iter().copied();
+    run.insert_paired(
+        &mut ratios,
+        Impl::Hopeflow,
+        Impl::HopeflowHistoryOff,
+        history.clone(),
     );
-    let both_off: BTreeMap<&str, f64> = HISTORY_METRICS
-        .iter()
-        .filter_map(|key| {
-            run.paired_ratio_of(Impl::HopeflowHistoryOff, Impl::ReferenceJsHistoryOff, key)
-                .map(|r| (*key, r))
-        })
-        .collect();
-    ratios.insert(
-        "hopeflow-history-off/reference-js-history-off paired by round".into(),
-        json!(both_off),
+    run.insert_paired(
+        &mut ratios,
+        Impl::HopeflowHistoryOff,
+        Impl::ReferenceJsHistoryOff,
+        history,
     );
     let mut out = header;
     out["results"] = Value::Object(results);

@@ -279,7 +279,7 @@ pub fn health_ok(port: u16) -> bool {
 /// The `workerd` processes of `group` other than wrangler's dev proxy (the
 /// one listening on `proxy_port`): the runtime that runs the worker itself.
 /// utime + stime of a `/proc/.../stat` file, in clock ticks.
-fn cpu_ticks(path: &str) -> Option<u64> {
+fn cpu_ticks(path: impl AsRef<Path>) -> Option<u64> {
     let stat = std::fs::read_to_string(path).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     // After the comm: state is field 3, utime 14 and stime 15.
@@ -342,7 +342,7 @@ impl DevServer {
         let ticks_per_sec = clock_ticks_per_sec();
         let mut total = None;
         for pid in runtime_pids(self.child.id(), self.port) {
-            let Some(ticks) = cpu_ticks(&format!("/proc/{pid}/stat")) else {
+            let Some(ticks) = cpu_ticks(format!("/proc/{pid}/stat")) else {
                 continue;
             };
             *total.get_or_insert(0.0) += ticks as f64 / ticks_per_sec;
@@ -365,7 +365,7 @@ impl DevServer {
                 if task.file_name().to_str() == Some(pid.to_string().as_str()) {
                     continue;
                 }
-                if let Some(ticks) = cpu_ticks(&task.path().join("stat").to_string_lossy()) {
+                if let Some(ticks) = cpu_ticks(task.path().join("stat")) {
                     *total.get_or_insert(0.0) += ticks as f64 / ticks_per_sec;
                 }
             }
