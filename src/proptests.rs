@@ -72,6 +72,16 @@ proptest! {
         }
     }
 
+    /// The ack fast path decides every frame as the general path does.
+    #[test]
+    fn ack_fast_path_agrees(value in json_value(), result in json_value(),
+                            id in ".{0,12}", extra in json_value()) {
+        let ack = json!({"type": "ack", "envelopeId": id, "result": result, "x": extra});
+        for text in [value.to_string(), ack.to_string()] {
+            prop_assert_eq!(ClientFrame::parse(&text), ClientFrame::parse_general(&text));
+        }
+    }
+
     #[test]
     fn filters_parse_and_match_anything(entries in prop::collection::vec(json_value(), 0..70),
                                         kind in ".{0,8}", payload in json_value()) {

@@ -100,6 +100,11 @@ fn parse_args(root: &Path) -> Result<Args, String> {
     Ok(args)
 }
 
+/// A size overridden from the environment, for experiments.
+fn env_size(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|n| n.parse().ok())
+}
+
 fn main() -> ExitCode {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -121,18 +126,22 @@ fn main() -> ExitCode {
         sizes.storm_sockets = 0;
         sizes.idle_sockets = 0;
     }
-    if let Some(n) = std::env::var("BENCH_RT_WARMUP")
-        .ok()
-        .and_then(|n| n.parse().ok())
-    {
-        sizes.round_trip_warmup = n;
+    if let Some(n) = env_size("BENCH_RT_WARMUP") {
+        sizes.round_trip_warmup = n as u64;
     }
     // For a profile of a larger fan-out (`--profile-scenario publish-fanout`).
-    if let Some(n) = std::env::var("BENCH_FANOUT_SOCKETS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-    {
+    if let Some(n) = env_size("BENCH_FANOUT_SOCKETS") {
         sizes.fanout_sockets = n;
+    }
+    // To see how the throughput's figures move with concurrency and fan-out.
+    if let Some(n) = env_size("BENCH_TP_PUBLISHERS") {
+        sizes.throughput_publishers = n;
+    }
+    if let Some(n) = env_size("BENCH_TP_SOCKETS") {
+        sizes.throughput_sockets = n;
+    }
+    if let Some(n) = env_size("BENCH_TP_SECS") {
+        sizes.throughput_secs = n as u64;
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
