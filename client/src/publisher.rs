@@ -268,8 +268,6 @@ impl Publisher {
         self
     }
 
-    /// One request, retried after a 503 as configured; a 200's body, or the
-    /// error the status means.
     /// `POST route` with a publish body (its `type` added when given), the
     /// options' `Idempotency-Key` and `?detail=true`.
     async fn post_publish(
@@ -292,6 +290,8 @@ impl Publisher {
         .await
     }
 
+    /// One request, retried after a 503 as configured; a 200's body, or the
+    /// error the status means.
     async fn call(
         &self,
         method: Method,

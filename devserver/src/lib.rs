@@ -276,8 +276,6 @@ pub fn health_ok(port: u16) -> bool {
     response.starts_with("HTTP/1.1 200")
 }
 
-/// The `workerd` processes of `group` other than wrangler's dev proxy (the
-/// one listening on `proxy_port`): the runtime that runs the worker itself.
 /// utime + stime of a `/proc/.../stat` file, in clock ticks.
 fn cpu_ticks(path: impl AsRef<Path>) -> Option<u64> {
     let stat = std::fs::read_to_string(path).ok()?;
@@ -292,6 +290,8 @@ fn cpu_ticks(path: impl AsRef<Path>) -> Option<u64> {
     )
 }
 
+/// The `workerd` processes of `group` other than wrangler's dev proxy (the
+/// one listening on `proxy_port`): the runtime that runs the worker itself.
 fn runtime_pids(group: u32, proxy_port: u16) -> Vec<u32> {
     let proxy_entry = format!("entry=127.0.0.1:{proxy_port}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
