@@ -68,6 +68,10 @@ proptest! {
                 prop_assert_eq!(value["since"].as_u64(), Some(since));
                 prop_assert_eq!(value["epoch"].as_str(), Some(epoch.as_str()));
             }
+            Ok(ClientFrame::Refresh { token }) => {
+                prop_assert_eq!(&value["type"], "refresh");
+                prop_assert_eq!(value["token"].as_str(), token.as_deref());
+            }
             Err(err) => prop_assert!(!err.to_string().is_empty()),
         }
     }

@@ -37,6 +37,8 @@ pub enum ErrorCode {
     RateLimited,
     /// `resume` while the server keeps no history (`HISTORY_SIZE=0`).
     HistoryDisabled,
+    /// A `refresh` whose token was refused; the socket keeps its old expiry.
+    RefreshRejected,
     /// A code this version does not know (read by clients of a newer
     /// server); never sent.
     #[serde(other)]
@@ -45,7 +47,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidFrame,
         ErrorCode::UnknownType,
@@ -55,6 +57,7 @@ impl ErrorCode {
         ErrorCode::SubscriptionLimit,
         ErrorCode::RateLimited,
         ErrorCode::HistoryDisabled,
+        ErrorCode::RefreshRejected,
     ];
 
     /// The code as it appears on the wire.
@@ -84,7 +87,7 @@ impl ErrorCode {
             ),
             ErrorCode::UnknownType => (
                 "unknown_type",
-                "a type other than subscribe, unsubscribe, ack, resume",
+                "a type other than subscribe, unsubscribe, ack, resume, refresh",
                 true,
             ),
             ErrorCode::BinaryNotSupported => ("binary_not_supported", "a binary frame", true),
@@ -113,6 +116,11 @@ impl ErrorCode {
                 "resume while the server keeps no history (HISTORY_SIZE=0)",
                 false,
             ),
+            ErrorCode::RefreshRejected => (
+                "refresh_rejected",
+                "a refresh whose token is missing or invalid, or another user's; the socket keeps its old expiry",
+                false,
+            ),
             ErrorCode::Unknown => ("unknown", "a code this version does not know", false),
         }
     }
@@ -134,15 +142,19 @@ pub enum CloseCode {
     /// An operator disconnected the socket for good (the default of
     /// `POST /users/{id}/disconnect`).
     Disconnected,
+    /// The socket's token expired (`exp` plus the leeway) and was not
+    /// refreshed; reconnect with a fresh token.
+    TokenExpired,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 5] = [
+    pub const ALL: [CloseCode; 6] = [
         CloseCode::PolicyViolation,
         CloseCode::MessageTooBig,
         CloseCode::Reconnect,
         CloseCode::Reauthenticate,
         CloseCode::Disconnected,
+        CloseCode::TokenExpired,
     ];
 
     pub fn code(self) -> u16 {
@@ -179,6 +191,7 @@ impl CloseCode {
                 true,
             ),
             CloseCode::Disconnected => (4001, "disconnected by an operator", false),
+            CloseCode::TokenExpired => (4002, "token expired", true),
         }
     }
 }
@@ -204,6 +217,13 @@ pub enum ClientFrame {
     /// Replay the retained envelopes after `since` (a `seq`) of history
     /// `epoch` that match this socket's filters.
     Resume { since: u64, epoch: String },
+    /// Extend the socket's life with a new token of the same user. A
+    /// missing or non-string `token` is parsed as `None`: it is answered
+    /// `refresh_rejected`, not `invalid_frame`.
+    Refresh {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
 }
 
 /// Why a client frame was rejected.
@@ -236,7 +256,7 @@ impl fmt::Display for FrameError {
             FrameError::MissingType => f.write_str("frame must have a string \"type\""),
             FrameError::UnknownType(t) => write!(
                 f,
-                "unknown frame type {t:?}; expected subscribe, unsubscribe, ack or resume"
+                "unknown frame type {t:?}; expected subscribe, unsubscribe, ack, resume or refresh"
             ),
             FrameError::InvalidFields(detail) => write!(f, "malformed frame: {detail}"),
         }
@@ -299,6 +319,13 @@ impl ClientFrame {
                         result,
                     });
                 }
+            }
+            Some("refresh") => {
+                let token = match object.remove("token") {
+                    Some(Value::String(token)) => Some(token),
+                    _ => None,
+                };
+                return Ok(ClientFrame::Refresh { token });
             }
             Some("subscribe" | "unsubscribe" | "ack" | "resume") => {}
             Some(other) => return Err(FrameError::UnknownType(truncate(other, 64))),
@@ -379,6 +406,20 @@ pub enum ServerFrame {
     Unsubscribed { removed: usize, total: usize },
     /// Something the client sent was rejected; the socket stays usable.
     Error { code: ErrorCode, message: String },
+    /// The socket's token expires at `expires_at` (unix seconds): send a
+    /// `refresh`, or the socket closes with 4002 at that time plus the
+    /// server's leeway. Sent once per token.
+    #[serde(rename = "token_expiring")]
+    TokenExpiring {
+        #[serde(rename = "expiresAt")]
+        expires_at: u64,
+    },
+    /// Confirms a `refresh`: the socket now lives until `expires_at` (unix
+    /// seconds; `None` when the new token has no `exp`).
+    Refreshed {
+        #[serde(rename = "expiresAt")]
+        expires_at: Option<u64>,
+    },
 }
 
 impl ServerFrame {
@@ -763,6 +804,59 @@ mod tests {
             code(r#"{"type":"ack","envelopeId":7}"#),
             Err(ErrorCode::InvalidFrame)
         );
+    }
+
+    #[test]
+    fn refresh_frames_take_any_token_field() {
+        let parse = |text: &str| ClientFrame::parse(text);
+        assert_eq!(
+            parse(r#"{"type":"refresh","token":"t"}"#),
+            Ok(ClientFrame::Refresh {
+                token: Some("t".into())
+            })
+        );
+        // Missing or not a string: still a refresh, answered refresh_rejected.
+        for text in [
+            r#"{"type":"refresh"}"#,
+            r#"{"type":"refresh","token":7}"#,
+            r#"{"type":"refresh","token":null}"#,
+            r#"{"type":"refresh","token":["t"]}"#,
+        ] {
+            assert_eq!(
+                parse(text),
+                Ok(ClientFrame::Refresh { token: None }),
+                "{text}"
+            );
+        }
+        let frame = ClientFrame::Refresh {
+            token: Some("abc".into()),
+        };
+        assert_eq!(frame.to_text(), r#"{"type":"refresh","token":"abc"}"#);
+        assert_eq!(parse(&frame.to_text()), Ok(frame));
+    }
+
+    #[test]
+    fn token_lifetime_frames_have_their_wire_shape() {
+        let expiring = ServerFrame::TokenExpiring { expires_at: 1_700 };
+        assert_eq!(
+            expiring.to_text(),
+            r#"{"type":"token_expiring","expiresAt":1700}"#
+        );
+        let refreshed = ServerFrame::Refreshed { expires_at: None };
+        assert_eq!(
+            refreshed.to_text(),
+            r#"{"type":"refreshed","expiresAt":null}"#
+        );
+        for frame in [expiring, refreshed] {
+            assert_eq!(
+                ServerMessage::parse(&frame.to_text()),
+                Some(ServerMessage::Frame(frame))
+            );
+        }
+        assert_eq!(CloseCode::from_code(4002), Some(CloseCode::TokenExpired));
+        assert!(CloseCode::TokenExpired.reconnect());
+        assert_eq!(CloseCode::TokenExpired.reason(), "token expired");
+        assert!(!ErrorCode::RefreshRejected.is_violation());
     }
 
     #[test]

@@ -733,6 +733,10 @@ impl Connection {
                 complete,
                 epoch,
             })) => self.resumed(since, seq, replayed, complete, epoch),
+            // Token lifetime frames: handled by the client's refresh (issue 20).
+            Some(ServerMessage::Frame(
+                ServerFrame::TokenExpiring { .. } | ServerFrame::Refreshed { .. },
+            )) => {}
             None => {}
         }
     }

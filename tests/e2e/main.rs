@@ -36,6 +36,9 @@ pub struct Ctx {
     pub misconfigured: Server,
     /// History off (`HISTORY_SIZE=0`).
     pub nohistory: Server,
+    /// Token lifetime on open sockets made short to test: no leeway
+    /// (`JWT_LEEWAY_SECS=0`), the notice [`TOKENS_NOTICE_SECS`] before `exp`.
+    pub tokens: Server,
     /// Default settings, serving `https://` and `wss://` with a certificate
     /// of [`Ctx::ca`] for `localhost`.
     pub tls: Server,
@@ -63,6 +66,9 @@ pub const STRICT: &[(&str, &str)] = &[
     ("HISTORY_SIZE", "3"),
     ("HISTORY_TTL_SECS", "2"),
 ];
+
+/// The `tokens` server's `TOKEN_REFRESH_NOTICE_SECS`.
+pub const TOKENS_NOTICE_SECS: u64 = 2;
 
 pub type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub type Test = (&'static str, fn(Arc<Ctx>) -> TestFuture);
@@ -115,7 +121,7 @@ fn main() {
     let mut strict_vars = vec![("JWT_SECRET", secret.as_str())];
     strict_vars.extend_from_slice(STRICT);
     let ca = TestCa::generate("e2e");
-    // Start all six at once; each takes a few seconds to be ready.
+    // Start all seven at once; each takes a few seconds to be ready.
     let server = Server::spawn(
         "main",
         &[("JWT_SECRET", &secret), ("CONSOLE_ENABLED", "true")],
@@ -131,6 +137,15 @@ fn main() {
         "nohistory",
         &[("JWT_SECRET", &secret), ("HISTORY_SIZE", "0")],
     );
+    let notice = TOKENS_NOTICE_SECS.to_string();
+    let tokens = Server::spawn(
+        "tokens",
+        &[
+            ("JWT_SECRET", &secret),
+            ("JWT_LEEWAY_SECS", "0"),
+            ("TOKEN_REFRESH_NOTICE_SECS", &notice),
+        ],
+    );
     let ctx = Arc::new(Ctx {
         server: server.wait_ready(),
         unconfigured: unconfigured.wait_ready(),
@@ -138,6 +153,7 @@ fn main() {
         misconfigured: misconfigured.wait_ready(),
         tls: tls.wait_ready(),
         nohistory: nohistory.wait_ready(),
+        tokens: tokens.wait_ready(),
         ca,
     });
     println!(
@@ -152,6 +168,7 @@ fn main() {
         ("main", &ctx.server),
         ("strict", &ctx.strict),
         ("tls", &ctx.tls),
+        ("tokens", &ctx.tokens),
     ] {
         let log = server.log();
         // Tokens (all start with `eyJ`, base64 of `{"`) must never reach a
@@ -184,6 +201,7 @@ fn main() {
             ("strict", &ctx.strict),
             ("tls", &ctx.tls),
             ("nohistory", &ctx.nohistory),
+            ("tokens", &ctx.tokens),
         ] {
             let log = server.log();
             let tail = log
