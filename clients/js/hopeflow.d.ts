@@ -31,7 +31,8 @@ export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
  * "reconnecting" and "closed"):
  * - the socket closed: `code` and `reason` of its close event (1006 for a
  *   dropped connection; 1000 and "closed by the client" after close();
- *   1008, 1009 and 4001 end the client), or
+ *   1008, 1009 and 4001 end the client; 4002, "token expired", ends it
+ *   with the `token` option and is followed by a reconnect with getToken), or
  *   `reason` "no pong in time" when the ping went unanswered;
  * - the handshake was refused: `status` 401 or 403 with the server's
  *   `error` ("missing_token", "invalid_token", "token_expired",
@@ -82,6 +83,29 @@ export interface Gap {
   replayed: number;
 }
 
+/**
+ * A step of a token refresh (first argument of the onRefresh listener):
+ * - "expiring": the server says the socket's token expires at `expiresAt`;
+ *   the client asks getToken for a new one and sends it in a `refresh`
+ *   (with the `token` option it sends nothing: the server closes the socket
+ *   with 4002 at `expiresAt` plus its leeway, and the client ends "closed");
+ * - "refreshed": the server took the new token; the same socket now lives
+ *   until `expiresAt` (null: the new token has no `exp`);
+ * - "rejected": no new token took effect, `error` says why: "refresh_rejected"
+ *   (the server refused it), "token_failed" (getToken threw) or
+ *   "token_unchanged" (getToken gave the socket's token again). The socket
+ *   keeps `expiresAt`; at its 4002 the client reconnects with getToken.
+ */
+export type RefreshStatus = "expiring" | "refreshed" | "rejected";
+
+/** Second argument of the onRefresh listener. */
+export interface RefreshDetail {
+  /** When the socket's token expires (unix seconds); null when it has no `exp`. */
+  expiresAt: number | null;
+  /** With "rejected": why (also reported through onError). */
+  error?: HopeFlowError;
+}
+
 /** The server's confirmation of an unsubscribe: filters removed, filters left. */
 export interface Unsubscribed {
   removed: number;
@@ -93,7 +117,8 @@ export interface Unsubscribed {
  * `code` is the server's error code ("invalid_filter", "too_many_filters",
  * "subscription_limit", "rate_limited", ...) or one of the client's:
  * "closed" (the client is closed), "handler_failed" (the onEnvelope handler
- * threw; `cause` and `envelope` say which), "token_failed" (getToken threw).
+ * threw; `cause` and `envelope` say which), "token_failed" (getToken threw),
+ * "token_unchanged" (getToken gave a refresh the socket's own token).
  */
 export interface HopeFlowError extends Error {
   code: string;
@@ -109,7 +134,11 @@ export interface HopeFlowError extends Error {
 export interface HopeFlowOptions {
   /** The JWT, sent as `?token=`. Give this or getToken. */
   token?: string;
-  /** Called before every connect and reconnect; its token is sent as `?token=`. */
+  /**
+   * Called before every connect and reconnect (its token is sent as
+   * `?token=`), and when the server says the socket's token is expiring (its
+   * token is sent in a `refresh`, see onRefresh).
+   */
   getToken?: () => string | Promise<string>;
   /** The WebSocket class; default `globalThis.WebSocket` (Node 20: pass one, e.g. the `ws` package's). */
   WebSocket?: new (url: string) => { send(data: string): void; close(code?: number): void };
@@ -154,7 +183,8 @@ export class HopeFlowClient {
    * Errors not tied to a call: server error frames about nothing pending,
    * "handler_failed", "token_failed", a re-subscription the server refused,
    * "history_disabled" (the server answered a resume without keeping
-   * history: the client stops resuming).
+   * history: the client stops resuming), and a refresh that did not take
+   * ("refresh_rejected", "token_failed", "token_unchanged": see onRefresh).
    */
   onError(listener: (error: HopeFlowError) => void): () => void;
 
@@ -164,6 +194,13 @@ export class HopeFlowClient {
    * removes it.
    */
   onGap(listener: (gap: Gap) => void): () => void;
+
+  /**
+   * Calls `listener(status, detail)` at each step of a token refresh (see
+   * RefreshStatus): "expiring", then "refreshed" or "rejected". Returns a
+   * function that removes it.
+   */
+  onRefresh(listener: (status: RefreshStatus, detail: RefreshDetail) => void): () => void;
 
   /**
    * Adds filters; resolves with the server's confirmation. While

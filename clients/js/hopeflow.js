@@ -81,6 +81,11 @@ export class HopeFlowClient {
   #stateListeners = new Set();
   #errorListeners = new Set();
   #gapListeners = new Set();
+  #refreshListeners = new Set();
+  /** The open socket's token: the one it opened with, or the last one sent in a refresh. */
+  #token;
+  /** When the open socket's token expires (unix seconds), as the server last said. */
+  #expiresAt = null;
   /** {epoch, seq}: the highest seq delivered, or where the first subscription started; null without history. */
   #pos = null;
   /** From a reconnect's resume to its `resumed`: envelopes held back. */
@@ -112,6 +117,8 @@ export class HopeFlowClient {
       url,
       WebSocket,
       getToken,
+      // A fixed token cannot be refreshed: 4002 (expired) ends the client.
+      fixed: !options.getToken,
       fetch: options.fetch ?? globalThis.fetch,
     };
     this.#run();
@@ -145,6 +152,11 @@ export class HopeFlowClient {
   onGap(listener) {
     this.#gapListeners.add(listener);
     return () => this.#gapListeners.delete(listener);
+  }
+
+  onRefresh(listener) {
+    this.#refreshListeners.add(listener);
+    return () => this.#refreshListeners.delete(listener);
   }
 
   /** {epoch, seq} of the last delivery (see #pos), or null. */
@@ -220,8 +232,11 @@ export class HopeFlowClient {
         if (this.#closed) return;
         detail = { code: end.code, reason: end.reason };
         // 1008 / 1009: retrying would repeat what the server refused; 4001:
-        // an operator disconnected this user for good.
-        if ([1008, 1009, 4001].includes(end.code)) return this.#stop(detail);
+        // an operator disconnected this user for good; 4002: the token
+        // expired, and a fixed one cannot be replaced.
+        if ([1008, 1009, 4001].includes(end.code) || (end.code == 4002 && options.fixed)) {
+          return this.#stop(detail);
+        }
         if (end.opened) {
           attempt = 0;
           token = undefined;
@@ -288,6 +303,8 @@ export class HopeFlowClient {
         if (this.#end != end) return;
         opened = true;
         this.#socket = socket;
+        this.#token = token;
+        this.#expiresAt = null;
         this.#ping(socket);
         const confirmed = [...this.#filters.values()];
         if (!confirmed.length) this.#set("open");
@@ -356,10 +373,15 @@ export class HopeFlowClient {
     }
     const held = this.#held;
     const pos = this.#pos;
-    const { type, code, seq, epoch } = message;
+    const { type, code, seq, epoch, expiresAt } = message;
     // Only deliveries carry an envelopeId; without a seq, no history order.
     if (message.envelopeId != null) {
       return held && seq != null ? held.push(message) : this.#take(socket, message);
+    }
+    if (type == "token_expiring") return this.#refresh(socket, expiresAt);
+    if (type == "refreshed") {
+      this.#expiresAt = expiresAt;
+      return notify(this.#refreshListeners, "refreshed", { expiresAt });
     }
     const flush = () => {
       this.#held = null;
@@ -405,6 +427,9 @@ export class HopeFlowClient {
       } else if (request && (code == "subscription_limit" || code == "rate_limited")) {
         // The oldest request was dropped whole: no confirmation follows.
         finish(error);
+      } else if (code == "refresh_rejected") {
+        // The socket keeps its old expiry.
+        this.#rejected(error);
       } else {
         notify(this.#errorListeners, error);
         // No history (any more): no position, no resume; held ones go out.
@@ -414,6 +439,30 @@ export class HopeFlowClient {
         }
       }
     }
+  }
+
+  /** The server says the socket's token expires soon: send getToken's next one. */
+  async #refresh(socket, expiresAt) {
+    this.#expiresAt = expiresAt;
+    notify(this.#refreshListeners, "expiring", { expiresAt });
+    if (this.#options.fixed) return;
+    let token, error;
+    try {
+      token = await this.#options.getToken();
+    } catch (cause) {
+      error = failure("token_failed", `getToken failed: ${cause}`, { cause });
+    }
+    if (socket != this.#socket) return;
+    // The same token again would change nothing: at 4002, getToken is asked again.
+    error ??= token === this.#token && failure("token_unchanged", "getToken returned the socket's token again");
+    if (error) return this.#rejected(error);
+    this.#token = token;
+    socket.send(JSON.stringify({ type: "refresh", token }));
+  }
+
+  #rejected(error) {
+    notify(this.#refreshListeners, "rejected", { expiresAt: this.#expiresAt, error });
+    notify(this.#errorListeners, error);
   }
 
   /** Delivers an envelope unless its seq is not above the position. */

@@ -758,3 +758,159 @@ test("history_disabled in answer to a resume: reported, held envelopes delivered
   const third = await reconnect();
   assert.deepEqual(third.frames(), [resubscribe]);
 });
+
+// Token lifetime (issue 20): token_expiring → getToken → refresh; 4002.
+
+/** A client whose getToken gives token-1, token-2, ...; records onRefresh calls. */
+async function refreshing(t, options = {}) {
+  let calls = 0;
+  const env = await setup(t, { token: undefined, getToken: async () => `token-${++calls}`, ...options });
+  const refreshes = [];
+  env.client.onRefresh((status, detail) => refreshes.push([status, detail]));
+  await env.reopen();
+  return { ...env, refreshes, calls: () => calls };
+}
+
+const refreshFrames = (socket) => socket.frames().filter((f) => f.type == "refresh");
+
+test("token_expiring: getToken's next token is sent as a refresh; refreshed is reported, same socket", async (t) => {
+  const { client, socket, sockets, refreshes, errors, calls } = await refreshing(t);
+  assert.equal(socket().url, "ws://realtime.test/?token=token-1");
+  socket().receive({ type: "token_expiring", expiresAt: 1000 });
+  await flush();
+  assert.equal(calls(), 2);
+  assert.deepEqual(refreshFrames(socket()), [{ type: "refresh", token: "token-2" }]);
+  assert.deepEqual(refreshes, [["expiring", { expiresAt: 1000 }]]);
+  socket().receive({ type: "refreshed", expiresAt: 2000 });
+  await flush();
+  assert.deepEqual(refreshes.at(-1), ["refreshed", { expiresAt: 2000 }]);
+  // The next notice is of the new token: another refresh on the same socket.
+  socket().receive({ type: "token_expiring", expiresAt: 2000 });
+  await flush();
+  assert.deepEqual(refreshFrames(socket()).at(-1), { type: "refresh", token: "token-3" });
+  socket().receive({ type: "refreshed", expiresAt: null });
+  await flush();
+  assert.deepEqual(refreshes.at(-1), ["refreshed", { expiresAt: null }]);
+  assert.equal(sockets.length, 1);
+  assert.equal(client.state, "open");
+  assert.deepEqual(errors, []);
+});
+
+test("refresh_rejected is reported to onRefresh and onError; the socket and pending calls stay", async (t) => {
+  const { client, socket, sockets, refreshes, errors } = await refreshing(t);
+  socket().receive({ type: "token_expiring", expiresAt: 1000 });
+  await flush();
+  const pending = client.subscribe([{ type: "a" }]);
+  socket().receive({ type: "error", code: "refresh_rejected", message: "refresh rejected: another user's token" });
+  await flush();
+  assert.deepEqual(
+    refreshes.map(([status, detail]) => [status, detail.expiresAt, detail.error?.code, detail.error?.message]),
+    [
+      ["expiring", 1000, undefined, undefined],
+      ["rejected", 1000, "refresh_rejected", "refresh rejected: another user's token"],
+    ],
+  );
+  assert.deepEqual(
+    errors.map((e) => e.code),
+    ["refresh_rejected"],
+  );
+  // Not the subscription's answer: it still waits for its own.
+  assert.equal(await settled(pending), false);
+  socket().receive({ type: "subscribed", added: 1, total: 1 });
+  assert.deepEqual(await pending, { added: 1, total: 1 });
+  assert.equal(client.state, "open");
+  assert.equal(sockets.length, 1);
+});
+
+test("a refresh getToken cannot make is reported as rejected, and nothing is sent", async (t) => {
+  await t.test("getToken throws", async (t) => {
+    let calls = 0;
+    const { socket, refreshes, errors } = await refreshing(t, {
+      getToken: async () => {
+        if (++calls > 1) throw new Error("auth server down");
+        return "first";
+      },
+    });
+    socket().receive({ type: "token_expiring", expiresAt: 1000 });
+    await flush();
+    assert.deepEqual(refreshFrames(socket()), []);
+    assert.deepEqual(refreshes.at(-1)[0], "rejected");
+    assert.equal(refreshes.at(-1)[1].expiresAt, 1000);
+    assert.equal(refreshes.at(-1)[1].error.code, "token_failed");
+    assert.equal(refreshes.at(-1)[1].error.cause.message, "auth server down");
+    assert.deepEqual(
+      errors.map((e) => e.code),
+      ["token_failed"],
+    );
+  });
+  await t.test("getToken gives the socket's own token again", async (t) => {
+    const { socket, refreshes } = await refreshing(t, { getToken: () => "same" });
+    socket().receive({ type: "token_expiring", expiresAt: 1000 });
+    await flush();
+    assert.deepEqual(refreshFrames(socket()), []);
+    assert.deepEqual(
+      refreshes.map(([status, detail]) => [status, detail.error?.code]),
+      [
+        ["expiring", undefined],
+        ["rejected", "token_unchanged"],
+      ],
+    );
+  });
+});
+
+test("a token getToken gives after its socket dropped is not sent anywhere", async (t) => {
+  let release;
+  let calls = 0;
+  const { socket, sockets, refreshes, elapse, reopen } = await refreshing(t, {
+    getToken: () => (++calls == 2 ? new Promise((resolve) => (release = resolve)) : `token-${calls}`),
+  });
+  const first = socket();
+  first.receive({ type: "token_expiring", expiresAt: 1000 });
+  first.drop(1006);
+  await flush();
+  await elapse(500);
+  await reopen();
+  release("late");
+  await flush();
+  assert.equal(sockets.length, 2);
+  assert.deepEqual([...refreshFrames(first), ...refreshFrames(sockets[1])], []);
+  assert.deepEqual(
+    refreshes.map(([status]) => status),
+    ["expiring"],
+  );
+});
+
+test("after 4002 (token expired) it reconnects with getToken's next token", async (t) => {
+  const { client, socket, sockets, details, elapse, reopen, calls } = await refreshing(t);
+  socket().drop(4002, "token expired");
+  await flush();
+  assert.equal(client.state, "reconnecting");
+  assert.deepEqual(details.at(-1), { code: 4002, reason: "token expired" });
+  await elapse(500);
+  assert.equal(sockets.length, 2);
+  assert.equal(calls(), 2);
+  assert.equal(socket().url, "ws://realtime.test/?token=token-2");
+  await reopen();
+  assert.equal(client.state, "open");
+});
+
+test("with a fixed token: token_expiring is reported, no refresh is sent, and 4002 ends in 'closed'", async (t) => {
+  const { client, socket, sockets, details, errors, reopen } = await setup(t, { token: "fixed" });
+  const refreshes = [];
+  client.onRefresh((status, detail) => refreshes.push([status, detail]));
+  await reopen();
+  socket().receive({ type: "token_expiring", expiresAt: 1000 });
+  await flush();
+  assert.deepEqual(refreshes, [["expiring", { expiresAt: 1000 }]]);
+  assert.deepEqual(socket().frames(), []);
+  const pending = client.subscribe([{ type: "a" }]).catch((error) => error);
+  socket().drop(4002, "token expired");
+  await flush();
+  assert.equal(client.state, "closed");
+  assert.deepEqual(details.at(-1), { code: 4002, reason: "token expired" });
+  assert.equal((await pending).code, "closed");
+  t.mock.timers.tick(10 * 60 * 1000);
+  await flush();
+  assert.equal(sockets.length, 1);
+  assert.deepEqual(errors, []);
+});

@@ -10,6 +10,8 @@ import {
   type Gap,
   type HopeFlowError,
   type Position,
+  type RefreshDetail,
+  type RefreshStatus,
   type Subscribed,
   type Unsubscribed,
 } from "../../hopeflow.js";
@@ -28,6 +30,7 @@ export async function readmeExample(): Promise<void> {
   client.onState((state: ConnectionState, detail) => {
     void [state, detail?.code, detail?.status];
   });
+  client.onRefresh((status, { expiresAt, error }) => void [status, expiresAt, error?.code]);
   const { added, total }: Subscribed = await client.subscribe([{ type: "chat_message" }]);
   const removed: Unsubscribed = await client.unsubscribe([{ type: "chat_message" }]);
   void [added, total, removed.removed];
@@ -45,6 +48,11 @@ export function everyOption(): HopeFlowClient {
   const stop = client.onEnvelope<{ n: number }>((envelope: Envelope<{ n: number }>) => envelope.payload.n);
   client.onGap((gap: Gap) => void [gap.since, gap.seq, gap.epoch, gap.previousEpoch, gap.replayed]);
   client.onError((error: HopeFlowError) => void [error.code, error.result, error.envelope]);
+  client.onRefresh((status: RefreshStatus, detail: RefreshDetail) => {
+    const expiresAt: number | null = detail.expiresAt;
+    const why: string | undefined = detail.error?.code;
+    void [status == "expiring" || status == "refreshed" || status == "rejected", expiresAt, why];
+  });
   const position: Position | null = client.position;
   void [stop(), position?.seq, client.state];
   const delay: number = backoffDelay(1, 500, 30_000, 0.5);
