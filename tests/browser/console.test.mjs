@@ -2,7 +2,9 @@
 // on a phone-sized viewport, served by the prebuilt worker (`make build`)
 // with CONSOLE_ENABLED=true: mint a dev token in the page, connect,
 // subscribe, publish to its own user and see the delivery and its ack in the
-// answer, list the socket in the sockets panel, disconnect it. Screenshots go
+// answer, list the socket in the sockets panel, disconnect it; a token minted
+// in the page is refreshed on the open socket, a pasted one shows its expiry
+// and ends with the server's 4002. Screenshots go
 // to target/console.png (after the publishes) and target/console-end.png.
 // That /console is 404 without CONSOLE_ENABLED is checked in browser.test.mjs.
 // Every wait is on an event and time-boxed.
@@ -25,7 +27,13 @@ const problems = [];
 
 before(async () => {
   // A short ack timeout: the publish the page does not ack answers within 1 s.
-  worker = new Worker({ CONSOLE_ENABLED: "true", ACK_TIMEOUT_MS: "1000" });
+  // Token lifetime made short to test: no leeway, the notice 2 s before exp.
+  worker = new Worker({
+    CONSOLE_ENABLED: "true",
+    ACK_TIMEOUT_MS: "1000",
+    JWT_LEEWAY_SECS: "0",
+    TOKEN_REFRESH_NOTICE_SECS: "2",
+  });
   [browser] = await Promise.all([launchChromium(), freePort().then((port) => worker.start(port))]);
 });
 
@@ -70,6 +78,7 @@ async function screenshot(page, path) {
 }
 
 const text = (page, selector) => page.locator(selector).first().innerText();
+const expOf = (token) => JSON.parse(Buffer.from(token.split(".")[1], "base64url")).exp;
 
 test("the console and its module are served with a strict CSP", async () => {
   const response = await fetch(worker.url("/console"));
@@ -292,6 +301,108 @@ test(
       assert.deepEqual(seen, []);
     } finally {
       await context.close();
+    }
+  },
+);
+
+test(
+  "a token minted here is refreshed on the same socket past its exp; a pasted short token shows its expiry and ends with 4002",
+  { timeout: 6 * WAIT_MS },
+  async () => {
+    const userId = `console-refresh-${randomUUID()}`;
+    const seen = [];
+    const minting = await browser.newContext({ viewport: PHONE, isMobile: true, hasTouch: true });
+    const pasting = await browser.newContext({ viewport: PHONE, isMobile: true, hasTouch: true });
+    try {
+      const own = await minting.newPage();
+      const pasted = await pasting.newPage();
+      for (const page of [own, pasted]) {
+        recordProblems(page, seen);
+        await page.goto(worker.url("/console"), { timeout: WAIT_MS });
+        await waitFor(page, "body[data-ready=true]", "the page's module did not run", "attached");
+      }
+
+      // Minted here, living 12 s: the console can mint its successors.
+      await own.click("#mint-panel summary");
+      await own.fill("#mint-secret", worker.secret);
+      await own.fill("#mint-user", userId);
+      await own.fill("#mint-ttl", "0.2");
+      await own.click("#mint");
+      await until(own, () => document.getElementById("token").value.split(".").length == 3, null, "no token was minted");
+      const first = await own.inputValue("#token");
+      const exp1 = expOf(first);
+      await own.click("#connect");
+      await waitFor(own, "#state[data-state=open]", "the minted token did not connect");
+      assert.equal(await own.getAttribute("#expiry", "data-expires-at"), String(exp1));
+      assert.equal(await own.getAttribute("#expiry", "data-refresh"), "minted");
+      await own.fill("#filter", '{"type":"note"}');
+      await own.click("#subscribe");
+      await waitFor(own, "#filters [data-testid=filter]", "the filter was not confirmed");
+      await own.click("#sockets-refresh");
+      await waitFor(own, "#sockets-list [data-testid=socket]", "the sockets panel lists nothing");
+      const socket = own.locator("#sockets-list [data-testid=socket]").first();
+      const socketId = await socket.getAttribute("data-socket-id");
+      assert.equal(await socket.locator(".expires").getAttribute("data-expires-at"), String(exp1));
+
+      // Pasted in another tab: the same user and exp, so the alarm that
+      // closes it would close the minted one too, were it not refreshed.
+      await pasted.fill("#token", mint(userId, worker.secret, { exp: exp1, scope: "publish operator" }));
+      await pasted.click("#connect");
+      await waitFor(pasted, "#state[data-state=open]", "the pasted token did not connect");
+      assert.equal(await pasted.getAttribute("#expiry", "data-expires-at"), String(exp1));
+      assert.equal(await pasted.getAttribute("#expiry", "data-refresh"), "pasted");
+      assert.match(await text(pasted, "#expiry"), /^token expires \d\d:\d\d:\d\d \(pasted: not refreshed/);
+
+      // token_expiring, 2 s before exp1: the console mints a new token, the
+      // refresh is confirmed, the header and the token field follow it.
+      await until(
+        own,
+        (exp1) => Number(document.getElementById("expiry").dataset.expiresAt) > exp1,
+        exp1,
+        "the minted token was not refreshed",
+      );
+      const events = await text(own, "#events");
+      assert.match(events, /token expiring at \d\d:\d\d:\d\d: refreshing/);
+      assert.match(events, /token refreshed: the socket now expires \d\d:\d\d:\d\d/);
+      const second = await own.inputValue("#token");
+      assert.notEqual(second, first, "the token field still holds the first token");
+      const exp2 = expOf(second);
+      assert.ok(exp2 > exp1, `${exp2} > ${exp1}`);
+
+      // The pasted one: told it expires, not refreshed, closed with 4002 at exp1.
+      await waitFor(pasted, "#state[data-state=closed]", "the pasted token's socket was not closed");
+      assert.ok(Date.now() / 1000 >= exp1, "closed before exp");
+      assert.equal(await pasted.getAttribute("#state", "data-code"), "4002");
+      assert.match(await text(pasted, "#state"), /^closed \(4002: token expired\)/);
+      assert.match(await text(pasted, "#events"), /token expiring at \d\d:\d\d:\d\d: a pasted token is not refreshed/);
+
+      // The minted one, past exp1: the same socket, open all along, delivering.
+      assert.equal(await own.getAttribute("#state", "data-state"), "open");
+      assert.doesNotMatch(await text(own, "#events"), /reconnecting|closed/);
+      await own.click("#sockets-refresh");
+      await until(
+        own,
+        (exp1) => {
+          const expires = document.querySelector("#sockets-list [data-testid=socket] .expires");
+          return expires && Number(expires.dataset.expiresAt) > exp1;
+        },
+        exp1,
+        "the sockets panel does not show the new expiry",
+      );
+      assert.equal(await own.locator("#sockets-list [data-testid=socket]").count(), 1);
+      assert.equal(await own.locator("#sockets-list [data-testid=socket]").first().getAttribute("data-socket-id"), socketId);
+      await own.fill("#pub-type", "note");
+      await own.fill("#pub-payload", '{"n":1}');
+      await own.click("#publish");
+      await waitFor(own, "#publish-answer[data-status]", "no answer to the publish");
+      const answer = JSON.parse(await own.textContent("#publish-answer"));
+      assert.equal(answer.clientCount, 1, JSON.stringify(answer));
+      assert.equal(answer.deliveries[0].socketId, socketId);
+      assert.equal(answer.deliveries[0].status, "acked");
+      assert.deepEqual(seen, []);
+    } finally {
+      await minting.close();
+      await pasting.close();
     }
   },
 );
