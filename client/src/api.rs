@@ -283,6 +283,11 @@ pub struct SocketInfo {
     /// The socket's filters (objects of strings).
     #[serde(default)]
     pub filters: Vec<Value>,
+    /// When the server closes the socket because its token expires (the
+    /// token's `exp`, unix seconds; a refresh moves it); `None` when the
+    /// token has no `exp` (or the server is older and does not say).
+    #[serde(rename = "expiresAt", default)]
+    pub expires_at: Option<u64>,
 }
 
 fn epoch_millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
@@ -574,10 +579,16 @@ mod tests {
     #[test]
     fn sockets_and_disconnect_answers_parse() {
         let text = r#"{"userId":"alice","count":2,"pendingPublishes":1,"sockets":[
-            {"socketId":"s1","connectedAt":1700000000000,"filters":[{"type":"chat"}]},
-            {"socketId":"s2","connectedAt":1700000000001.0,"filters":[]}]}"#;
+            {"socketId":"s1","connectedAt":1700000000000,"filters":[{"type":"chat"}],"expiresAt":1700003600},
+            {"socketId":"s2","connectedAt":1700000000001.0,"filters":[],"expiresAt":null}]}"#;
         let sockets: UserSockets = serde_json::from_str(text).expect("sockets");
         assert_eq!((sockets.count, sockets.pending_publishes), (2, 1));
+        assert_eq!(sockets.sockets[0].expires_at, Some(1_700_003_600));
+        assert_eq!(sockets.sockets[1].expires_at, None);
+        // A server that does not say yet.
+        let older: SocketInfo =
+            serde_json::from_str(r#"{"socketId":"s","connectedAt":1}"#).expect("socket");
+        assert_eq!(older.expires_at, None);
         assert_eq!(sockets.sockets[0].filters, vec![json!({"type": "chat"})]);
         assert_eq!(sockets.sockets[1].connected_at, 1_700_000_000_001);
         assert_eq!(sockets.history, None);

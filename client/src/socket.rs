@@ -25,6 +25,19 @@
 //! envelopes that follow it; the client goes on from the `resumed` answer's
 //! position. Without history (no `seq` anywhere) nothing of this happens:
 //! envelopes are delivered as they come, and nothing is resumed.
+//!
+//! # Token lifetime
+//!
+//! A socket lives no longer than its token: the server sends
+//! `token_expiring` shortly before the token's `exp` ([`Event::TokenExpiring`])
+//! and closes the socket with 4002 at `exp` plus its leeway. With a
+//! [`TokenProvider`] the client answers the notice by asking the provider
+//! and sending `refresh`: the same socket goes on ([`Event::Refreshed`]), or
+//! the refresh fails ([`Event::RefreshRejected`]) and, after the 4002, the
+//! client reconnects with a token from the provider. Without a provider (a
+//! fixed token) the 4002 ends the client with [`Event::TokenExpired`], and a
+//! reconnect the server refuses for its token (401, 403) ends it with
+//! [`Event::Rejected`].
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -48,6 +61,7 @@ use hopeflow_realtime::filter::{Filter, MAX_FILTERS_PER_MESSAGE};
 use hopeflow_realtime::protocol::{ClientFrame, ServerFrame, ServerMessage};
 pub use hopeflow_realtime::protocol::{CloseCode, Envelope, ErrorCode};
 
+use crate::api::ApiError;
 use crate::publisher::CONNECT_TIMEOUT;
 use crate::tls::{self, TlsError, Trust};
 
@@ -67,9 +81,12 @@ pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Sen
 
 /// Where a [`Client`] gets a fresh token before each reconnect attempt
 /// (tokens expire; an operator's disconnect with close code 4000 asks for a
-/// new one): an async function, typically a call to your auth service.
-/// A failure or a wait longer than [`ClientOptions::connect_timeout`]
-/// counts as a failed attempt: the client backs off and asks again.
+/// new one) and when the server says the socket's token expires soon (it is
+/// sent as a `refresh`, and the socket goes on): an async function,
+/// typically a call to your auth service. Before a reconnect, a failure or
+/// a wait longer than [`ClientOptions::connect_timeout`] counts as a failed
+/// attempt: the client backs off and asks again; for a refresh it is an
+/// [`Event::RefreshRejected`].
 ///
 /// ```
 /// use hopeflow_client::{token, ClientOptions};
@@ -134,8 +151,10 @@ pub struct ClientOptions {
     /// `token_provider`). Left empty with a provider, the first connection
     /// asks the provider too.
     pub token: String,
-    /// Asked for a fresh token before every reconnect attempt; the token it
-    /// returns replaces `token`.
+    /// Asked for a fresh token before every reconnect attempt (the token it
+    /// returns replaces `token`) and to refresh the socket's token when the
+    /// server says it expires soon. Without one, the socket ends when
+    /// `token` expires ([`Event::TokenExpired`]).
     pub token_provider: Option<TokenProvider>,
     pub token_placement: TokenPlacement,
     /// Reconnect after the connection drops (on by default).
@@ -211,8 +230,9 @@ pub enum Event {
     /// code says not to ([`reconnect_after`]: 1008, 1009, and 4001, an
     /// operator's disconnect), in which case no event follows and
     /// [`Client::next_event`] returns `None`. After 4000 (an operator's
-    /// disconnect asking for a fresh token) it reconnects with one from the
-    /// [`TokenProvider`].
+    /// disconnect asking for a fresh token) and 4002 (the token expired) it
+    /// reconnects with a token from the [`TokenProvider`]; without one, 4002
+    /// ends the client with [`Event::TokenExpired`].
     Disconnected { code: Option<u16>, reason: String },
     /// Connected again after `attempt` tries; filters were re-subscribed
     /// and, with history on, a resume was asked for: the envelopes it
@@ -237,6 +257,35 @@ pub enum Event {
         previous_epoch: String,
         replayed: usize,
     },
+    /// The server's notice that the socket's token expires at `expires_at`
+    /// (unix seconds): at that time plus the server's leeway it closes the
+    /// socket with 4002 unless a `refresh` extends it. With a
+    /// [`TokenProvider`] the client has already asked it for a token and
+    /// sends the refresh ([`Event::Refreshed`] or [`Event::RefreshRejected`]
+    /// follows); without one this is the warning that the socket will end.
+    TokenExpiring { expires_at: u64 },
+    /// The server accepted a refresh: the same socket (id, filters,
+    /// position) now lives until `expires_at` (unix seconds; `None`: the new
+    /// token has no `exp`).
+    Refreshed { expires_at: Option<u64> },
+    /// A refresh failed: the server answered `refresh_rejected` (`message`
+    /// is its message), or the [`TokenProvider`] gave no token (`message`
+    /// says why). The socket keeps its old expiry; when it closes with 4002
+    /// the client reconnects with a token from the provider.
+    RefreshRejected { message: String },
+    /// The server closed the socket with 4002 (its token expired) and the
+    /// client has no [`TokenProvider`] to get another (or
+    /// [`ClientOptions::reconnect`] is off): follows the
+    /// [`Event::Disconnected`], and the client ends ([`Client::next_event`]
+    /// returns `None`). `expires_at` is the token's `exp` as the server last
+    /// announced it (or as read from the token), if known.
+    TokenExpired { expires_at: Option<u64> },
+    /// A reconnect was refused for its token (HTTP 401 or 403, `error` is a
+    /// [`ClientError::Rejected`] with the server's reason) and the client
+    /// has no [`TokenProvider`] to ask for another: retrying the same token
+    /// cannot succeed, so the client ends ([`Client::next_event`] returns
+    /// `None`). With a provider it keeps trying with fresh tokens.
+    Rejected { error: ClientError },
 }
 
 /// Where a client's deliveries stand in its user's history: `seq` is the
@@ -263,8 +312,11 @@ pub struct Confirmation {
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientError {
-    /// The upgrade was refused with this HTTP status (and the body, when the
-    /// handshake read one; usually empty).
+    /// The upgrade was refused with this HTTP status and the server's JSON
+    /// error body (`{"error": code, "message": ...}`; see
+    /// [`ClientError::api_error`]). The handshake rarely reads the body, so
+    /// the client asks again with a plain `GET` (which the server answers
+    /// with the same checks) for the reason; empty if that did not say.
     Rejected { status: u16, body: String },
     /// Could not connect at all.
     Connect(String),
@@ -282,9 +334,11 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Rejected { status, body } => {
-                write!(f, "upgrade refused ({status}): {body}")
-            }
+            ClientError::Rejected { status, body } => match refusal_reason(body) {
+                Some(error) => write!(f, "upgrade refused ({status}): {error}"),
+                None if body.trim().is_empty() => write!(f, "upgrade refused ({status})"),
+                None => write!(f, "upgrade refused ({status}): {}", body.trim()),
+            },
             ClientError::Connect(why) => write!(f, "cannot connect: {why}"),
             ClientError::Token(why) => write!(f, "cannot get a token: {why}"),
             ClientError::Refused { code, message } => write!(f, "{}: {message}", code.as_str()),
@@ -295,6 +349,28 @@ impl fmt::Display for ClientError {
 }
 
 impl std::error::Error for ClientError {}
+
+impl ClientError {
+    /// The server's error (`invalid_token: invalid token: ...`) of a
+    /// [`ClientError::Rejected`] whose body carried one.
+    pub fn api_error(&self) -> Option<ApiError> {
+        match self {
+            ClientError::Rejected { body, .. } => refusal_reason(body),
+            _ => None,
+        }
+    }
+}
+
+/// The JSON error in a refused upgrade's body; also when the handshake read
+/// it with its chunked framing around it.
+fn refusal_reason(body: &str) -> Option<ApiError> {
+    if let Ok(error) = serde_json::from_str(body.trim()) {
+        return Some(error);
+    }
+    let start = body.find('{')?;
+    let end = body.rfind('}')?;
+    serde_json::from_str(body.get(start..=end)?).ok()
+}
 
 type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 
@@ -353,6 +429,7 @@ impl Client {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::unbounded_channel();
         let position = SharedPosition::default();
+        let expires_at = token_expiry(&options.token);
         tokio::spawn(
             Connection {
                 options,
@@ -364,6 +441,9 @@ impl Client {
                 position: None,
                 shared_position: position.clone(),
                 held: None,
+                expires_at,
+                refreshing: None,
+                sent_refresh: None,
             }
             .run(ws),
         );
@@ -474,7 +554,9 @@ pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32, jitter: f64
 
 /// Whether a client should reconnect after the server closed with `code`
 /// (`None`: the connection dropped without a close frame). Not after 1008
-/// and 1009 (the client must change) nor 4001 (an operator said so).
+/// and 1009 (the client must change) nor 4001 (an operator said so). After
+/// 4000 and 4002 (token expired) only with a fresh token: a [`Client`]
+/// without a [`TokenProvider`] ends after 4002.
 pub fn reconnect_after(code: Option<u16>) -> bool {
     match code {
         // An operator's disconnect (issue 11): matched by number until the
@@ -484,6 +566,21 @@ pub fn reconnect_after(code: Option<u16>) -> bool {
         Some(code) => CloseCode::from_code(code).is_none_or(CloseCode::reconnect),
         None => true,
     }
+}
+
+/// What the provider's token for a refresh resolves to; pending while none
+/// is on its way.
+async fn provided(refreshing: &mut Option<TokenFuture>) -> Result<String, String> {
+    match refreshing {
+        Some(token) => token.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The `exp` claim of `token` (unix seconds), read without checking it.
+pub fn token_expiry(token: &str) -> Option<u64> {
+    let exp = crate::token::payload(token)?.get("exp")?.as_f64()?;
+    (exp.is_finite() && exp >= 0.0).then_some(exp as u64)
 }
 
 /// Asks `provider` for a token, giving up after `limit`.
@@ -548,16 +645,51 @@ async fn open(options: &ClientOptions) -> Result<Ws, ClientError> {
     };
     match connected {
         Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(ClientError::Rejected {
-            status: response.status().as_u16(),
-            body: response
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let mut body = response
                 .body()
                 .as_ref()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default(),
-        }),
+                .unwrap_or_default();
+            if refusal_reason(&body).is_none() {
+                if let Some(reason) = ask_why(options, status).await {
+                    body = reason;
+                }
+            }
+            Err(ClientError::Rejected { status, body })
+        }
         Err(e) => Err(ClientError::Connect(tls::describe(&e))),
     }
+}
+
+/// Why the upgrade was refused with `status`: the handshake stops at the
+/// response's head, so the JSON body with the reason is usually not read.
+/// The server runs the same checks (origin, token) on a plain `GET /` and
+/// answers them with the same error, so this asks that way; the answer
+/// counts only if it has the same status and an error body.
+async fn ask_why(options: &ClientOptions, status: u16) -> Option<String> {
+    let url = connect_url(&options.url, &options.token, options.token_placement);
+    let url = if let Some(rest) = url.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else {
+        format!("http://{}", url.strip_prefix("ws://")?)
+    };
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((*options.trust.client_config()).clone())
+        .timeout(options.connect_timeout)
+        .build()
+        .ok()?;
+    let mut request = http.get(url);
+    if options.token_placement == TokenPlacement::Header {
+        request = request.bearer_auth(&options.token);
+    }
+    let response = request.send().await.ok()?;
+    if response.status().as_u16() != status {
+        return None;
+    }
+    let body = response.text().await.ok()?;
+    refusal_reason(&body).is_some().then_some(body)
 }
 
 /// A subscribe / unsubscribe waiting for its confirmation. Confirmations come
@@ -588,6 +720,13 @@ struct Connection {
     /// From a reconnect's `resume` to the `resumed` answer: envelopes held
     /// back, to be merged with the replay.
     held: Option<Vec<Envelope>>,
+    /// When the socket's token expires (unix seconds), as last known: read
+    /// from the token, then as the server announces it.
+    expires_at: Option<u64>,
+    /// The provider's token for a refresh, on its way.
+    refreshing: Option<TokenFuture>,
+    /// The token of the refresh sent, until the server answers.
+    sent_refresh: Option<String>,
 }
 
 impl Connection {
@@ -600,11 +739,22 @@ impl Connection {
             self.fail_pending();
             // Never delivered: the next resume asks for them again.
             self.held = None;
+            // The next connection's token replaces what was on its way.
+            self.refreshing = None;
+            self.sent_refresh = None;
             let _ = self.events.send(Event::Disconnected {
                 code,
                 reason: reason.clone(),
             });
-            if !self.options.reconnect || !reconnect_after(code) {
+            let expired = code == Some(CloseCode::TokenExpired.code());
+            // Reconnecting with the token that expired would be refused.
+            let fixed_token = self.options.token_provider.is_none();
+            if !self.options.reconnect || !reconnect_after(code) || (expired && fixed_token) {
+                if expired {
+                    let _ = self.events.send(Event::TokenExpired {
+                        expires_at: self.expires_at,
+                    });
+                }
                 return;
             }
             match self.reconnect().await {
@@ -626,6 +776,22 @@ impl Connection {
                     };
                     if !self.command(ws, command).await {
                         return None;
+                    }
+                }
+                token = provided(&mut self.refreshing) => {
+                    self.refreshing = None;
+                    match token {
+                        Ok(token) => {
+                            let frame = ClientFrame::Refresh { token: Some(token.clone()) };
+                            self.sent_refresh = Some(token);
+                            // A failed send surfaces as the socket's close.
+                            let _ = ws.send(Message::text(frame.to_text())).await;
+                        }
+                        Err(why) => {
+                            let _ = self.events.send(Event::RefreshRejected {
+                                message: format!("cannot get a token to refresh with: {why}"),
+                            });
+                        }
                     }
                 }
                 message = ws.next() => match message {
@@ -733,11 +899,29 @@ impl Connection {
                 complete,
                 epoch,
             })) => self.resumed(since, seq, replayed, complete, epoch),
-            // Token lifetime frames: handled by the client's refresh (issue 20).
-            Some(ServerMessage::Frame(
-                ServerFrame::TokenExpiring { .. } | ServerFrame::Refreshed { .. },
-            )) => {}
+            Some(ServerMessage::Frame(ServerFrame::TokenExpiring { expires_at })) => {
+                self.token_expiring(expires_at);
+            }
+            Some(ServerMessage::Frame(ServerFrame::Refreshed { expires_at })) => {
+                if let Some(token) = self.sent_refresh.take() {
+                    self.options.token = token;
+                }
+                self.expires_at = expires_at;
+                let _ = self.events.send(Event::Refreshed { expires_at });
+            }
             None => {}
+        }
+    }
+
+    /// The server's notice: with a provider, ask it for a token to refresh
+    /// with (once at a time; the answer is sent by [`Connection::serve`]).
+    fn token_expiring(&mut self, expires_at: u64) {
+        self.expires_at = Some(expires_at);
+        let _ = self.events.send(Event::TokenExpiring { expires_at });
+        if let (Some(provider), None) = (&self.options.token_provider, &self.refreshing) {
+            let provider = provider.clone();
+            let limit = self.options.connect_timeout;
+            self.refreshing = Some(Box::pin(async move { fetch_token(&provider, limit).await }));
         }
     }
 
@@ -876,6 +1060,11 @@ impl Connection {
                     let _ = reply.send(Err(ClientError::Refused { code, message }));
                 }
             }
+            // Our refresh was refused: the socket keeps its old expiry.
+            ErrorCode::RefreshRejected => {
+                self.sent_refresh = None;
+                let _ = self.events.send(Event::RefreshRejected { message });
+            }
             _ => {
                 let _ = self.events.send(Event::ServerError { code, message });
             }
@@ -926,9 +1115,21 @@ impl Connection {
                 };
                 self.options.token = token;
             }
-            let Ok(mut ws) = open(&self.options).await else {
-                continue;
+            let mut ws = match open(&self.options).await {
+                Ok(ws) => ws,
+                // The server refuses this token, and no provider can give
+                // another: trying it again cannot succeed.
+                Err(
+                    error @ ClientError::Rejected {
+                        status: 401 | 403, ..
+                    },
+                ) if self.options.token_provider.is_none() => {
+                    let _ = self.events.send(Event::Rejected { error });
+                    return None;
+                }
+                Err(_) => continue,
             };
+            self.expires_at = token_expiry(&self.options.token);
             for chunk in self.filters.chunks(MAX_FILTERS_PER_MESSAGE) {
                 let filters: Vec<Value> = chunk
                     .iter()
@@ -969,7 +1170,7 @@ fn close_info(frame: Option<CloseFrame>) -> (Option<u16>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Map};
     use std::sync::atomic::AtomicUsize;
     use std::sync::atomic::Ordering::SeqCst;
 
@@ -1198,7 +1399,7 @@ mod tests {
     /// (`ping` is answered and left out), and a way to answer.
     struct Scripted {
         frames: mpsc::UnboundedReceiver<String>,
-        out: mpsc::UnboundedSender<Option<String>>,
+        out: mpsc::UnboundedSender<Out>,
     }
 
     impl Scripted {
@@ -1208,12 +1409,19 @@ mod tests {
         }
 
         fn send(&self, frame: Value) {
-            self.out.send(Some(frame.to_string())).expect("connection");
+            self.out
+                .send(Out::Text(frame.to_string()))
+                .expect("connection");
         }
 
         /// Ends the TCP connection without a close frame.
         fn drop_connection(&self) {
-            let _ = self.out.send(None);
+            let _ = self.out.send(Out::Drop);
+        }
+
+        /// Closes the connection with a close frame.
+        fn close(&self, code: u16, reason: &str) {
+            let _ = self.out.send(Out::Close(code, reason.to_owned()));
         }
 
         /// Frames sent so far (after a ping barrier: all of them).
@@ -1224,6 +1432,14 @@ mod tests {
             }
             frames
         }
+    }
+
+    /// What a [`Scripted`] connection sends next.
+    enum Out {
+        Text(String),
+        Close(u16, String),
+        /// Ends the TCP connection without a close frame.
+        Drop,
     }
 
     /// A fake server whose every connection the test drives by hand.
@@ -1239,7 +1455,7 @@ mod tests {
                     continue;
                 };
                 let (frames_tx, frames) = mpsc::unbounded_channel();
-                let (out, mut out_rx) = mpsc::unbounded_channel::<Option<String>>();
+                let (out, mut out_rx) = mpsc::unbounded_channel::<Out>();
                 let _ = report.send(Scripted { frames, out });
                 tokio::spawn(async move {
                     loop {
@@ -1255,12 +1471,20 @@ mod tests {
                                 Some(Err(_)) | None => break,
                             },
                             out = out_rx.recv() => match out {
-                                Some(Some(text)) => {
+                                Some(Out::Text(text)) => {
                                     let _ = ws.send(Message::text(text)).await;
                                 }
                                 // Dropping the stream closes the TCP
                                 // connection, with no close frame.
-                                Some(None) | None => break,
+                                Some(Out::Close(code, reason)) => {
+                                    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as Code;
+                                    let frame = CloseFrame { code: Code::from(code), reason: reason.into() };
+                                    let _ = ws.close(Some(frame)).await;
+                                    // Until the client's reply or its end.
+                                    while let Some(Ok(_)) = ws.next().await {}
+                                    break;
+                                }
+                                Some(Out::Drop) | None => break,
                             },
                         }
                     }
@@ -1613,6 +1837,309 @@ mod tests {
         let (next, ()) = tokio::join!(within(next), answer);
         let next = next.expect("confirmed");
         assert_eq!((next.changed, next.total), (1, 2));
+    }
+
+    fn token_expiring(expires_at: u64) -> Value {
+        json!({"type": "token_expiring", "expiresAt": expires_at})
+    }
+
+    #[tokio::test]
+    async fn token_expiring_is_answered_with_a_refresh_from_the_provider() {
+        let (url, mut connections) = scripted_server().await;
+        let (options, asked) = counting_options(&url);
+        let mut client = Client::connect(options).await.expect("connect");
+        let mut server = within(connections.recv()).await.expect("a connection");
+
+        server.send(token_expiring(100));
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::TokenExpiring { expires_at: 100 })
+        );
+        assert_eq!(
+            server.frame().await,
+            json!({"type": "refresh", "token": "fresh-1"})
+        );
+        server.send(json!({"type": "refreshed", "expiresAt": 200}));
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::Refreshed {
+                expires_at: Some(200)
+            })
+        );
+
+        // The next token's notice: refreshed again, and refused this time.
+        server.send(token_expiring(200));
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::TokenExpiring { expires_at: 200 })
+        );
+        assert_eq!(
+            server.frame().await,
+            json!({"type": "refresh", "token": "fresh-2"})
+        );
+        let refused = "refresh rejected: token has expired";
+        server.send(json!({"type": "error", "code": "refresh_rejected", "message": refused}));
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::RefreshRejected {
+                message: refused.into()
+            })
+        );
+        assert_eq!(asked.load(SeqCst), 2);
+
+        // Then 4002: back with a token from the provider, the filters and
+        // the position as after any drop.
+        server.close(4002, "token expired");
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::Disconnected {
+                code: Some(4002),
+                reason: "token expired".into()
+            })
+        );
+        let _next = within(connections.recv()).await.expect("a new connection");
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::Reconnected { attempt: 1 })
+        );
+        assert_eq!(asked.load(SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_provider_without_a_token_is_a_failed_refresh() {
+        let (url, mut connections) = scripted_server().await;
+        let options = ClientOptions::new(&url, "first")
+            .with_token_provider(|| async { Err("auth service down".to_owned()) });
+        let mut client = Client::connect(options).await.expect("connect");
+        let mut server = within(connections.recv()).await.expect("a connection");
+        server.send(token_expiring(100));
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::TokenExpiring { expires_at: 100 })
+        );
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::RefreshRejected {
+                message: "cannot get a token to refresh with: auth service down".into()
+            })
+        );
+        within(client.ping()).await.expect("pong");
+        assert_eq!(server.sent_so_far(), Vec::<Value>::new(), "no refresh");
+    }
+
+    #[tokio::test]
+    async fn close_4002_reconnects_with_a_fresh_token_from_the_provider() {
+        let (url, accepted, mut seen) = fake_server(4002).await;
+        let (options, asked) = counting_options(&url);
+        let mut client = Client::connect(options).await.expect("connect");
+        client.subscribe(vec![json!({})]).await.expect("subscribe");
+        assert!(matches!(
+            within(client.next_event()).await,
+            Some(Event::Disconnected {
+                code: Some(4002),
+                ..
+            })
+        ));
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::Reconnected { attempt: 1 })
+        );
+        within(client.ping()).await.expect("pong");
+        assert_eq!((asked.load(SeqCst), accepted.load(SeqCst)), (1, 2));
+        client.close();
+        let first = within(seen.recv()).await.expect("first connection");
+        assert_eq!(first.authorization.as_deref(), Some("Bearer first"));
+        let second = within(seen.recv()).await.expect("second connection");
+        assert_eq!(second.authorization.as_deref(), Some("Bearer fresh-1"));
+    }
+
+    #[tokio::test]
+    async fn without_a_provider_4002_ends_the_client_with_token_expired() {
+        let (url, mut connections) = scripted_server().await;
+        // Its exp is what the event says when the server sent no notice.
+        let token = crate::token::mint("s", "a", Some(Duration::from_secs(60)), Map::new());
+        let exp = token_expiry(&token).expect("an exp");
+        let mut options = ClientOptions::new(&url, token);
+        options.backoff_initial = Duration::from_millis(10);
+        let mut client = Client::connect(options.clone()).await.expect("connect");
+        let server = within(connections.recv()).await.expect("a connection");
+        server.close(4002, "token expired");
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::Disconnected {
+                code: Some(4002),
+                reason: "token expired".into()
+            })
+        );
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::TokenExpired {
+                expires_at: Some(exp)
+            })
+        );
+        assert_eq!(within(client.next_event()).await, None);
+
+        // With the notice: announced, not refreshed; the server's time wins.
+        let mut client = Client::connect(options).await.expect("connect");
+        let mut server = within(connections.recv()).await.expect("a connection");
+        server.send(token_expiring(1234));
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::TokenExpiring { expires_at: 1234 })
+        );
+        within(client.ping()).await.expect("pong");
+        assert_eq!(server.sent_so_far(), Vec::<Value>::new(), "no refresh");
+        server.close(4002, "token expired");
+        assert!(matches!(
+            within(client.next_event()).await,
+            Some(Event::Disconnected {
+                code: Some(4002),
+                ..
+            })
+        ));
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::TokenExpired {
+                expires_at: Some(1234)
+            })
+        );
+        assert_eq!(within(client.next_event()).await, None);
+        // No reconnect was tried (backoff would be 10 ms).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(connections.try_recv().is_err());
+    }
+
+    const INVALID_TOKEN: &str =
+        r#"{"error":"invalid_token","message":"invalid token: signature does not match"}"#;
+
+    /// A fake server that accepts its first connection as a WebSocket (when
+    /// `first_accepted`) and drops it, then refuses every upgrade with 401
+    /// as the runtime does: the head first, the JSON body a moment later,
+    /// so the handshake does not read it. A plain `GET` is answered
+    /// `probe_status` with the same body at once. Counts the connections.
+    async fn refusing_server(
+        first_accepted: bool,
+        probe_status: u16,
+    ) -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}", listener.local_addr().expect("address"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                if count.fetch_add(1, SeqCst) == 0 && first_accepted {
+                    // Accepted, then dropped without a close frame.
+                    let _ = tokio_tungstenite::accept_async(tcp).await;
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let upgrade = String::from_utf8_lossy(&head)
+                        .to_ascii_lowercase()
+                        .contains("upgrade: websocket");
+                    let status = if upgrade { 401 } else { probe_status };
+                    let response = format!(
+                        "HTTP/1.1 {status} No\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n",
+                        INVALID_TOKEN.len()
+                    );
+                    let _ = tcp.write_all(response.as_bytes()).await;
+                    let _ = tcp.flush().await;
+                    if upgrade {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    let _ = tcp.write_all(INVALID_TOKEN.as_bytes()).await;
+                    let _ = tcp.flush().await;
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_says_why() {
+        let (url, _) = refusing_server(false, 401).await;
+        let refused = match Client::connect(ClientOptions::new(&url, "bad")).await {
+            Err(refused) => refused,
+            Ok(_) => panic!("expected a refusal"),
+        };
+        assert!(
+            matches!(&refused, ClientError::Rejected { status: 401, body } if body == INVALID_TOKEN),
+            "{refused:?}"
+        );
+        assert_eq!(
+            refused.to_string(),
+            "upgrade refused (401): invalid_token: invalid token: signature does not match"
+        );
+        assert_eq!(
+            refused.api_error().map(|e| e.error),
+            Some("invalid_token".into())
+        );
+        // A plain GET answered otherwise (the token is not why): no reason
+        // is made up, and nothing dangles after the status.
+        let (url, _) = refusing_server(false, 426).await;
+        match Client::connect(ClientOptions::new(&url, "bad")).await {
+            Err(refused) => assert_eq!(refused.to_string(), "upgrade refused (401)"),
+            Ok(_) => panic!("expected a refusal"),
+        }
+        // A body read with the head, even in its chunked framing.
+        let chunked = ClientError::Rejected {
+            status: 403,
+            body: format!("4d\r\n{INVALID_TOKEN}\r\n0\r\n\r\n"),
+        };
+        assert!(chunked
+            .to_string()
+            .ends_with("invalid token: signature does not match"));
+    }
+
+    #[tokio::test]
+    async fn a_fixed_token_refused_on_reconnect_ends_the_client() {
+        let (url, accepted) = refusing_server(true, 401).await;
+        let mut options = ClientOptions::new(&url, "fixed");
+        options.backoff_initial = Duration::from_millis(10);
+        let mut client = Client::connect(options).await.expect("connect");
+        assert!(matches!(
+            within(client.next_event()).await,
+            Some(Event::Disconnected { code: None, .. })
+        ));
+        match within(client.next_event()).await {
+            Some(Event::Rejected { error }) => assert_eq!(
+                error.to_string(),
+                "upgrade refused (401): invalid_token: invalid token: signature does not match"
+            ),
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        assert_eq!(within(client.next_event()).await, None);
+        // The first, then one refused upgrade and the GET that asked why.
+        assert_eq!(accepted.load(SeqCst), 3, "one refused attempt, no more");
+
+        // With a provider, a refusal is one failed attempt among others.
+        let (url, accepted) = refusing_server(true, 401).await;
+        let (options, asked) = counting_options(&url);
+        let mut client = Client::connect(options).await.expect("connect");
+        assert!(matches!(
+            within(client.next_event()).await,
+            Some(Event::Disconnected { code: None, .. })
+        ));
+        within(async {
+            while accepted.load(SeqCst) < 7 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(asked.load(SeqCst) >= 3);
+        assert!(client.events.try_recv().is_err(), "still trying, no event");
     }
 
     #[test]

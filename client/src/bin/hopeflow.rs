@@ -9,8 +9,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use hopeflow_client::cli::{
-    batch_failures, describe_close, describe_gap, find_secret, parse_filter, token_claims, CLI_USER,
+    batch_failures, describe_close, describe_code, describe_gap, describe_refresh,
+    describe_token_expiry, find_secret, format_time, http_url, listen_reconnects, listen_url,
+    listen_user, parse_filter, token_claims, token_expired, CLI_USER, URL_VAR,
 };
+use hopeflow_client::socket::token_expiry;
 use hopeflow_client::{
     token, Client, ClientOptions, Event, IdempotencyKey, PublishError, PublishOptions, Publisher,
     Trust,
@@ -28,10 +31,14 @@ Examples (after `make dev`, which serves on 127.0.0.1:8787 with .dev.vars):
   hopeflow sockets --user alice
   hopeflow disconnect --user alice --reconnect --reason 'token rotated'
   hopeflow listen --url wss://realtime.example.com --token \"$TOKEN\" --ca-cert ca.pem
+  HOPEFLOW_URL=https://realtime.example.com hopeflow listen --token \"$TOKEN\"
 
 The secret comes from --secret, else $JWT_SECRET, else JWT_SECRET in ./.dev.vars.
 Without --token, publish, sockets and disconnect mint a token for hopeflow-cli
-with scope \"operator\" (what the operator routes need by default).
+with scope \"operator\" (what the operator routes need by default), and listen
+mints one for --user that it refreshes before it expires (--ttl, default 1h).
+$HOPEFLOW_URL (an http:// or https:// base) is every command's default --url;
+listen connects to its ws:// or wss:// form. Without either: 127.0.0.1:8787.
 Answers are printed as one JSON line on stdout (pipe to jq to indent them).
 wss:// and https:// trust the public roots, plus --ca-cert (or $HOPEFLOW_CA_CERT).";
 
@@ -74,18 +81,28 @@ enum Command {
     },
     /// Connect as a user, print each delivery as a JSON line, and ack it.
     #[command(
-        after_help = "Example:\n  hopeflow listen --user alice --filter type=chat_message --ack-result '{\"seen\":true}'\n\nWithout --token it mints its token, and a fresh one before every reconnect.\nAfter a reconnect it resumes from the server's history: each envelope is printed\nonce, in seq order; what the history no longer held is reported on stderr\n(gap: ...). It stops when an operator disconnects it for good (close code 4001)."
+        after_help = "Examples:\n  hopeflow listen --user alice --filter type=chat_message --ack-result '{\"seen\":true}'\n  hopeflow listen --user alice --ttl 10m\n  hopeflow listen --url wss://realtime.example.com --token \"$TOKEN\"\n\nWithout --token it mints its token (valid for --ttl) from the secret, refreshes\nit on the open socket before it expires (one line on stderr each time), and\nmints a fresh one before every reconnect.\nWith --token the user is the token's; it says when the token expires, and the\nsocket ends then (the server closes it with 4002): listen exits non-zero. A\ntoken the server refuses, at the start or on a reconnect, ends it with the\nserver's reason.\nAfter a reconnect it resumes from the server's history: each envelope is printed\nonce, in seq order; what the history no longer held is reported on stderr\n(gap: ...). It stops when an operator disconnects it for good (close code 4001)."
     )]
     Listen {
-        #[arg(long, default_value = "ws://127.0.0.1:8787")]
-        url: String,
-        #[arg(long)]
-        user: String,
-        /// Use this token instead of minting one for --user.
-        #[arg(long)]
+        /// ws:// or wss:// URL of the service root [default: $HOPEFLOW_URL
+        /// as ws(s)://, else ws://127.0.0.1:8787].
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// The user to mint tokens for; with --token, optional (the token's
+        /// userId), and refused when it names another user.
+        #[arg(long, required_unless_present = "token")]
+        user: Option<String>,
+        /// Use this token instead of minting one. It is not refreshed: the
+        /// socket ends when it expires.
+        #[arg(long, conflicts_with_all = ["secret", "ttl"])]
         token: Option<String>,
+        /// Mint the tokens with this secret.
         #[arg(long)]
         secret: Option<String>,
+        /// Lifetime of the tokens it mints (90s, 30m, 1h, 2d); each is
+        /// refreshed before it expires.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
         /// key=value[,key=value...]; repeatable; default: everything ({}).
         #[arg(long = "filter", value_name = "K=V,...")]
         filters: Vec<String>,
@@ -174,8 +191,10 @@ impl TlsArgs {
 /// Where and as whom the HTTP commands talk to the server.
 #[derive(clap::Args)]
 struct ServerArgs {
-    #[arg(long, default_value = "http://127.0.0.1:8787")]
-    url: String,
+    /// http:// or https:// URL of the service root [default:
+    /// $HOPEFLOW_URL, else http://127.0.0.1:8787].
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
     /// Use this token instead of minting one (for hopeflow-cli, scope operator).
     #[arg(long)]
     token: Option<String>,
@@ -190,7 +209,12 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn publisher(&self) -> Result<Publisher, String> {
+    /// The server's URL for `command`, checked.
+    fn base(&self, command: &str) -> Result<String, String> {
+        http_url(command, self.url.as_deref(), env_url().as_deref())
+    }
+
+    fn publisher(&self, url: &str) -> Result<Publisher, String> {
         let token = match &self.token {
             Some(token) => token.clone(),
             // Operator scope: the operator routes need it, and it is
@@ -202,18 +226,23 @@ impl ServerArgs {
                 token::operator_claims(),
             ),
         };
-        Ok(Publisher::new(&self.url, token)
+        Ok(Publisher::new(url, token)
             .with_trust(self.tls.trust()?)
             .with_retries(self.retries))
     }
+}
 
-    /// The one-line error of a failed call.
-    fn error(&self, error: PublishError) -> String {
-        match error {
-            PublishError::Transport(why) => format!("cannot reach {}: {why}", self.url),
-            other => other.to_string(),
-        }
+/// The one-line error of a failed call to `url`.
+fn call_error(url: &str, error: PublishError) -> String {
+    match error {
+        PublishError::Transport(why) => format!("cannot reach {url}: {why}"),
+        other => other.to_string(),
     }
+}
+
+/// `HOPEFLOW_URL`, when set.
+fn env_url() -> Option<String> {
+    std::env::var(URL_VAR).ok()
 }
 
 fn main() -> ExitCode {
@@ -283,12 +312,15 @@ async fn run(command: Command) -> Result<(), String> {
             user,
             token,
             secret: flag,
+            ttl,
             filters,
             ack_result,
             no_ack,
             no_reconnect,
             tls,
         } => {
+            let url = listen_url(url.as_deref(), env_url().as_deref())?;
+            let user = listen_user(user.as_deref(), token.as_deref())?;
             let ack_result: Value = serde_json::from_str(&ack_result)
                 .map_err(|e| format!("--ack-result is not JSON: {e}"))?;
             let filters = if filters.is_empty() {
@@ -299,24 +331,42 @@ async fn run(command: Command) -> Result<(), String> {
                     .map(|f| parse_filter(f))
                     .collect::<Result<_, _>>()?
             };
-            let mut options = match token {
-                Some(token) => ClientOptions::new(&url, token),
-                None => {
-                    // Minted again before every reconnect: after an
-                    // operator's 4000 the server wants a fresh token.
+            let refreshes = token.is_none();
+            let mut options = match (token, &user) {
+                (Some(token), _) => {
+                    let token = token.trim().to_owned();
+                    eprintln!(
+                        "{}",
+                        describe_token_expiry(token_expiry(&token), token::now_secs())
+                    );
+                    ClientOptions::new(&url, token)
+                }
+                (None, Some(user)) => {
+                    let ttl = token::parse_ttl(&ttl).map_err(|e| format!("--ttl: {e}"))?;
+                    if ttl.is_zero() {
+                        return Err("--ttl must be at least 1s".into());
+                    }
+                    // With an exp, so the server asks for a refresh before
+                    // it; minted again for each refresh and before every
+                    // reconnect (after an operator's 4000 or a 4002 the
+                    // server wants a fresh token).
                     let secret = secret(flag.as_deref())?;
-                    let first = token::mint(&secret, &user, None, Map::new());
+                    let first = token::mint(&secret, user, Some(ttl), Map::new());
                     let owner = user.clone();
                     ClientOptions::new(&url, first).with_token_provider(move || {
-                        let token = token::mint(&secret, &owner, None, Map::new());
+                        let token = token::mint(&secret, &owner, Some(ttl), Map::new());
                         async move { Ok(token) }
                     })
                 }
+                (None, None) => return Err("listen needs --user or --token".into()),
             };
             options.reconnect = !no_reconnect;
             options.trust = tls.trust()?;
             let mut client = Client::connect(options).await.map_err(|e| e.to_string())?;
-            eprintln!("connected to {url} as {user}");
+            match &user {
+                Some(user) => eprintln!("connected to {url} as {user}"),
+                None => eprintln!("connected to {url}"),
+            }
             let confirmation = client.subscribe(filters).await.map_err(|e| e.to_string())?;
             for (code, message) in &confirmation.warnings {
                 eprintln!("warning: {}: {message}", code.as_str());
@@ -325,7 +375,12 @@ async fn run(command: Command) -> Result<(), String> {
                 "subscribed: {} filter(s) on this socket",
                 confirmation.total
             );
-            listen(&mut client, (!no_ack).then_some(ack_result)).await
+            let how = Listening {
+                ack_result: (!no_ack).then_some(ack_result),
+                reconnect: !no_reconnect,
+                refreshes,
+            };
+            listen(&mut client, &how).await
         }
         Command::Publish {
             users,
@@ -335,6 +390,7 @@ async fn run(command: Command) -> Result<(), String> {
             detail,
             server,
         } => {
+            let url = server.base("publish")?;
             let payload = match payload {
                 Some(text) => text,
                 None => {
@@ -347,7 +403,7 @@ async fn run(command: Command) -> Result<(), String> {
             };
             let payload: Value = serde_json::from_str(&payload)
                 .map_err(|e| format!("the payload is not JSON: {e}"))?;
-            let publisher = server.publisher()?;
+            let publisher = server.publisher(&url)?;
             let options = PublishOptions {
                 idempotency_key,
                 detail,
@@ -357,7 +413,7 @@ async fn run(command: Command) -> Result<(), String> {
                     let outcome = publisher
                         .publish_with(user, kind.as_deref(), payload, options)
                         .await
-                        .map_err(|e| server.error(e))?;
+                        .map_err(|e| call_error(&url, e))?;
                     print(&outcome);
                     if outcome.replayed {
                         eprintln!("{REPLAYED}");
@@ -368,7 +424,7 @@ async fn run(command: Command) -> Result<(), String> {
                     let batch = publisher
                         .publish_batch(&users, kind.as_deref(), payload, options)
                         .await
-                        .map_err(|e| server.error(e))?;
+                        .map_err(|e| call_error(&url, e))?;
                     print(&batch);
                     if batch.replayed {
                         eprintln!("{REPLAYED}");
@@ -378,11 +434,12 @@ async fn run(command: Command) -> Result<(), String> {
             }
         }
         Command::Sockets { user, server } => {
+            let url = server.base("sockets")?;
             let sockets = server
-                .publisher()?
+                .publisher(&url)?
                 .sockets(&user)
                 .await
-                .map_err(|e| server.error(e))?;
+                .map_err(|e| call_error(&url, e))?;
             print(&sockets);
             Ok(())
         }
@@ -393,26 +450,37 @@ async fn run(command: Command) -> Result<(), String> {
             reason,
             server,
         } => {
+            let url = server.base("disconnect")?;
             let outcome = server
-                .publisher()?
+                .publisher(&url)?
                 .disconnect(&user, socket.as_deref(), reconnect, reason.as_deref())
                 .await
-                .map_err(|e| server.error(e))?;
+                .map_err(|e| call_error(&url, e))?;
             print(&outcome);
             Ok(())
         }
     }
 }
 
+/// How `listen` goes on.
+struct Listening {
+    /// Sent with each ack; `None`: no acks.
+    ack_result: Option<Value>,
+    /// Reconnect after a drop (not `--no-reconnect`).
+    reconnect: bool,
+    /// It mints its tokens, so it refreshes them (no `--token`).
+    refreshes: bool,
+}
+
 /// Prints deliveries on stdout (one JSON line each) and connection events on
 /// stderr until the client closes for good; then says why.
-async fn listen(client: &mut Client, ack_result: Option<Value>) -> Result<(), String> {
+async fn listen(client: &mut Client, how: &Listening) -> Result<(), String> {
     let mut last_close = (None, String::new());
     while let Some(event) = client.next_event().await {
         match event {
             Event::Envelope(envelope) => {
                 println!("{}", serde_json::to_string(&envelope).unwrap_or_default());
-                if let Some(result) = &ack_result {
+                if let Some(result) = &how.ack_result {
                     client
                         .ack(&envelope.envelope_id, result.clone())
                         .await
@@ -423,7 +491,10 @@ async fn listen(client: &mut Client, ack_result: Option<Value>) -> Result<(), St
                 eprintln!("server error: {}: {message}", code.as_str())
             }
             Event::Disconnected { code, reason } => {
-                eprintln!("disconnected (code {code:?}) {reason}");
+                // When it ends, the error line says why, once.
+                if listen_reconnects(code, how.reconnect, how.refreshes) {
+                    eprintln!("disconnected: {}; reconnecting", describe_code(code, &reason));
+                }
                 last_close = (code, reason);
             }
             Event::Reconnected { attempt } => {
@@ -439,6 +510,24 @@ async fn listen(client: &mut Client, ack_result: Option<Value>) -> Result<(), St
                 "{}",
                 describe_gap(since, seq, &epoch, &previous_epoch, replayed)
             ),
+            // With its own tokens it is already refreshing.
+            Event::TokenExpiring { expires_at } if !how.refreshes => eprintln!(
+                "token expiring: the server closes this socket at {} (plus its leeway)",
+                format_time(expires_at)
+            ),
+            Event::TokenExpiring { .. } => {}
+            Event::Refreshed { expires_at } => {
+                eprintln!("{}", describe_refresh(expires_at, token::now_secs()))
+            }
+            Event::RefreshRejected { message } => eprintln!(
+                "warning: {message}; the socket closes when its token expires, then listen reconnects"
+            ),
+            Event::TokenExpired { expires_at } => return Err(token_expired(expires_at)),
+            Event::Rejected { error } => {
+                return Err(format!(
+                    "reconnecting: {error}; the token is not accepted any more"
+                ))
+            }
         }
     }
     Err(describe_close(last_close.0, &last_close.1))
@@ -486,7 +575,7 @@ mod tests {
         assert_eq!(users, ["a", "b"]);
         assert_eq!(idempotency_key.map(|k| k.to_string()), Some("k-1".into()));
         assert!(detail);
-        assert_eq!(server.url, "http://127.0.0.1:8787");
+        assert_eq!(server.url, None);
         let Ok(Command::Publish {
             users,
             idempotency_key: None,
@@ -517,7 +606,10 @@ mod tests {
         ]) else {
             panic!("sockets did not parse");
         };
-        assert_eq!((user.as_str(), server.url.as_str()), ("alice", "https://h"));
+        assert_eq!(
+            (user.as_str(), server.url.as_deref()),
+            ("alice", Some("https://h"))
+        );
         assert_eq!(server.token.as_deref(), Some("t"));
         assert!(server.tls.ca_cert.is_some());
         let Ok(Command::Disconnect {
@@ -554,6 +646,40 @@ mod tests {
         };
         assert!(parse(&["sockets"]).is_err());
         assert!(parse(&["disconnect"]).is_err());
+    }
+
+    #[test]
+    fn listen_takes_its_user_from_the_token_or_mints_with_a_ttl() {
+        let Ok(Command::Listen {
+            url: None,
+            user: None,
+            token: Some(token),
+            ..
+        }) = parse(&["listen", "--token", "t"])
+        else {
+            panic!("listen --token without --user did not parse");
+        };
+        assert_eq!(token, "t");
+        let Ok(Command::Listen {
+            user: Some(user),
+            token: None,
+            ttl,
+            ..
+        }) = parse(&["listen", "--user", "alice"])
+        else {
+            panic!("listen --user did not parse");
+        };
+        assert_eq!((user.as_str(), ttl.as_str()), ("alice", "1h"));
+        let Ok(Command::Listen { ttl, .. }) = parse(&["listen", "--user", "a", "--ttl", "5m"])
+        else {
+            panic!("listen --ttl did not parse");
+        };
+        assert_eq!(ttl, "5m");
+        // Neither a user nor a token; a fixed token is never refreshed, so
+        // a secret or a ttl with it would do nothing.
+        assert!(parse(&["listen"]).is_err());
+        assert!(parse(&["listen", "--token", "t", "--secret", "s"]).is_err());
+        assert!(parse(&["listen", "--token", "t", "--ttl", "5m"]).is_err());
     }
 
     #[test]
