@@ -187,9 +187,14 @@ fn follow(mut client: Client, log: Arc<Mutex<Log>>) -> JoinHandle<()> {
                     log.envelopes.push((seq, n, envelope.recovered));
                 }
                 Event::Reconnected { .. } => log.lock().expect("lock").reconnects += 1,
-                Event::Disconnected { .. } => {}
+                Event::Disconnected { .. }
+                | Event::TokenExpiring { .. }
+                | Event::Refreshed { .. } => {}
                 gap @ Event::Gap { .. } => log.lock().expect("lock").gaps.push(gap),
-                error @ Event::ServerError { .. } => log.lock().expect("lock").errors.push(error),
+                error @ (Event::ServerError { .. }
+                | Event::RefreshRejected { .. }
+                | Event::TokenExpired { .. }
+                | Event::Rejected { .. }) => log.lock().expect("lock").errors.push(error),
             }
         }
     })
