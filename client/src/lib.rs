@@ -5,7 +5,9 @@
 //! * [`socket`]: [`Client`], a socket with confirmed subscriptions, typed
 //!   events, acks, pings, and automatic reconnection that resumes from the
 //!   user's history (each envelope once, in `seq` order; [`Event::Gap`]
-//!   when the history could not cover a drop).
+//!   when the history could not cover a drop). With a [`TokenProvider`] it
+//!   refreshes the socket's token before it expires ([`Event::Refreshed`]);
+//!   a fixed token ends the client when it expires ([`Event::TokenExpired`]).
 //! * [`publisher`]: [`Publisher`], publishing (one user or a batch,
 //!   idempotency keys, per-socket detail) and the operator routes (list and
 //!   disconnect a user's sockets), with typed errors.

@@ -7,6 +7,7 @@
 mod auth;
 mod chaos;
 mod client;
+mod client_tokens;
 mod delivery;
 mod frames;
 mod history;
@@ -106,6 +107,7 @@ fn main() {
     all.extend(operator::tests());
     all.extend(operator_client::tests());
     all.extend(client::tests());
+    all.extend(client_tokens::tests());
     all.extend(tls::tests());
     let selected: Vec<Test> = all
         .into_iter()
