@@ -522,7 +522,11 @@ async fn listen(client: &mut Client, how: &Listening) -> Result<(), String> {
             Event::RefreshRejected { message } => eprintln!(
                 "warning: {message}; the socket closes when its token expires, then listen reconnects"
             ),
-            Event::TokenExpired { expires_at } => return Err(token_expired(expires_at)),
+            Event::TokenExpired { expires_at } if !how.refreshes => {
+                return Err(token_expired(expires_at))
+            }
+            // Its own token expired with --no-reconnect: the close says so.
+            Event::TokenExpired { .. } => {}
             Event::Rejected { error } => {
                 return Err(format!(
                     "reconnecting: {error}; the token is not accepted any more"
