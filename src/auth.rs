@@ -21,6 +21,9 @@ pub struct Claims {
     pub user_id: String,
     /// The space-separated `scope` claim, if the token has a string one.
     pub scope: Option<String>,
+    /// `exp` in whole unix seconds (a fraction is dropped, so the socket
+    /// never outlives the token); `None` for a token that never expires.
+    pub expires_at: Option<u64>,
 }
 
 impl Claims {
@@ -89,6 +92,51 @@ impl fmt::Display for AuthError {
         }
     }
 }
+
+/// Why a `refresh` frame's token was refused; the socket keeps its expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshRefusal {
+    /// No `token`, not a string, or empty.
+    MissingToken,
+    /// The token fails the upgrade's checks.
+    Token(AuthError),
+    /// A valid token of another user.
+    OtherUser,
+}
+
+impl RefreshRefusal {
+    /// The reason, short, as the error frame's message names it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RefreshRefusal::MissingToken => "missing token",
+            RefreshRefusal::OtherUser => "other user",
+            RefreshRefusal::Token(AuthError::Expired) => "expired",
+            RefreshRefusal::Token(AuthError::MissingToken) => "missing token",
+            RefreshRefusal::Token(AuthError::InvalidToken(SIGNATURE_MISMATCH)) => "bad signature",
+            RefreshRefusal::Token(AuthError::InvalidToken(_)) => "invalid token",
+        }
+    }
+}
+
+impl fmt::Display for RefreshRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let detail = match self {
+            RefreshRefusal::MissingToken => {
+                "send {\"type\":\"refresh\",\"token\":\"<jwt>\"}".to_owned()
+            }
+            RefreshRefusal::OtherUser => "the token's userId is not this socket's user".to_owned(),
+            RefreshRefusal::Token(err) => err.to_string(),
+        };
+        write!(
+            f,
+            "refresh rejected: {} ({detail}); the socket keeps its current expiry",
+            self.reason()
+        )
+    }
+}
+
+/// What [`describe`] says of a signature that does not match.
+const SIGNATURE_MISMATCH: &str = "signature does not match";
 
 /// Picks the token of a request: a Bearer `Authorization` header wins over the
 /// `token` query parameter, so the choice is deterministic when both are sent.
@@ -181,7 +229,7 @@ impl TokenVerifier {
 
     /// The checks after the signature: time, audience, issuer, `userId`.
     fn accept(&self, raw: RawClaims, now: u64) -> Result<Claims, AuthError> {
-        check_time(&raw, &self.policy, now)?;
+        let expires_at = check_time(&raw, &self.policy, now)?;
         check_audience_and_issuer(&raw, &self.policy)?;
         let user_id = match raw.user_id {
             Some(Value::String(id)) if !id.trim().is_empty() => id,
@@ -195,7 +243,30 @@ impl TokenVerifier {
             Some(Value::String(scope)) => Some(scope),
             _ => None,
         };
-        Ok(Claims { user_id, scope })
+        Ok(Claims {
+            user_id,
+            scope,
+            expires_at,
+        })
+    }
+
+    /// A `refresh` frame's token for the socket of `user_id`: verified
+    /// exactly as at the upgrade, and it must name the same user. The new
+    /// token's `exp`.
+    pub fn verify_refresh(
+        &self,
+        token: Option<&str>,
+        user_id: &str,
+        now: u64,
+    ) -> Result<Option<u64>, RefreshRefusal> {
+        let token = token
+            .filter(|token| !token.is_empty())
+            .ok_or(RefreshRefusal::MissingToken)?;
+        let claims = self.verify(token, now).map_err(RefreshRefusal::Token)?;
+        if claims.user_id != user_id {
+            return Err(RefreshRefusal::OtherUser);
+        }
+        Ok(claims.expires_at)
     }
 
     /// The claims of a token whose signature holds; too long a token is
@@ -297,12 +368,14 @@ impl<'de> Deserialize<'de> for RawClaims {
     }
 }
 
-fn check_time(raw: &RawClaims, policy: &AuthPolicy, now: u64) -> Result<(), AuthError> {
+/// The time claims at `now`; the whole seconds of `exp` when it has one.
+fn check_time(raw: &RawClaims, policy: &AuthPolicy, now: u64) -> Result<Option<u64>, AuthError> {
     let now = now as f64;
     let leeway = policy.leeway_secs as f64;
     if policy.require_exp && raw.exp.is_none() {
         return Err(AuthError::InvalidToken("exp is required"));
     }
+    let mut expires_at = None;
     if let Some(exp) = &raw.exp {
         let exp = exp
             .as_f64()
@@ -310,6 +383,8 @@ fn check_time(raw: &RawClaims, policy: &AuthPolicy, now: u64) -> Result<(), Auth
         if exp < now - leeway {
             return Err(AuthError::Expired);
         }
+        // `as` saturates: an `exp` past u64 is "never" in practice.
+        expires_at = Some(exp.floor() as u64);
     }
     if let Some(nbf) = &raw.nbf {
         let nbf = nbf
@@ -319,7 +394,7 @@ fn check_time(raw: &RawClaims, policy: &AuthPolicy, now: u64) -> Result<(), Auth
             return Err(AuthError::InvalidToken("token is not valid yet (nbf)"));
         }
     }
-    Ok(())
+    Ok(expires_at)
 }
 
 fn check_audience_and_issuer(raw: &RawClaims, policy: &AuthPolicy) -> Result<(), AuthError> {
@@ -344,7 +419,7 @@ fn check_audience_and_issuer(raw: &RawClaims, policy: &AuthPolicy) -> Result<(),
 fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
     use jsonwebtoken::errors::ErrorKind;
     match kind {
-        ErrorKind::InvalidSignature => "signature does not match",
+        ErrorKind::InvalidSignature => SIGNATURE_MISMATCH,
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "algorithm must be HS256",
         ErrorKind::Json(_) => "payload is not a JSON object of the expected shape",
         _ => "token is malformed",
@@ -389,22 +464,68 @@ mod tests {
 
     #[test]
     fn accepts_user_id_with_and_without_exp() {
-        let ok = Ok(Claims {
-            user_id: "alice".into(),
-            scope: None,
-        });
-        assert_eq!(verify(&token(json!({"userId": "alice"}))), ok);
+        let ok = |expires_at| {
+            Ok(Claims {
+                user_id: "alice".into(),
+                scope: None,
+                expires_at,
+            })
+        };
+        assert_eq!(verify(&token(json!({"userId": "alice"}))), ok(None));
         assert_eq!(
             verify(&token(
                 json!({"userId": "alice", "exp": NOW + 60, "role": "x"})
             )),
-            ok
+            ok(Some(NOW + 60))
         );
         // Within the leeway.
         assert_eq!(
             verify(&token(json!({"userId": "alice", "exp": NOW - 10}))),
-            ok
+            ok(Some(NOW - 10))
         );
+        // A fraction of a second is dropped: the socket never outlives it.
+        assert_eq!(
+            verify(&token(json!({"userId": "alice", "exp": NOW as f64 + 9.75}))),
+            ok(Some(NOW + 9))
+        );
+    }
+
+    #[test]
+    fn refresh_tokens_are_checked_as_at_the_upgrade_and_for_the_same_user() {
+        let secrets = [String::from_utf8(SECRET.to_vec()).expect("utf8")];
+        let policy = AuthPolicy {
+            leeway_secs: 0,
+            ..AuthPolicy::default()
+        };
+        let verifier = TokenVerifier::new(&secrets, &policy);
+        let refresh = |token: Option<&str>| verifier.verify_refresh(token, "alice", NOW);
+        let fresh = token(json!({"userId": "alice", "exp": NOW + 600}));
+        assert_eq!(refresh(Some(&fresh)), Ok(Some(NOW + 600)));
+        assert_eq!(refresh(Some(&token(json!({"userId": "alice"})))), Ok(None));
+        let refused = |token: Option<&str>| refresh(token).map(|_| ()).unwrap_err();
+        assert_eq!(refused(None).reason(), "missing token");
+        assert_eq!(refused(Some("")).reason(), "missing token");
+        let bob = token(json!({"userId": "bob", "exp": NOW + 600}));
+        assert_eq!(refused(Some(&bob)).reason(), "other user");
+        let old = token(json!({"userId": "alice", "exp": NOW - 1}));
+        assert_eq!(refused(Some(&old)).reason(), "expired");
+        let forged = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"userId": "alice", "exp": NOW + 600}),
+            &EncodingKey::from_secret(b"another-secret"),
+        )
+        .expect("encode");
+        assert_eq!(refused(Some(&forged)).reason(), "bad signature");
+        assert_eq!(refused(Some("not.a.jwt")).reason(), "invalid token");
+        // The message names the reason and what stays true.
+        let message = refused(Some(&bob)).to_string();
+        assert!(
+            message.starts_with("refresh rejected: other user"),
+            "{message}"
+        );
+        assert!(message.contains("keeps its current expiry"), "{message}");
+        let message = refused(Some(&old)).to_string();
+        assert!(message.contains("token has expired"), "{message}");
     }
 
     #[test]

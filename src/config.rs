@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::acks::AckTimeout;
 use crate::auth::AuthPolicy;
 use crate::history::Retention;
+use crate::session::Lifetime;
 
 /// Every setting, with its defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,9 @@ pub struct Config {
     pub console_enabled: bool,
     /// `HISTORY_SIZE` and `HISTORY_TTL_SECS`.
     pub history: Retention,
+    /// `TOKEN_REFRESH_NOTICE_SECS`: how long before a socket's token
+    /// expires it is told so (`token_expiring`); 0 turns the notice off.
+    pub token_notice_secs: u64,
 }
 
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
@@ -46,6 +50,16 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_OPERATOR_SCOPE: &str = "operator";
 pub const DEFAULT_IDEMPOTENCY_TTL_SECS: u64 = 600;
 pub const DEFAULT_MAX_RESULTS_BYTES: usize = 4 * 1024 * 1024;
+
+/// The lifetime rules of a server with default settings.
+impl Default for Lifetime {
+    fn default() -> Lifetime {
+        Lifetime {
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+            notice_secs: Lifetime::DEFAULT_NOTICE_SECS,
+        }
+    }
+}
 
 /// A setting that is missing or not usable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +166,21 @@ impl Config {
                     1..=Retention::MAX_TTL_SECS,
                 )?,
             },
+            token_notice_secs: number(
+                &get,
+                "TOKEN_REFRESH_NOTICE_SECS",
+                Lifetime::DEFAULT_NOTICE_SECS,
+                0..=Lifetime::MAX_NOTICE_SECS,
+            )?,
         })
+    }
+
+    /// When sockets get their token notice and close.
+    pub fn lifetime(&self) -> Lifetime {
+        Lifetime {
+            leeway_secs: self.auth.leeway_secs,
+            notice_secs: self.token_notice_secs,
+        }
     }
 
     pub fn ack_timeout(&self) -> Duration {
@@ -233,6 +261,14 @@ mod tests {
         assert_eq!(config.max_results_bytes, 4 * 1024 * 1024);
         assert!(!config.console_enabled);
         assert_eq!(config.history, Retention::default());
+        assert_eq!(
+            config.lifetime(),
+            Lifetime {
+                leeway_secs: 30,
+                notice_secs: 60
+            }
+        );
+        assert_eq!(config.lifetime(), Lifetime::default());
     }
 
     #[test]
@@ -264,6 +300,7 @@ mod tests {
             ("CONSOLE_ENABLED", "true"),
             ("HISTORY_SIZE", "0"),
             ("HISTORY_TTL_SECS", "60"),
+            ("TOKEN_REFRESH_NOTICE_SECS", "0"),
         ])
         .expect("valid");
         assert_eq!(config.secrets, vec!["new".to_string(), "old".to_string()]);
@@ -286,6 +323,10 @@ mod tests {
         assert!(config.console_enabled);
         assert!(!config.history.enabled());
         assert_eq!(config.history.ttl_secs, 60);
+        assert_eq!(config.lifetime().notice_secs, 0);
+        assert_eq!(config.lifetime().leeway_secs, 0);
+        let most = load(&[("JWT_SECRET", "s"), ("TOKEN_REFRESH_NOTICE_SECS", "3600")]);
+        assert_eq!(most.map(|c| c.token_notice_secs), Ok(3600));
     }
 
     #[test]
@@ -302,6 +343,8 @@ mod tests {
             ("CONSOLE_ENABLED", "sometimes"),
             ("HISTORY_SIZE", "10001"),
             ("HISTORY_TTL_SECS", "0"),
+            ("TOKEN_REFRESH_NOTICE_SECS", "3601"),
+            ("TOKEN_REFRESH_NOTICE_SECS", "soon"),
         ] {
             let err = load(&[("JWT_SECRET", "s"), (name, value)]).expect_err(name);
             assert!(err.to_string().contains(name), "{err}");

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::wasm_bindgen;
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::JsValue;
 use worker::worker_sys::{DurableObjectState, WebSocketRequestResponsePair};
 use worker::{
     console_error, console_log, console_warn, js_sys, web_sys, Env, Method, Response, State,
@@ -22,6 +22,7 @@ use worker::{
 };
 
 use crate::acks::{AckBook, AckOutcome, DeadlineQueue, Settled, Tracking};
+use crate::alarm::{another_handle, Alarm};
 use crate::config::DEFAULT_MAX_FRAME_BYTES;
 use crate::error::ApiError;
 use crate::filter::{
@@ -37,9 +38,10 @@ use crate::idempotency::{self, DeliverOptions, KeyBook, KeyedRequest, Receipt};
 use crate::limits::{SocketLimits, Verdict};
 use crate::operator::{disconnected_text, DisconnectRequest, SocketInfo, SocketsView};
 use crate::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, PublishOutcome, ServerFrame};
-use crate::routes::{settings, Settings, USER_ID_HEADER};
-use crate::session::{SocketAttachment, MAX_ATTACHMENT_JSON_BYTES};
-use crate::storage::{History, KeyStore};
+use crate::routes::{settings, Settings, TOKEN_EXP_HEADER, USER_ID_HEADER};
+use crate::schedule;
+use crate::session::{Lifetime, SocketAttachment, TokenDuty, MAX_ATTACHMENT_JSON_BYTES};
+use crate::storage::{self, History, KeyStore};
 
 /// A live socket, its decoded attachment and its abuse limits.
 struct Socket {
@@ -56,6 +58,17 @@ impl Socket {
             attachment,
             limits: SocketLimits::new(js_sys::Date::now()),
         }
+    }
+
+    /// Replaces the attachment, stored first; `false` (and logged) when the
+    /// runtime refused it, and nothing changed.
+    fn store(&mut self, next: SocketAttachment) -> bool {
+        if let Err(err) = store_attachment(&self.ws, &next.to_json()) {
+            console_error!("storing a socket attachment failed: {err:?}");
+            return false;
+        }
+        self.attachment = next;
+        true
     }
 
     /// Applies a subscribe (`add`) or unsubscribe and stores it in the
@@ -193,8 +206,7 @@ fn outcome(client_count: usize, settled: Settled) -> PublishOutcome {
 
 /// The `worker` crate's view of the raw state (a second handle to it).
 fn state_of(raw: &DurableObjectState) -> State {
-    let handle: &JsValue = raw.as_ref();
-    State::from(handle.clone().unchecked_into::<DurableObjectState>())
+    State::from(another_handle(raw))
 }
 
 fn receipt(replayed: bool, envelope_id: &str, answer: serde_json::Value) -> String {
@@ -236,6 +248,8 @@ pub struct HopeFlowRealtime {
     /// id up in its tags (`getTags`) took about 10 % of the CPU of a fan-out's
     /// acks in the profile (bench/README.md).
     ids: js_sys::Map,
+    /// The one alarm, shared with the key store and the history.
+    alarm: Rc<Alarm>,
 }
 
 impl HopeFlowRealtime {
@@ -247,6 +261,11 @@ impl HopeFlowRealtime {
             Err(err) => console_warn!("could not register the ping auto-response: {err:?}"),
         }
         let settings = settings(&env);
+        let (lifetime, retention) = match &settings {
+            Ok(s) => (s.config.lifetime(), s.config.history),
+            Err(_) => (Lifetime::default(), Retention::default()),
+        };
+        let alarm = Rc::new(Alarm::new(&raw_state, lifetime, retention));
         let acks: Book = Rc::default();
         let book = Rc::clone(&acks);
         let timer = Timer::new(move || {
@@ -269,6 +288,7 @@ impl HopeFlowRealtime {
             timer,
             history: RefCell::new(None),
             ids: js_sys::Map::new(),
+            alarm,
         }
     }
 
@@ -371,6 +391,9 @@ impl HopeFlowRealtime {
             ClientFrame::Resume { since, epoch } if self.charge(ws, &socket_id, now_ms) => {
                 self.resume(ws, &socket_id, since, &epoch)
             }
+            ClientFrame::Refresh { token } if self.charge(ws, &socket_id, now_ms) => {
+                self.refresh(ws, &socket_id, token.as_deref(), now_ms)
+            }
             // Rate limited: `charge` has answered.
             _ => {}
         }
@@ -390,11 +413,21 @@ impl HopeFlowRealtime {
         if user_id.is_empty() {
             return Err(ApiError::Internal);
         }
+        let expires_at = match req.headers().get(TOKEN_EXP_HEADER) {
+            Ok(Some(exp)) => Some(exp.parse::<u64>().map_err(|_| ApiError::Internal)?),
+            Ok(None) => None,
+            Err(_) => return Err(ApiError::Internal),
+        };
         let pair = WebSocketPair::new()?;
         let socket_id = uuid::Uuid::new_v4().simple().to_string();
         self.state.accept_web_socket(&pair.server);
+        let now_ms = js_sys::Date::now();
         let attachment =
-            SocketAttachment::new(socket_id.clone(), user_id, js_sys::Date::now() as u64);
+            SocketAttachment::new(socket_id.clone(), user_id, now_ms as u64, expires_at);
+        // A notice already due goes right after, by the alarm.
+        if let Some(at) = self.lifetime().next_ms(&attachment) {
+            self.alarm.wake_by(at);
+        }
         store_attachment(&pair.server, &attachment.to_json()).map_err(|err| {
             console_error!("storing a socket attachment failed: {err:?}");
             ApiError::Internal
@@ -446,6 +479,8 @@ impl HopeFlowRealtime {
             Some(with_seq) => with_seq,
             None => envelope_text,
         };
+        let lifetime = settings.config.lifetime();
+        let mut expired = Vec::new();
         let delivered: Vec<String> = self.with_sockets(|sockets| {
             sockets
                 .iter()
@@ -456,11 +491,22 @@ impl HopeFlowRealtime {
                         &envelope.payload,
                     )
                 })
+                // Past its token's end, whether or not the alarm has run.
+                .filter(|(_, s)| {
+                    let live = !lifetime.expired(&s.attachment, now_ms);
+                    if !live {
+                        expired.push(s.ws.clone());
+                    }
+                    live
+                })
                 // A socket that cannot be sent to (closing) is not counted.
                 .filter(|(_, s)| send_value(&s.ws, &envelope_text).is_ok())
                 .map(|(id, _)| id.clone())
                 .collect()
         });
+        for ws in &expired {
+            self.close_socket(ws, CloseCode::TokenExpired);
+        }
         if delivered.is_empty() && options.key.is_none() {
             // Nobody to wait for: the answer itself, no Promise to settle.
             let settled = Settled::nobody(options.detail);
@@ -535,7 +581,7 @@ impl HopeFlowRealtime {
         }
         let mut guard = self.history.borrow_mut();
         if guard.is_none() {
-            match History::open(&self.raw_state, retention) {
+            match History::open(&self.raw_state, retention, Rc::clone(&self.alarm)) {
                 Ok(history) => *guard = Some(history),
                 Err(err) => {
                     console_error!("opening history: {err}");
@@ -677,6 +723,7 @@ impl HopeFlowRealtime {
                     socket_id: id.clone(),
                     connected_at: socket.attachment.connected_at,
                     filters: socket.attachment.filters.clone(),
+                    expires_at: socket.attachment.expires_at,
                 })
                 .collect()
         });
@@ -724,32 +771,134 @@ impl HopeFlowRealtime {
     }
 
     /// The alarm: deletes expired idempotency keys and history past its
-    /// bounds (and sets itself again for the next expiry).
+    /// bounds, sends the token notices and closes the sockets that are due
+    /// (`schedule`), then sets itself for the next duty.
     pub fn alarm(&self) {
-        let mut in_flight = self.acks.borrow_mut();
-        let scheduled = self
-            .key_store(&mut in_flight)
-            .is_some_and(|store| store.cleanup(js_sys::Date::now()));
-        drop(in_flight);
-        if !scheduled {
-            if let Some(history) = self.history.borrow_mut().as_mut() {
-                history.unscheduled();
-            }
+        let now_ms = js_sys::Date::now();
+        let lifetime = self.lifetime();
+        let retention = self
+            .settings
+            .as_ref()
+            .map_or(Retention::default(), |s| s.config.history);
+        let storage_ms = storage::cleanup(&self.raw_state, retention, now_ms);
+        let due = self.with_sockets(|sockets| {
+            schedule::due_now(lifetime, sockets.values().map(|s| &s.attachment), now_ms)
+        });
+        for (socket_id, duty) in due {
+            self.token_duty(&socket_id, duty);
         }
+        let next = self.with_sockets(|sockets| {
+            schedule::next_wake(
+                lifetime,
+                storage_ms,
+                sockets.values().map(|s| &s.attachment),
+            )
+        });
+        self.alarm.set(next);
+    }
+
+    /// Sends a socket its `token_expiring` notice (once: the attachment
+    /// records it), or closes it with 4002.
+    fn token_duty(&self, socket_id: &str, duty: TokenDuty) {
+        let ws = self.with_sockets(|sockets| {
+            let socket = sockets.get_mut(socket_id)?;
+            if let TokenDuty::Notice { .. } = duty {
+                socket.store(socket.attachment.notified());
+            }
+            Some(socket.ws.clone())
+        });
+        let Some(ws) = ws else {
+            return;
+        };
+        match duty {
+            TokenDuty::Notice { expires_at } => {
+                send_frame(&ws, &ServerFrame::TokenExpiring { expires_at })
+            }
+            TokenDuty::Close => self.close_socket(&ws, CloseCode::TokenExpired),
+        }
+    }
+
+    /// `refresh`: a new token of the socket's user extends its life; the
+    /// socket id and filters stay. A refused one leaves the old expiry.
+    #[inline(never)]
+    fn refresh(&self, ws: &WebSocket, socket_id: &str, token: Option<&str>, now_ms: f64) {
+        let Ok(settings) = self.settings.as_ref() else {
+            return;
+        };
+        let Some(user_id) = self.with_sockets(|sockets| {
+            sockets
+                .get(socket_id)
+                .map(|socket| socket.attachment.user_id.clone())
+        }) else {
+            return;
+        };
+        let now_secs = (now_ms / 1000.0) as u64;
+        let expires_at = match settings.verify_refresh(token, &user_id, now_secs) {
+            Ok(expires_at) => expires_at,
+            Err(refusal) => {
+                let frame = ServerFrame::error(ErrorCode::RefreshRejected, refusal.to_string());
+                send_frame(ws, &frame);
+                return;
+            }
+        };
+        let stored = self.with_sockets(|sockets| {
+            let socket = sockets.get_mut(socket_id)?;
+            Some(socket.store(socket.attachment.with_expiry(expires_at)))
+        });
+        match stored {
+            None => return,
+            Some(false) => {
+                let frame = ServerFrame::error(
+                    ErrorCode::RefreshRejected,
+                    "refresh rejected: the new expiry could not be stored; the socket keeps its current expiry",
+                );
+                send_frame(ws, &frame);
+                return;
+            }
+            Some(true) => send_frame(ws, &ServerFrame::Refreshed { expires_at }),
+        }
+        // A notice already due goes right after the answer.
+        self.tend_token(socket_id, now_ms);
+    }
+
+    /// Does the socket's token duty that is due, and has the alarm wake the
+    /// object for its next one.
+    fn tend_token(&self, socket_id: &str, now_ms: f64) {
+        let lifetime = self.lifetime();
+        let attachment = |sockets: &mut HashMap<String, Socket>| {
+            sockets.get(socket_id).map(|s| s.attachment.clone())
+        };
+        let Some(before) = self.with_sockets(attachment) else {
+            return;
+        };
+        if let Some(duty) = lifetime.due(&before, now_ms) {
+            self.token_duty(socket_id, duty);
+        }
+        let next = self
+            .with_sockets(attachment)
+            .and_then(|after| lifetime.next_ms(&after));
+        if let Some(at) = next {
+            self.alarm.wake_by(at);
+        }
+    }
+
+    fn lifetime(&self) -> Lifetime {
+        self.settings
+            .as_ref()
+            .map_or(Lifetime::default(), |s| s.config.lifetime())
     }
 
     /// The table of keyed answers, opened by its first use (`None` when it
     /// cannot be, which is logged; the next use tries again).
     fn key_store<'a>(&self, in_flight: &'a mut InFlight) -> Option<&'a KeyStore> {
         if in_flight.store.is_none() {
-            let (ttl_secs, retention) = self.settings.as_ref().map_or(
-                (
-                    crate::config::DEFAULT_IDEMPOTENCY_TTL_SECS,
-                    Retention::default(),
-                ),
-                |s| (s.config.idempotency_ttl_secs, s.config.history),
-            );
-            in_flight.store = KeyStore::open(&self.raw_state, ttl_secs, retention);
+            let ttl_secs = self
+                .settings
+                .as_ref()
+                .map_or(crate::config::DEFAULT_IDEMPOTENCY_TTL_SECS, |s| {
+                    s.config.idempotency_ttl_secs
+                });
+            in_flight.store = KeyStore::open(&self.raw_state, ttl_secs, Rc::clone(&self.alarm));
         }
         in_flight.store.as_ref()
     }
@@ -797,17 +946,24 @@ impl HopeFlowRealtime {
     }
 
     /// Takes one message from the socket's rate limit. When it is exhausted,
-    /// answers `rate_limited` (a violation) and returns `false`.
+    /// answers `rate_limited` (a violation) and returns `false`; a socket
+    /// past its token's end is closed with 4002 instead.
     fn charge(&self, ws: &WebSocket, socket_id: &str, now_ms: f64) -> bool {
-        let allowed = self.with_sockets(|sockets| {
-            sockets
-                .get_mut(socket_id)
-                .is_none_or(|s| s.limits.take_message(now_ms))
+        let lifetime = self.lifetime();
+        let charged = self.with_sockets(|sockets| match sockets.get_mut(socket_id) {
+            None => Ok(()),
+            Some(s) if lifetime.expired(&s.attachment, now_ms) => Err(None),
+            Some(s) => match s.limits.take_message(now_ms) {
+                true => Ok(()),
+                false => Err(Some(rate_limited())),
+            },
         });
-        if !allowed {
-            self.reject(ws, socket_id, rate_limited(), now_ms);
+        match charged {
+            Ok(()) => return true,
+            Err(Some(refusal)) => self.reject(ws, socket_id, refusal, now_ms),
+            Err(None) => self.close_socket(ws, CloseCode::TokenExpired),
         }
-        allowed
+        false
     }
 
     /// Answers a bad message with an error frame, and closes the socket with

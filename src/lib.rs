@@ -12,7 +12,9 @@
 //!   the `/publish` body and response, error codes.
 //! * [`acks`]: publishes waiting for acks: who may ack what, completion, the
 //!   ack timeout setting.
-//! * [`session`]: the per-socket attachment that survives hibernation.
+//! * [`session`]: the per-socket attachment that survives hibernation, and
+//!   when its token's notice and close fall.
+//! * [`schedule`]: the object's one alarm: when it wakes next, what is due.
 //! * [`operator`]: the operator routes, the disconnect body, the sockets
 //!   view and the batch answer's entries.
 //! * [`history`]: per-user history and resume: retention, `seq` on the
@@ -36,6 +38,8 @@
 //! * [`operator_routes`]: the routes off the hot path: the operator API,
 //!   `/publish/batch`, publishes with options, the debug console.
 //! * [`http`]: JSON responses, CORS, error → response.
+//! * [`alarm`]: the object's one alarm, shared by the parts with timed
+//!   duties, set as `schedule` decides.
 //! * [`storage`]: the object's SQLite tables (keyed answers, history), run
 //!   with the rules of `idempotency` and `history`.
 //! * [`durable_object`]: `HopeFlowRealtime`, one Durable Object per user that
@@ -56,9 +60,12 @@ pub mod operator;
 mod proptests;
 pub mod protocol;
 pub mod query;
+pub mod schedule;
 pub mod session;
 pub mod warmup;
 
+#[cfg(feature = "runtime")]
+pub mod alarm;
 #[cfg(feature = "runtime")]
 pub mod durable_object;
 #[cfg(feature = "runtime")]

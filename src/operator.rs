@@ -144,6 +144,10 @@ pub struct SocketInfo {
     #[serde(rename = "connectedAt")]
     pub connected_at: u64,
     pub filters: Vec<Filter>,
+    /// The socket's token `exp` (unix seconds; `null`: it never expires).
+    /// The socket closes with 4002 at this time plus `JWT_LEEWAY_SECS`.
+    #[serde(rename = "expiresAt", default)]
+    pub expires_at: Option<u64>,
 }
 
 /// The answer of `GET /users/{userId}/sockets`.
@@ -302,13 +306,14 @@ mod tests {
             socket_id: id.into(),
             connected_at: at,
             filters: Vec::new(),
+            expires_at: (at == 2).then_some(1_700_000_000),
         };
         let view = SocketsView::new("u".into(), vec![info("b", 2), info("a", 1)], 3, None);
         assert_eq!(
             serde_json::from_str::<Value>(&view.to_text()).expect("json"),
             json!({"userId": "u", "count": 2, "pendingPublishes": 3, "sockets": [
-                {"socketId": "a", "connectedAt": 1, "filters": []},
-                {"socketId": "b", "connectedAt": 2, "filters": []},
+                {"socketId": "a", "connectedAt": 1, "filters": [], "expiresAt": null},
+                {"socketId": "b", "connectedAt": 2, "filters": [], "expiresAt": 1_700_000_000},
             ]})
         );
         let history = HistoryView {

@@ -7,7 +7,9 @@ use std::rc::Rc;
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{console_error, js_sys, web_sys, Env, Method, Result};
 
-use crate::auth::{bearer_token, extract_token, AuthError, Claims, TokenVerifier, VerifiedTokens};
+use crate::auth::{
+    bearer_token, extract_token, AuthError, Claims, RefreshRefusal, TokenVerifier, VerifiedTokens,
+};
 use crate::config::{Config, ConfigError};
 use crate::error::ApiError;
 use crate::glue::{self, Continuation, Namespace, ObjectStub};
@@ -22,6 +24,10 @@ const BINDING: &str = "HOPEFLOW_REALTIME";
 /// Header carrying the authenticated user to the Durable Object, URI-encoded
 /// because header values must be Latin-1 and user ids need not be.
 pub const USER_ID_HEADER: &str = "X-User-ID";
+/// Header carrying the token's `exp` (unix seconds) to the Durable Object;
+/// absent for a token without one. Like [`USER_ID_HEADER`], never the
+/// client's own.
+pub const TOKEN_EXP_HEADER: &str = "X-Token-Exp";
 /// A URL of the Durable Object's internal routes; the host is never resolved.
 macro_rules! internal_url {
     ($path:literal) => {
@@ -117,6 +123,19 @@ pub fn settings(env: &Env) -> std::result::Result<Rc<Settings>, ApiError> {
     match SETTINGS.with(|cell| cell.get().cloned()) {
         Some(settings) => Ok(settings),
         None => build_settings(env),
+    }
+}
+
+impl Settings {
+    /// A `refresh` frame's token for a socket of `user_id` (see
+    /// [`TokenVerifier::verify_refresh`]); the new token's `exp`.
+    pub fn verify_refresh(
+        &self,
+        token: Option<&str>,
+        user_id: &str,
+        now_secs: u64,
+    ) -> std::result::Result<Option<u64>, RefreshRefusal> {
+        self.verifier.verify_refresh(token, user_id, now_secs)
     }
 }
 
@@ -231,6 +250,11 @@ fn connect(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
     headers
         .set(USER_ID_HEADER, &encoded_user)
         .map_err(|_| ApiError::Internal)?;
+    let expiry = match claims.expires_at {
+        Some(exp) => headers.set(TOKEN_EXP_HEADER, &exp.to_string()),
+        None => headers.delete(TOKEN_EXP_HEADER),
+    };
+    expiry.map_err(|_| ApiError::Internal)?;
     let init = web_sys::RequestInit::new();
     init.set_headers(&headers);
     let forwarded = web_sys::Request::new_with_str_and_init(internal_url!("/connect"), &init)

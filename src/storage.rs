@@ -1,12 +1,15 @@
 //! The object's SQLite tables, run with the rules of `idempotency` and
 //! `history`: the answers of keyed publishes, and the user's history. The
-//! object's one alarm deletes what expired in both ([`cleanup`]).
+//! object's one alarm ([`Alarm`]) deletes what expired in both ([`cleanup`]).
+
+use std::rc::Rc;
 
 use wasm_bindgen::JsValue;
 use worker::console_error;
-use worker::worker_sys::{DurableObjectState, DurableObjectStorage};
+use worker::worker_sys::DurableObjectState;
 
-use crate::glue::{set_alarm, Bind, Sql};
+use crate::alarm::Alarm;
+use crate::glue::{Bind, Sql};
 use crate::history::{self, Position, Retention};
 use crate::idempotency::{self, KeyedRequest, Stored};
 use crate::operator::HistoryView;
@@ -14,20 +17,13 @@ use crate::operator::HistoryView;
 /// The table of keyed answers (`idempotency`).
 pub struct KeyStore {
     sql: Sql,
-    /// The raw storage, for `setAlarm`.
-    storage: DurableObjectStorage,
     ttl_secs: u64,
-    /// The history's bounds, for the alarm both tables share.
-    retention: Retention,
+    /// Wakes the object to delete answers past their TTL.
+    alarm: Rc<Alarm>,
 }
 
 impl KeyStore {
-    pub fn open(
-        state: &DurableObjectState,
-        ttl_secs: u64,
-        retention: Retention,
-    ) -> Option<KeyStore> {
-        let storage = state.storage().ok()?;
+    pub fn open(state: &DurableObjectState, ttl_secs: u64, alarm: Rc<Alarm>) -> Option<KeyStore> {
         let sql = Sql::of(state)?;
         for statement in [idempotency::CREATE_TABLE, idempotency::CREATE_INDEX] {
             if let Err(err) = sql.exec(statement, &[]) {
@@ -37,9 +33,8 @@ impl KeyStore {
         }
         Some(KeyStore {
             sql,
-            storage,
             ttl_secs,
-            retention,
+            alarm,
         })
     }
 
@@ -73,34 +68,36 @@ impl KeyStore {
         if let Err(err) = self.sql.exec(idempotency::INSERT, &binds) {
             console_error!("storing an idempotent answer: {err}");
         }
-        schedule_cleanup(&self.sql, &self.storage, self.retention, now_ms);
-    }
-
-    /// The alarm: deletes expired keys and history rows past their bounds;
-    /// sets the alarm again for the next expiry. Whether one is set.
-    pub fn cleanup(&self, now_ms: f64) -> bool {
-        let binds = [Bind::Number(now_ms.floor())];
-        if let Err(err) = self.sql.exec(idempotency::DELETE_EXPIRED, &binds) {
-            console_error!("deleting expired idempotency keys: {err}");
-        }
-        // The alarm runs also in objects that never had a history.
-        if has_table(&self.sql, history::TABLE) {
-            purge_history(&self.sql, self.retention, now_ms);
-        }
-        schedule_cleanup(&self.sql, &self.storage, self.retention, now_ms)
+        self.alarm.wake_by(expires_at as f64);
     }
 }
 
-/// Sets the object's alarm for the earliest expiry among idempotency keys
-/// (every key lives the same TTL, so the oldest is next) and envelopes in
-/// history, but not sooner than [`Retention::cleanup_at`] allows; a table
-/// that does not exist has none. Whether one is set.
-fn schedule_cleanup(
-    sql: &Sql,
-    storage: &DurableObjectStorage,
-    retention: Retention,
-    now_ms: f64,
-) -> bool {
+/// The alarm's storage duty: deletes expired keys and history rows past
+/// their bounds (in objects that never made a table too); when the next
+/// expiry falls (see [`next_cleanup`]).
+pub fn cleanup(state: &DurableObjectState, retention: Retention, now_ms: f64) -> Option<f64> {
+    let sql = Sql::of(state)?;
+    if has_table(&sql, idempotency::TABLE) {
+        let binds = [Bind::Number(now_ms.floor())];
+        if let Err(err) = sql.exec(idempotency::DELETE_EXPIRED, &binds) {
+            console_error!("deleting expired idempotency keys: {err}");
+        }
+    }
+    if has_table(&sql, history::TABLE) {
+        purge_history(&sql, retention, now_ms);
+    }
+    next_expiry(&sql, retention, now_ms)
+}
+
+/// When the storage next has something to delete: the earliest expiry
+/// among idempotency keys (every key lives the same TTL, so the oldest is
+/// next) and envelopes in history, but not sooner than
+/// [`Retention::cleanup_at`] allows; `None` when neither table holds any.
+pub fn next_cleanup(state: &DurableObjectState, retention: Retention, now_ms: f64) -> Option<f64> {
+    next_expiry(&Sql::of(state)?, retention, now_ms)
+}
+
+fn next_expiry(sql: &Sql, retention: Retention, now_ms: f64) -> Option<f64> {
     // Each table is asked for only if it exists: a statement on a missing
     // table throws, and a JS exception costs more than this query (every
     // user's first publish has history and no key yet).
@@ -115,13 +112,8 @@ fn schedule_cleanup(
     let key = first_number(idempotency::TABLE, idempotency::NEXT_EXPIRY, "next");
     let envelope = first_number(history::TABLE, history::OLDEST_STORED, "at")
         .map(|at| retention.expires_at(at));
-    let due = match (key, envelope) {
-        (None, None) => return false,
-        (Some(at), None) | (None, Some(at)) => at,
-        (Some(a), Some(b)) => a.min(b),
-    };
-    set_alarm(storage, retention.cleanup_at(due, now_ms));
-    true
+    let due = key.into_iter().chain(envelope).min_by(f64::total_cmp)?;
+    Some(retention.cleanup_at(due, now_ms))
 }
 
 /// The user's history as stored, without opening it; `None` for a user
@@ -164,12 +156,10 @@ fn purge_history(sql: &Sql, retention: Retention, now_ms: f64) {
 /// The user's history (`history`): envelopes by `seq`, and the epoch.
 pub struct History {
     sql: Sql,
-    storage: DurableObjectStorage,
     pub position: Position,
     retention: Retention,
-    /// Whether this instance set the alarm that deletes expired envelopes
-    /// (it runs on until nothing is left to expire, then [`History::unscheduled`]).
-    alarm_set: bool,
+    /// Wakes the object to delete envelopes past their TTL.
+    alarm: Rc<Alarm>,
 }
 
 /// A retained envelope's text (with its `seq`).
@@ -180,9 +170,12 @@ pub struct Retained {
 impl History {
     /// Opens the tables, reads the epoch (making one for a new history) and
     /// the last `seq`.
-    pub fn open(state: &DurableObjectState, retention: Retention) -> Result<History, String> {
+    pub fn open(
+        state: &DurableObjectState,
+        retention: Retention,
+        alarm: Rc<Alarm>,
+    ) -> Result<History, String> {
         let sql = Sql::of(state).ok_or("no storage")?;
-        let storage = state.storage().map_err(|err| format!("{err:?}"))?;
         sql.exec(history::CREATE_TABLE, &[])?;
         sql.exec(history::CREATE_META, &[])?;
         let stored = sql
@@ -205,13 +198,12 @@ impl History {
             .unwrap_or(0.0);
         Ok(History {
             sql,
-            storage,
             position: Position {
                 seq: last as u64,
                 epoch,
             },
             retention,
-            alarm_set: false,
+            alarm,
         })
     }
 
@@ -228,21 +220,16 @@ impl History {
         ];
         self.sql.exec(history::INSERT, &binds)?;
         self.position.seq = seq;
-        if !self.alarm_set {
-            self.alarm_set = schedule_cleanup(&self.sql, &self.storage, self.retention, now_ms);
-        }
+        // Usually the alarm already comes by then: a comparison, no call.
+        let expires = self.retention.expires_at(now_ms);
+        self.alarm
+            .wake_by(self.retention.cleanup_at(expires, now_ms));
         if history::trims_at(seq) {
             // A failed trim keeps more rows until the next one; reads still
             // keep to the bounds.
             purge_history(&self.sql, self.retention, now_ms);
         }
         Ok(text)
-    }
-
-    /// The alarm found nothing more to expire: the next envelope recorded
-    /// sets it again.
-    pub fn unscheduled(&mut self) {
-        self.alarm_set = false;
     }
 
     /// Retained, unexpired envelopes after `since`, oldest first, and the

@@ -340,6 +340,13 @@ export interface components {
             /** @description Milliseconds since the Unix epoch. */
             connectedAt: number;
             filters: components["schemas"]["Filter"][];
+            /**
+             * @description The `exp` of the socket's token (unix seconds), after its last
+             *     `refresh`; `null` for a token without `exp` (the socket never
+             *     expires). The socket is closed with 4002 at this time plus
+             *     `JWT_LEEWAY_SECS`.
+             */
+            expiresAt: number | null;
         };
         UserSockets: {
             userId: string;

@@ -17,6 +17,7 @@ mod operator_client;
 mod routes;
 mod support;
 mod tls;
+mod tokens;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -109,6 +110,7 @@ fn main() {
     all.extend(client::tests());
     all.extend(client_tokens::tests());
     all.extend(tls::tests());
+    all.extend(tokens::tests());
     let selected: Vec<Test> = all
         .into_iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))

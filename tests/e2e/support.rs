@@ -284,6 +284,8 @@ pub fn without_position(mut frame: Value) -> Value {
 pub struct Restartable {
     name: &'static str,
     secret: String,
+    /// Settings besides `JWT_SECRET`.
+    vars: Vec<(&'static str, &'static str)>,
     port: u16,
     state: PathBuf,
 }
@@ -293,9 +295,16 @@ impl Restartable {
         Restartable {
             name,
             secret,
+            vars: Vec::new(),
             port: free_port(),
             state: std::env::temp_dir().join(format!("hopeflow-{}", unique_user(name))),
         }
+    }
+
+    /// This server with `vars` set too.
+    pub fn with_vars(mut self, vars: &[(&'static str, &'static str)]) -> Restartable {
+        self.vars.extend_from_slice(vars);
+        self
     }
 
     /// Starts it (again) and waits until it is ready.
@@ -306,9 +315,11 @@ impl Restartable {
             self.port,
             self.state.clone(),
         );
+        let extra = self.vars.clone();
         // Starting and stopping block; keep them off the async workers.
         tokio::task::spawn_blocking(move || {
-            let vars = [("JWT_SECRET", secret.as_str())];
+            let mut vars = vec![("JWT_SECRET", secret.as_str())];
+            vars.extend(extra);
             Server::spawn_persistent(name, &vars, port, &state).wait_ready()
         })
         .await
@@ -358,6 +369,16 @@ impl Client {
             "Authorization",
             HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
         );
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connect");
+        Client { ws }
+    }
+
+    /// Connects with a request made by the test.
+    pub async fn from_request(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("websocket connect");
@@ -498,6 +519,14 @@ impl Client {
 
     /// The next text frame, or `Err(close code)` once the server closed.
     pub async fn next_frame(&mut self) -> Result<String, Option<u16>> {
+        self.next_frame_or_close()
+            .await
+            .map_err(|(code, _reason)| code)
+    }
+
+    /// The next text frame, or `Err((close code, reason))` once the server
+    /// closed.
+    pub async fn next_frame_or_close(&mut self) -> Result<String, (Option<u16>, String)> {
         loop {
             let next = tokio::time::timeout(WAIT, self.ws.next())
                 .await
@@ -511,10 +540,12 @@ impl Client {
                     if let Some(frame) = &frame {
                         contract::check_close(u16::from(frame.code), &frame.reason);
                     }
-                    return Err(frame.map(|f| u16::from(f.code)));
+                    return Err(frame.map_or((None, String::new()), |f| {
+                        (Some(u16::from(f.code)), f.reason.to_string())
+                    }));
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Err(None),
+                Some(Err(_)) | None => return Err((None, String::new())),
             }
         }
     }
