@@ -303,6 +303,7 @@ test(
   "Chromium: a refresh keeps the same socket delivering past the first token's exp; a fixed token ends in 'closed' with 4002",
   { timeout: 4 * WAIT_MS },
   async () => {
+    problems.length = 0;
     await refreshOutlivesTheFirstToken(inChromium);
     assert.deepEqual(problems, []);
   },
@@ -312,6 +313,7 @@ test(
   "Node: a refresh keeps the same socket delivering past the first token's exp; a fixed token ends in 'closed' with 4002",
   { timeout: 4 * WAIT_MS },
   async () => {
+    problems.length = 0;
     await refreshOutlivesTheFirstToken(inNode);
     assert.deepEqual(problems, []);
   },
