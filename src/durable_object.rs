@@ -950,18 +950,18 @@ impl HopeFlowRealtime {
     /// past its token's end is closed with 4002 instead.
     fn charge(&self, ws: &WebSocket, socket_id: &str, now_ms: f64) -> bool {
         let lifetime = self.lifetime();
-        let charged = self.with_sockets(|sockets| match sockets.get_mut(socket_id) {
-            None => Ok(()),
-            Some(s) if lifetime.expired(&s.attachment, now_ms) => Err(None),
+        let charge = self.with_sockets(|sockets| match sockets.get_mut(socket_id) {
+            None => Charge::Allowed,
+            Some(s) if lifetime.expired(&s.attachment, now_ms) => Charge::Expired,
             Some(s) => match s.limits.take_message(now_ms) {
-                true => Ok(()),
-                false => Err(Some(rate_limited())),
+                true => Charge::Allowed,
+                false => Charge::Limited,
             },
         });
-        match charged {
-            Ok(()) => return true,
-            Err(Some(refusal)) => self.reject(ws, socket_id, refusal, now_ms),
-            Err(None) => self.close_socket(ws, CloseCode::TokenExpired),
+        match charge {
+            Charge::Allowed => return true,
+            Charge::Limited => self.reject(ws, socket_id, rate_limited(), now_ms),
+            Charge::Expired => self.close_socket(ws, CloseCode::TokenExpired),
         }
         false
     }
@@ -1049,6 +1049,15 @@ impl HopeFlowRealtime {
         }
         sockets
     }
+}
+
+/// What [`HopeFlowRealtime::charge`] found.
+enum Charge {
+    Allowed,
+    /// Over the rate limit: answered `rate_limited`.
+    Limited,
+    /// Past its token's end: closed with 4002.
+    Expired,
 }
 
 fn rate_limited() -> ServerFrame {
