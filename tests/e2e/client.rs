@@ -124,7 +124,7 @@ async fn library_reports_warnings_and_refusals(ctx: Arc<Ctx>) {
 async fn library_connect_refused_is_typed(ctx: Arc<Ctx>) {
     let bad = ClientOptions::new(ctx.server.base_ws(), "not-a-token");
     match Client::connect(bad).await {
-        // The handshake does not read the refusal's body; the status is typed.
+        // The status is typed; the body carries the server's code and message.
         Err(ClientError::Rejected { status, .. }) => assert_eq!(status, 401),
         Err(other) => panic!("expected Rejected, got {other:?}"),
         Ok(_) => panic!("expected Rejected, got a connection"),
