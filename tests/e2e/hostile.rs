@@ -165,12 +165,15 @@ async fn duplicated_user_id_key_is_401(ctx: Arc<Ctx>) {
 async fn time_claims_are_checked_with_leeway(ctx: Arc<Ctx>) {
     let user = unique_user("leeway");
     let token = |claims: Value| ctx.server.token_with(claims);
-    // Within the default 30 s leeway.
-    let mut socket = Client::connect(
-        &ctx.server,
-        &token(json!({"userId": user, "exp": now() - 5})),
-    )
-    .await;
+    // Within the default 30 s leeway: accepted, and told at once that its
+    // token expires (less than TOKEN_REFRESH_NOTICE_SECS is left).
+    let exp = now() - 5;
+    let mut socket =
+        Client::connect(&ctx.server, &token(json!({"userId": user, "exp": exp}))).await;
+    assert_eq!(
+        socket.recv_json().await,
+        json!({"type": "token_expiring", "expiresAt": exp})
+    );
     socket.ping().await;
     assert_refused(
         &ctx.server,
