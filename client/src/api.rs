@@ -9,8 +9,10 @@
 //! (`replayed`).
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
+use hopeflow_realtime::idempotency;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -28,6 +30,8 @@ impl fmt::Display for ApiError {
         write!(f, "{}: {}", self.error, self.message)
     }
 }
+
+impl std::error::Error for ApiError {}
 
 fn is_false(value: &bool) -> bool {
     !*value
@@ -301,28 +305,57 @@ pub struct DisconnectOutcome {
     pub closed: usize,
 }
 
-/// An `Idempotency-Key`: 1 to 255 visible ASCII characters (`!` to `~`).
-/// Checked here because a key with other characters could not even be sent
-/// as a header.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(String);
+/// An `Idempotency-Key`: a key the server accepts (1 to 255 visible ASCII
+/// characters, `!` to `~`), by the server's own rule
+/// ([`hopeflow_realtime::idempotency::IdempotencyKey::parse`]), so the
+/// client refuses exactly the keys the server would answer with a 400.
+/// Checked before sending because a key with other characters could not
+/// even be sent as a header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(idempotency::IdempotencyKey);
 
-/// Why a text is not an [`IdempotencyKey`].
+/// Why a text is not an [`IdempotencyKey`]: the server's rule refused it,
+/// and this says which part of the text it refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvalidIdempotencyKey {
     Empty,
     /// Longer than [`IdempotencyKey::MAX_LEN`] characters.
     TooLong(usize),
-    /// A character outside `!`..=`~` (spaces and controls included).
+    /// A character the server refuses (anything outside `!`..=`~`, spaces
+    /// and controls included).
     Character {
         index: usize,
         character: char,
     },
 }
 
+impl InvalidIdempotencyKey {
+    /// What in `key`, which the server's rule refused, it refused: nothing
+    /// (empty), a character it refuses on its own (the first one), or else
+    /// the length. No character set or length is restated here: a
+    /// character is refused when the server refuses it as a key of its own.
+    fn of(key: &str) -> InvalidIdempotencyKey {
+        if key.is_empty() {
+            return InvalidIdempotencyKey::Empty;
+        }
+        let refused =
+            |c: char| idempotency::IdempotencyKey::parse(c.encode_utf8(&mut [0; 4])).is_err();
+        match key.chars().enumerate().find(|&(_, c)| refused(c)) {
+            Some((index, character)) => InvalidIdempotencyKey::Character { index, character },
+            // Every character is one the server takes: ASCII, so bytes are
+            // characters.
+            None => InvalidIdempotencyKey::TooLong(key.len()),
+        }
+    }
+}
+
 impl fmt::Display for InvalidIdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an idempotency key is 1 to 255 visible ASCII characters: ")?;
+        write!(
+            f,
+            "an idempotency key is 1 to {} visible ASCII characters: ",
+            IdempotencyKey::MAX_LEN
+        )?;
         match self {
             InvalidIdempotencyKey::Empty => f.write_str("this one is empty"),
             InvalidIdempotencyKey::TooLong(len) => write!(f, "this one has {len}"),
@@ -336,29 +369,39 @@ impl fmt::Display for InvalidIdempotencyKey {
 impl std::error::Error for InvalidIdempotencyKey {}
 
 impl IdempotencyKey {
-    pub const MAX_LEN: usize = 255;
+    /// The server's longest key ([`idempotency::MAX_KEY_LEN`]).
+    pub const MAX_LEN: usize = idempotency::MAX_KEY_LEN;
 
+    /// `key` if the server's rule accepts it.
     pub fn new(key: impl Into<String>) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
         let key = key.into();
-        if key.is_empty() {
-            return Err(InvalidIdempotencyKey::Empty);
-        }
-        if let Some((index, character)) = key
-            .chars()
-            .enumerate()
-            .find(|(_, c)| !matches!(c, '!'..='~'))
-        {
-            return Err(InvalidIdempotencyKey::Character { index, character });
-        }
-        // All ASCII from here: bytes are characters.
-        if key.len() > IdempotencyKey::MAX_LEN {
-            return Err(InvalidIdempotencyKey::TooLong(key.len()));
-        }
-        Ok(IdempotencyKey(key))
+        idempotency::IdempotencyKey::parse(&key)
+            .map(IdempotencyKey)
+            .map_err(|_| InvalidIdempotencyKey::of(&key))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
+    }
+}
+
+/// A key the server's rule already accepted.
+impl From<idempotency::IdempotencyKey> for IdempotencyKey {
+    fn from(key: idempotency::IdempotencyKey) -> IdempotencyKey {
+        IdempotencyKey(key)
+    }
+}
+
+impl From<IdempotencyKey> for idempotency::IdempotencyKey {
+    fn from(key: IdempotencyKey) -> idempotency::IdempotencyKey {
+        key.0
+    }
+}
+
+// By hand: the server's key type is not `Hash`. Equal keys have equal text.
+impl Hash for IdempotencyKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
@@ -372,7 +415,7 @@ impl FromStr for IdempotencyKey {
 
 impl fmt::Display for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -467,6 +510,39 @@ mod tests {
             user_path("...", "disconnect"),
             Ok("/users/.../disconnect".into())
         );
+    }
+
+    /// The server's route parser reads back the user id the client encoded
+    /// (the encoding is the client's; the decoding, the server's).
+    #[test]
+    fn user_paths_decode_on_the_server() {
+        use hopeflow_realtime::operator::{user_route, BadUserPath, UserRoute};
+        for user in [
+            "alice",
+            "...",
+            "a/b",
+            "a b/../c",
+            "%41",
+            "é ü 日本",
+            "user:1+2@x?y#z",
+            " padded ",
+            "\u{1f600}",
+        ] {
+            for (action, route) in [
+                ("sockets", UserRoute::Sockets),
+                ("disconnect", UserRoute::Disconnect),
+            ] {
+                let path = user_path(user, action).expect("a path");
+                assert_eq!(
+                    user_route(&path),
+                    Some(Ok((user.to_owned(), route))),
+                    "{path}"
+                );
+            }
+        }
+        // Sent, and refused by the server: it takes no blank user id.
+        let blank = user_path(" ", "sockets").expect("a path");
+        assert_eq!(user_route(&blank), Some(Err(BadUserPath::InvalidUserId)));
     }
 
     /// reqwest's URL parser keeps an encoded segment as it is (it must not
@@ -647,6 +723,86 @@ mod tests {
         assert!(IdempotencyKey::new("")
             .err()
             .is_some_and(|e| e.to_string().contains("1 to 255")));
+    }
+
+    /// The keys the server's rule refuses, and only those, are refused:
+    /// it is the same rule. Each refusal names a real fault of the key.
+    #[test]
+    fn idempotency_keys_follow_the_servers_rule() {
+        let mut keys: Vec<String> = (0u32..0x300)
+            .chain([0x2028, 0xfeff, 0x1f600])
+            .filter_map(char::from_u32)
+            .flat_map(|c| [c.to_string(), format!("key{c}"), format!("{c}key")])
+            .collect();
+        for len in [0, 1, 2, 254, 255, 256, 1000] {
+            keys.push("k".repeat(len));
+            keys.push(format!("{} ", "k".repeat(len)));
+            keys.push(format!("{}é", "k".repeat(len)));
+        }
+        for key in &keys {
+            let server = idempotency::IdempotencyKey::parse(key);
+            match IdempotencyKey::new(key.as_str()) {
+                Ok(client) => {
+                    assert_eq!(server.as_ref().map(|k| k.as_str()), Ok(client.as_str()));
+                    assert_eq!(
+                        idempotency::IdempotencyKey::from(client),
+                        server.clone().expect("server key")
+                    );
+                }
+                Err(why) => {
+                    assert!(
+                        server.is_err(),
+                        "{key:?}: the server takes it, the client says {why}"
+                    );
+                    match why {
+                        InvalidIdempotencyKey::Empty => assert!(key.is_empty()),
+                        InvalidIdempotencyKey::TooLong(len) => {
+                            assert_eq!(len, key.len());
+                            assert!(len > IdempotencyKey::MAX_LEN, "{key:?}");
+                        }
+                        InvalidIdempotencyKey::Character { index, character } => {
+                            assert_eq!(key.chars().nth(index), Some(character));
+                            assert!(
+                                idempotency::IdempotencyKey::parse(&character.to_string()).is_err()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(IdempotencyKey::MAX_LEN, idempotency::MAX_KEY_LEN);
+        let server = idempotency::IdempotencyKey::parse("order-1").expect("key");
+        assert_eq!(IdempotencyKey::from(server).as_str(), "order-1");
+    }
+
+    #[test]
+    fn equal_keys_hash_alike() {
+        let keys: std::collections::HashSet<IdempotencyKey> = ["a", "b", "a"]
+            .into_iter()
+            .map(|k| IdempotencyKey::new(k).expect("key"))
+            .collect();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&"a".parse().expect("key")));
+    }
+
+    #[test]
+    fn errors_are_std_errors() {
+        let api = ApiError {
+            error: "invalid_body".into(),
+            message: "not JSON".into(),
+        };
+        let errors: Vec<Box<dyn std::error::Error + Send + Sync>> = vec![
+            Box::new(api.clone()),
+            Box::new(InvalidIdempotencyKey::Empty),
+        ];
+        assert_eq!(errors[0].to_string(), "invalid_body: not JSON");
+        assert!(errors[1].to_string().contains("1 to 255"));
+        assert!(errors.iter().all(|e| e.source().is_none()));
+        // `?` into a boxed error.
+        let key = || -> Result<IdempotencyKey, Box<dyn std::error::Error>> {
+            Ok(IdempotencyKey::new("a b")?)
+        };
+        assert!(key().is_err_and(|e| e.to_string().contains("character 1 is ' '")));
     }
 
     #[test]
