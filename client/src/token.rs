@@ -55,8 +55,8 @@ pub fn mint(
 }
 
 /// The scope the operator routes need on a server with the default
-/// `OPERATOR_SCOPE`.
-pub const OPERATOR_SCOPE: &str = "operator";
+/// `OPERATOR_SCOPE`: the server's own default.
+pub const OPERATOR_SCOPE: &str = hopeflow_realtime::config::DEFAULT_OPERATOR_SCOPE;
 
 /// `{"scope": "operator"}`: extra claims for [`mint`] that make an operator
 /// token (for the default `OPERATOR_SCOPE`).
@@ -67,8 +67,9 @@ pub fn operator_claims() -> Map<String, Value> {
 }
 
 /// Adds `scope` to the space-separated `scope` claim of `claims` (created
-/// when absent, left alone when it already lists `scope`). Fails when the
-/// claim is not a string, which the server would not read as scopes.
+/// when absent, left alone when the server already reads `scope` in it:
+/// [`Claims::has_scope`]). Fails when the claim is not a string, which the
+/// server would not read as scopes.
 ///
 /// ```
 /// use hopeflow_client::token::add_scope;
@@ -86,7 +87,13 @@ pub fn add_scope(claims: &mut Map<String, Value>, scope: &str) -> Result<(), Str
             Ok(())
         }
         Some(Value::String(scopes)) => {
-            if !scopes.split_whitespace().any(|s| s == scope) {
+            let listed = Claims {
+                user_id: String::new(),
+                scope: Some(scopes.clone()),
+                expires_at: None,
+            }
+            .has_scope(scope);
+            if !listed {
                 let joined = format!("{} {scope}", scopes.trim());
                 *scopes = joined.trim_start().to_owned();
             }
@@ -190,8 +197,34 @@ mod tests {
             Ok(Some(json!("operators operator")))
         );
         assert_eq!(scope(json!({"scope": " "})), Ok(Some(json!("operator"))));
+        // Listed only for a separator the server splits on (ASCII
+        // whitespace): after a no-break space it is added.
+        assert_eq!(
+            scope(json!({"scope": "publish\u{a0}operator"})),
+            Ok(Some(json!("publish\u{a0}operator operator")))
+        );
+        assert_eq!(
+            scope(json!({"scope": "publish\toperator"})),
+            Ok(Some(json!("publish\toperator")))
+        );
         assert!(scope(json!({"scope": ["operator"]})).is_err());
         assert_eq!(operator_claims().get("scope"), Some(&json!(OPERATOR_SCOPE)));
+    }
+
+    /// A server with default settings (only `JWT_SECRET` set) takes a token
+    /// minted with [`operator_claims`] on its operator routes.
+    #[test]
+    fn operator_tokens_pass_a_default_servers_check() {
+        let config = hopeflow_realtime::config::Config::load(|name| {
+            (name == "JWT_SECRET").then(|| "s".to_owned())
+        })
+        .expect("config");
+        let token = mint("s", "ops", None, operator_claims());
+        let claims = verify("s", &token).expect("valid");
+        assert!(claims.has_scope(&config.operator_scope));
+        assert!(!verify("s", &mint("s", "ops", None, Map::new()))
+            .expect("valid")
+            .has_scope(&config.operator_scope));
     }
 
     #[test]
