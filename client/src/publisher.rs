@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use hopeflow_realtime::idempotency;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -72,7 +73,29 @@ impl fmt::Display for PublishError {
     }
 }
 
+/// No `source()`: a variant with the server's [`ApiError`] displays it as
+/// its own text (transparently), so a source would print it twice in an
+/// error chain; [`PublishError::api_error`] hands it out. The other
+/// variants carry text only.
 impl std::error::Error for PublishError {}
+
+impl PublishError {
+    /// The server's error body, for the variants that carry one.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        match self {
+            PublishError::BadRequest(e)
+            | PublishError::Unauthorized(e)
+            | PublishError::Forbidden(e)
+            | PublishError::Conflict(e)
+            | PublishError::PayloadTooLarge(e)
+            | PublishError::UnsupportedMediaType(e)
+            | PublishError::Unavailable { error: e, .. } => Some(e),
+            PublishError::Status { .. }
+            | PublishError::Transport(_)
+            | PublishError::InvalidInput(_) => None,
+        }
+    }
+}
 
 /// Publishes envelopes to users, and (with an operator token) lists and
 /// disconnects their sockets.
@@ -329,7 +352,7 @@ impl Publisher {
             request = request.json(body);
         }
         if let Some(key) = key {
-            request = request.header("Idempotency-Key", key.as_str());
+            request = request.header(idempotency::HEADER, key.as_str());
         }
         let response = request.send().await.map_err(|e| self.transport(&e))?;
         let status = response.status().as_u16();
@@ -344,7 +367,7 @@ impl Publisher {
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs);
         let replayed =
-            header("idempotent-replayed").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            header(idempotency::REPLAYED_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let text = response.text().await.map_err(|e| self.transport(&e))?;
         if status == 200 {
             return Ok(Answer { text, replayed });
@@ -480,6 +503,48 @@ mod tests {
             classify(409, "conflict".into(), None),
             PublishError::Status { status: 409, .. }
         ));
+    }
+
+    #[test]
+    fn publish_errors_are_std_errors() {
+        let conflict = classify(409, r#"{"error":"c","message":"m"}"#.into(), None);
+        assert_eq!(conflict.api_error().map(|e| e.error.as_str()), Some("c"));
+        let errors: Vec<Box<dyn std::error::Error + Send + Sync>> = vec![
+            Box::new(conflict),
+            Box::new(PublishError::Transport("connection refused".into())),
+            Box::new(PublishError::InvalidInput("the user id is empty".into())),
+            Box::new(classify(502, "<html>".into(), None)),
+        ];
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "c: m",
+                "request failed: connection refused",
+                "not sent: the user id is empty",
+                "HTTP 502: <html>"
+            ]
+        );
+        // The server's error is the text itself, not a source shown again.
+        assert!(errors.iter().all(|e| e.source().is_none()));
+        for text_only in [
+            PublishError::Transport(String::new()),
+            PublishError::Status {
+                status: 500,
+                body: String::new(),
+            },
+        ] {
+            assert_eq!(text_only.api_error(), None);
+        }
+    }
+
+    /// A publish waits for acks up to the server's longest `ACK_TIMEOUT_MS`;
+    /// the default request timeout outlasts it.
+    #[test]
+    fn request_timeout_outlasts_the_longest_ack_wait() {
+        let longest = Duration::from_millis(hopeflow_realtime::acks::AckTimeout::MAX_MS);
+        assert!(REQUEST_TIMEOUT > longest);
+        assert!(REQUEST_TIMEOUT > CONNECT_TIMEOUT);
     }
 
     #[test]
