@@ -557,15 +557,10 @@ pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32, jitter: f64
 /// and 1009 (the client must change) nor 4001 (an operator said so). After
 /// 4000 and 4002 (token expired) only with a fresh token: a [`Client`]
 /// without a [`TokenProvider`] ends after 4002.
+/// The server's own codes answer as its [`CloseCode::reconnect`] says.
 pub fn reconnect_after(code: Option<u16>) -> bool {
-    match code {
-        // An operator's disconnect (issue 11): matched by number until the
-        // server crate's CloseCode lists 4000 / 4001 in every build.
-        Some(4001) => false,
-        Some(4000) => true,
-        Some(code) => CloseCode::from_code(code).is_none_or(CloseCode::reconnect),
-        None => true,
-    }
+    code.and_then(CloseCode::from_code)
+        .is_none_or(CloseCode::reconnect)
 }
 
 /// What the provider's token for a refresh resolves to; pending while none
@@ -1188,6 +1183,31 @@ mod tests {
     }
 
     #[test]
+    fn client_errors_are_std_errors() {
+        let errors: Vec<Box<dyn std::error::Error + Send + Sync>> = vec![
+            Box::new(ClientError::Rejected {
+                status: 401,
+                body: r#"{"error":"invalid_token","message":"expired"}"#.into(),
+            }),
+            Box::new(ClientError::Connect("connection refused".into())),
+            Box::new(ClientError::Token("no token".into())),
+            Box::new(ClientError::Refused {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into(),
+            }),
+            Box::new(ClientError::Disconnected),
+            Box::new(ClientError::Closed),
+        ];
+        assert_eq!(
+            errors[0].to_string(),
+            "upgrade refused (401): invalid_token: expired"
+        );
+        assert!(errors.iter().all(|e| e.source().is_none()));
+        let connect = || -> Result<(), Box<dyn std::error::Error>> { Err(ClientError::Closed)? };
+        assert!(connect().is_err_and(|e| e.to_string() == "client is closed"));
+    }
+
+    #[test]
     fn close_codes_say_whether_to_reconnect() {
         // The server's own codes.
         assert!(!reconnect_after(Some(1008)));
@@ -1202,6 +1222,14 @@ mod tests {
         assert!(reconnect_after(Some(1006)));
         assert!(reconnect_after(Some(4999)));
         assert!(reconnect_after(None));
+        // Every code of the server's table, as the table says.
+        for close in CloseCode::ALL {
+            assert_eq!(
+                reconnect_after(Some(close.code())),
+                close.reconnect(),
+                "{close:?}"
+            );
+        }
     }
 
     #[tokio::test]

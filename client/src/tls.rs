@@ -318,6 +318,9 @@ mod tests {
         std::fs::write(&empty, "not a certificate\n").expect("write");
         let err = Trust::with_ca_file(&empty).unwrap_err();
         assert!(matches!(err, TlsError::NoCertificate { .. }), "{err}");
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
+        assert!(boxed.to_string().contains("empty.pem"));
+        assert!(boxed.source().is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
