@@ -201,19 +201,21 @@ pub fn listen_reconnects(code: Option<u16>, reconnect: bool, refreshes: bool) ->
         && (refreshes || code != Some(CloseCode::TokenExpired.code()))
 }
 
-/// A short meaning of a close code: ours, and the common standard ones.
+/// A short meaning of a close code: the server's own (its reason, made
+/// shorter where the reason is advice), and the common standard ones.
 fn close_meaning(code: u16) -> Option<&'static str> {
+    if let Some(close) = CloseCode::from_code(code) {
+        return Some(match close {
+            CloseCode::Reconnect => "socket state lost",
+            CloseCode::Reauthenticate => "operator asked to reconnect",
+            other => other.reason(),
+        });
+    }
     Some(match code {
         1000 => "normal closure",
         1001 => "going away",
         1006 => "closed abnormally",
-        1008 => "too many invalid or rate-limited messages",
-        1009 => "frame larger than the server accepts",
         1011 => "server error",
-        1012 => "socket state lost",
-        4000 => "operator asked to reconnect",
-        4001 => "disconnected by an operator",
-        4002 => "token expired",
         _ => return None,
     })
 }
@@ -560,6 +562,17 @@ mod tests {
             let line = describe_close(code, "why");
             assert!(!line.contains("Some(") && !line.contains("None"), "{line}");
         }
+        // Every code of the server's table has a meaning, and its own
+        // reason is not repeated after it.
+        for close in CloseCode::ALL {
+            let line = describe_code(Some(close.code()), close.reason());
+            assert!(close_meaning(close.code()).is_some(), "{close:?}");
+            assert!(line.ends_with(')') && !line.contains("):"), "{line}");
+        }
+        assert_eq!(
+            describe_code(Some(1012), "socket state lost; please reconnect"),
+            "1012 (socket state lost)"
+        );
     }
 
     #[test]

@@ -557,7 +557,9 @@ pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32, jitter: f64
 /// and 1009 (the client must change) nor 4001 (an operator said so). After
 /// 4000 and 4002 (token expired) only with a fresh token: a [`Client`]
 /// without a [`TokenProvider`] ends after 4002.
-/// The server's own codes answer as its [`CloseCode::reconnect`] says.
+///
+/// The server's codes answer as its table says ([`CloseCode::reconnect`]);
+/// any other code is a dropped connection.
 pub fn reconnect_after(code: Option<u16>) -> bool {
     code.and_then(CloseCode::from_code)
         .is_none_or(CloseCode::reconnect)
