@@ -18,9 +18,14 @@
 //!   and one-line connection errors.
 //! * [`cli`]: argument helpers of the `hopeflow` command-line tool.
 //!
-//! Frames, envelopes and error codes are the server crate's own types
-//! (`hopeflow_realtime::protocol`), built without the Workers runtime, so the
-//! two sides cannot drift apart.
+//! Frames, envelopes, error and close codes are the server crate's own types
+//! (`hopeflow_realtime::protocol`), built without the Workers runtime, and
+//! so are its rules: which idempotency keys are valid
+//! (`hopeflow_realtime::idempotency`), the default operator scope
+//! (`hopeflow_realtime::config`), how a token is checked and reads its
+//! scopes (`hopeflow_realtime::auth`). The two sides cannot drift apart.
+//!
+//! Every public error type implements [`std::error::Error`].
 #![forbid(unsafe_code)]
 
 pub mod api;
