@@ -153,6 +153,7 @@ contract-client: | node-tools
 	openapi-typescript docs/openapi.yaml -o clients/ts/openapi.d.ts
 
 test: build | node-tools $(CHROMIUM) contract-tools
+	python3 tests/docs/check_links.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p hopeflow-realtime --lib --target wasm32-unknown-unknown -- -D warnings
