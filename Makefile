@@ -157,7 +157,10 @@ test: build | node-tools $(CHROMIUM) contract-tools
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p hopeflow-realtime --lib --target wasm32-unknown-unknown -- -D warnings
+	@# The domain alone, as the client and the fuzz targets use it: no runtime crate.
+	cargo build -p hopeflow-realtime --no-default-features
 	cargo test --workspace --lib --bins
+	cargo test -p hopeflow-realtime --test layout
 	cargo test --workspace --doc
 	@# The e2e suite runs the CLI as a real process.
 	cargo build -p hopeflow-client --bin hopeflow

@@ -1,5 +1,5 @@
 // The worker's JavaScript entry: instantiates the wasm and forwards the
-// runtime's entry points to the Rust exports of src/glue.rs. No logic lives
+// runtime's entry points to the Rust exports of src/runtime/entry.rs. No logic lives
 // here. worker-build bundles it (CUSTOM_SHIM, see the Makefile) into
 // build/worker/shim.mjs; the $NAMES are its placeholders.
 //
@@ -21,8 +21,8 @@ const instance = new WebAssembly.Instance(wasmModule, {
 imports.__wbg_set_wasm(instance.exports);
 instance.exports.__wbindgen_start?.();
 // Compiles and optimizes the publish path now, not on the first requests:
-// its pure code (src/warmup.rs) and its crossings into JavaScript
-// (glue::warm_up). The global scope may not build a response or set a timer.
+// its pure code (src/domain/warmup.rs) and its crossings into JavaScript
+// (runtime::entry::warm_up). The global scope may not build a response or set a timer.
 imports.warmUp();
 // Handed over once, so they need not be compiled into the wasm.
 imports.setConsoleAssets(consolePage, consoleClient);

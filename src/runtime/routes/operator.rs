@@ -1,62 +1,33 @@
 //! The routes off the hot path: the operator API (`/users/{userId}/sockets`,
 //! `/users/{userId}/disconnect`), `/publish/batch`, publishes with
-//! `Idempotency-Key` or `?detail=true`, and the debug console.
+//! `Idempotency-Key` or `?detail=true`.
 //!
 //! These await with `async` Rust (the wasm-bindgen futures executor): the
-//! hand-made continuations of `routes`/`glue` pay off only on the plain
-//! publish path, and these read better as straight-line code.
+//! hand-made continuations of `publish`/`js::promise` pay off only on the
+//! plain publish path, and these read better as straight-line code.
 
 use futures::future::join_all;
 use serde_json::Value;
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
-use worker::{console_error, js_sys, web_sys, Env, Method, Response};
+use worker::{console_error, js_sys, web_sys, Env, Method};
 
-use crate::error::ApiError;
-use crate::glue::{self, Namespace, Thenable};
-use crate::http::{self, Incoming, Reply};
-use crate::idempotency::{
+use super::request::{
+    authenticate, namespace, object_failure, publish_checks, publish_options, user_stub,
+};
+use crate::domain::error::ApiError;
+use crate::domain::idempotency::{
     batch_fingerprint, publish_fingerprint, DeliverOptions, IdempotencyKey, Receipt,
     REPLAYED_HEADER,
 };
-use crate::operator::{batch_entry, DisconnectRequest, UserRoute};
-use crate::protocol::{BatchRequest, PublishRequest};
-use crate::routes::{
-    authenticate, namespace, publish_checks, publish_options, settings, unavailable_err, user_stub,
-    Settings,
-};
-
-/// `GET /console` and the module it imports; 404 unless enabled. Their
-/// text comes from the JavaScript entry (`glue::console_asset`), not from
-/// the wasm.
-#[inline(never)]
-pub fn console(req: &Incoming, env: &Env) -> Result<Reply, ApiError> {
-    if !settings(env)?.config.console_enabled {
-        return Err(ApiError::NotFound);
-    }
-    let page = req.path() == "/console";
-    let headers = web_sys::Headers::new().map_err(|_| ApiError::Internal)?;
-    let content_type = if page {
-        "text/html; charset=utf-8"
-    } else {
-        "text/javascript; charset=utf-8"
-    };
-    let set = |name: &str, value: &str| headers.set(name, value).map_err(|_| ApiError::Internal);
-    set("Content-Type", content_type)?;
-    // Everything the page uses is served from here: nothing else may load.
-    set(
-        "Content-Security-Policy",
-        "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; \
-         script-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
-    )?;
-    set("X-Content-Type-Options", "nosniff")?;
-    set("Cache-Control", "no-store")?;
-    let response = glue::console_asset(page, &headers).ok_or_else(|| {
-        console_error!("the console's assets were not handed over by the entry");
-        ApiError::Internal
-    })?;
-    Ok(Response::from(response).into())
-}
+use crate::domain::operator::{batch_entry, DisconnectRequest, UserRoute};
+use crate::domain::protocol::{BatchRequest, PublishRequest};
+use crate::runtime::http::{self, Incoming, Reply};
+use crate::runtime::ids;
+use crate::runtime::js::env::read_body;
+use crate::runtime::js::response::json_200;
+use crate::runtime::js::{Namespace, Thenable};
+use crate::runtime::settings::{settings, Settings};
 
 /// A route of `/users/{userId}/...`.
 #[inline(never)]
@@ -82,11 +53,11 @@ pub fn user(
     let stub = user_stub(env, &user_id)?;
     match route {
         UserRoute::Sockets => {
-            let answer = stub.sockets(&user_id).map_err(unavailable_err)?;
+            let answer = stub.sockets(&user_id).map_err(object_failure)?;
             Ok(later(async move { json_answer(&answer).await }))
         }
         UserRoute::Disconnect => {
-            let body = glue::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
+            let body = read_body(req.raw()).map_err(|_| ApiError::Internal)?;
             let limit = settings.config.max_publish_bytes;
             Ok(later(async move {
                 let body = body_bytes(&body, limit).await?;
@@ -94,7 +65,7 @@ pub fn user(
                     DisconnectRequest::parse(&body).map_err(ApiError::InvalidDisconnect)?;
                 let answer = stub
                     .disconnect(&request.to_text())
-                    .map_err(unavailable_err)?;
+                    .map_err(object_failure)?;
                 json_answer(&answer).await
             }))
         }
@@ -122,7 +93,7 @@ pub fn publish_with_options(
 ) -> Result<Reply, ApiError> {
     let limit = settings(env)?.config.max_publish_bytes;
     let namespace = namespace(env)?;
-    let body = glue::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
+    let body = read_body(req.raw()).map_err(|_| ApiError::Internal)?;
     Ok(later(async move {
         let body = body_bytes(&body, limit).await?;
         let request = PublishRequest::parse(&body).map_err(ApiError::InvalidBody)?;
@@ -134,7 +105,7 @@ pub fn publish_with_options(
             ))
         });
         let user_id = request.user_id.clone();
-        let envelope = request.into_envelope(new_envelope_id());
+        let envelope = request.into_envelope(ids::envelope_id());
         let envelope_text = envelope.to_text().ok_or(ApiError::Internal)?;
         let options = DeliverOptions { key: keyed, detail };
         let answer = deliver(&namespace, &user_id, &envelope_text, &options).await?;
@@ -160,7 +131,7 @@ pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
     let (key, detail) = publish_options(&req)?;
     let limit = settings.config.max_publish_bytes;
     let namespace = namespace(env)?;
-    let body = glue::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
+    let body = read_body(req.raw()).map_err(|_| ApiError::Internal)?;
     Ok(later(async move {
         let body = body_bytes(&body, limit).await?;
         let request = BatchRequest::parse(&body).map_err(ApiError::InvalidBody)?;
@@ -171,7 +142,7 @@ pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
                 &request.payload,
             ))
         });
-        let envelope_id = new_envelope_id();
+        let envelope_id = ids::envelope_id();
         let envelope_text = request
             .envelope(envelope_id.clone())
             .to_text()
@@ -232,10 +203,6 @@ fn internal() -> (&'static str, String) {
     (ApiError::Internal.code(), ApiError::Internal.to_string())
 }
 
-fn new_envelope_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 /// What a user's object answered a publish.
 enum Delivered {
     /// The `/publish` answer's JSON text.
@@ -255,10 +222,10 @@ async fn deliver(
     envelope_text: &str,
     options: &DeliverOptions,
 ) -> Result<Delivered, ApiError> {
-    let stub = namespace.get_by_name(user_id).map_err(unavailable_err)?;
+    let stub = namespace.get_by_name(user_id).map_err(object_failure)?;
     let answer = stub
         .deliver_with(&JsValue::from_str(envelope_text), &options.to_text())
-        .map_err(unavailable_err)?;
+        .map_err(object_failure)?;
     let text = settle(&answer)
         .await?
         .as_string()
@@ -289,7 +256,7 @@ async fn deliver(
 async fn settle(thenable: &Thenable) -> Result<JsValue, ApiError> {
     JsFuture::from(promise_of(thenable))
         .await
-        .map_err(unavailable_err)
+        .map_err(object_failure)
 }
 
 /// `Promise.resolve(thenable)`: RPC answers are thenables, not Promises.
@@ -301,7 +268,7 @@ fn promise_of(thenable: &Thenable) -> js_sys::Promise {
 /// An object's JSON text answer as a 200.
 async fn json_answer(answer: &Thenable) -> Result<web_sys::Response, ApiError> {
     let text = settle(answer).await?;
-    Ok(glue::json_200(&text))
+    Ok(json_200(&text))
 }
 
 /// The request body, within `limit` bytes.
@@ -321,9 +288,14 @@ async fn body_bytes(body: &Thenable, limit: usize) -> Result<Vec<u8>, ApiError> 
 fn respond(status: u16, body: &Value, replayed: bool) -> Result<web_sys::Response, ApiError> {
     let response = http::json(status, body)?;
     let headers = response.headers();
-    headers.set("Access-Control-Expose-Headers", REPLAYED_HEADER)?;
+    let set = |name, value| {
+        headers
+            .set(name, value)
+            .map_err(http::failed("marking a replayed answer"))
+    };
+    set("Access-Control-Expose-Headers", REPLAYED_HEADER)?;
     if replayed {
-        headers.set(REPLAYED_HEADER, "true")?;
+        set(REPLAYED_HEADER, "true")?;
     }
     Ok(response.into())
 }

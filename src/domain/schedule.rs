@@ -6,7 +6,7 @@
 //! `setAlarm` replaces the old, so the object asks [`AlarmState::request`]
 //! before setting one, and sets only what these rules return.
 
-use crate::session::{Lifetime, SocketAttachment, TokenDuty};
+use crate::domain::session::{Lifetime, SocketAttachment, TokenDuty};
 
 /// What this instance knows of the alarm the runtime holds.
 #[derive(Debug, Clone, Copy, PartialEq)]

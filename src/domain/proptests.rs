@@ -6,9 +6,9 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
-use crate::auth::{extract_token, AuthPolicy, TokenVerifier};
-use crate::filter::{Filter, MAX_FILTERS_PER_MESSAGE};
-use crate::protocol::{ClientFrame, PublishRequest};
+use crate::domain::auth::{extract_token, AuthPolicy, TokenVerifier};
+use crate::domain::filter::{Filter, MAX_FILTERS_PER_MESSAGE};
+use crate::domain::protocol::{ClientFrame, PublishRequest};
 
 /// Arbitrary JSON, a few levels deep, biased towards the keys the parsers read.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -143,7 +143,7 @@ proptest! {
 
     #[test]
     fn signed_tokens_with_any_claims(claims in json_value()) {
-        crate::hs256::install();
+        crate::domain::hs256::install();
         let Ok(token) = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"secret")) else {
             return Ok(());
         };

@@ -3,7 +3,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::filter::Filter;
+use crate::domain::filter::Filter;
+
+/// Header carrying the authenticated user from the worker to the Durable
+/// Object, URI-encoded because header values must be Latin-1 and user ids
+/// need not be. The worker replaces any the client sent.
+pub const USER_ID_HEADER: &str = "X-User-ID";
+/// Header carrying the token's `exp` (unix seconds) to the Durable Object;
+/// absent for a token without one. Like [`USER_ID_HEADER`], never the
+/// client's own.
+pub const TOKEN_EXP_HEADER: &str = "X-Token-Exp";
 
 /// Bumped when the attachment layout changes; sockets with another version are
 /// asked to reconnect instead of being misread.

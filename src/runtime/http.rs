@@ -5,8 +5,8 @@ use serde::Serialize;
 use wasm_bindgen::JsValue;
 use worker::{console_error, web_sys, Headers, Method, Response, Result};
 
-use crate::error::ApiError;
-use crate::protocol::{known_http_method, ErrorBody};
+use crate::domain::error::ApiError;
+use crate::domain::protocol::{known_http_method, ErrorBody, ALLOW_ORIGIN, JSON_CONTENT_TYPE};
 
 /// The worker's incoming request, read straight from the runtime's object.
 /// `worker::Request` reads `request.cf` as it is built, which the runtime
@@ -53,11 +53,18 @@ impl Incoming {
 
     /// The URL's path, still percent-encoded.
     pub fn path(&self) -> &str {
-        crate::query::path(&self.url)
+        crate::domain::query::path(&self.url)
     }
 
     pub fn headers(&self) -> &Headers {
         &self.headers
+    }
+
+    /// The value of header `name`.
+    pub fn header(&self, name: &str) -> std::result::Result<Option<String>, ApiError> {
+        self.headers
+            .get(name)
+            .map_err(failed("reading a request header"))
     }
 
     /// The runtime's request.
@@ -88,22 +95,32 @@ impl Reply {
     }
 }
 
-/// The `Content-Type` of every JSON answer.
-pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
-
 /// How long browsers may cache a preflight answer.
 const PREFLIGHT_MAX_AGE_SECS: &str = "86400";
 
+/// A runtime call that failed, for `map_err`: logged with what it was
+/// for, here at the one place that knows; 500 to the client.
+pub fn failed(what: &'static str) -> impl Fn(worker::Error) -> ApiError {
+    move |err| {
+        console_error!("{what} failed: {err}");
+        ApiError::Internal
+    }
+}
+
 /// A JSON response carrying the CORS header every response of ours has.
-pub fn json<T: Serialize>(status: u16, body: &T) -> Result<Response> {
-    json_text(status, serde_json::to_string(body)?)
+pub fn json<T: Serialize>(status: u16, body: &T) -> std::result::Result<Response, ApiError> {
+    let text = serde_json::to_string(body).map_err(|err| {
+        console_error!("serializing a JSON answer failed: {err}");
+        ApiError::Internal
+    })?;
+    json_text(status, text).map_err(failed("building a JSON response"))
 }
 
 /// A response for an already serialized JSON body.
-pub fn json_text(status: u16, text: String) -> Result<Response> {
+fn json_text(status: u16, text: String) -> Result<Response> {
     let headers = Headers::new();
     headers.set("Content-Type", JSON_CONTENT_TYPE)?;
-    headers.set("Access-Control-Allow-Origin", "*")?;
+    headers.set(ALLOW_ORIGIN.0, ALLOW_ORIGIN.1)?;
     Ok(Response::ok(text)?
         .with_status(status)
         .with_headers(headers))
@@ -128,13 +145,12 @@ pub fn error_js(err: &ApiError) -> JsValue {
 #[inline(never)]
 pub fn error(err: &ApiError) -> Result<Response> {
     let message = err.to_string();
-    let response = json(
-        err.status(),
-        &ErrorBody {
-            error: err.code(),
-            message: &message,
-        },
-    )?;
+    let body = ErrorBody {
+        error: err.code(),
+        message: &message,
+    };
+    let text = serde_json::to_string(&body)?;
+    let response = json_text(err.status(), text)?;
     if let ApiError::MethodNotAllowed { allow } = err {
         response.headers().set("Allow", allow)?;
     }
@@ -150,9 +166,13 @@ pub fn error(err: &ApiError) -> Result<Response> {
 
 /// `OPTIONS`: the CORS preflight answer for a route answering `allow`.
 #[inline(never)]
-pub fn preflight(allow: &str) -> Result<Response> {
+pub fn preflight(allow: &str) -> std::result::Result<Response, ApiError> {
+    preflight_response(allow).map_err(failed("building a preflight answer"))
+}
+
+fn preflight_response(allow: &str) -> Result<Response> {
     let headers = Headers::new();
-    headers.set("Access-Control-Allow-Origin", "*")?;
+    headers.set(ALLOW_ORIGIN.0, ALLOW_ORIGIN.1)?;
     headers.set("Access-Control-Allow-Methods", allow)?;
     headers.set(
         "Access-Control-Allow-Headers",
@@ -160,11 +180,4 @@ pub fn preflight(allow: &str) -> Result<Response> {
     )?;
     headers.set("Access-Control-Max-Age", PREFLIGHT_MAX_AGE_SECS)?;
     Ok(Response::empty()?.with_status(204).with_headers(headers))
-}
-
-impl From<worker::Error> for ApiError {
-    fn from(err: worker::Error) -> ApiError {
-        console_error!("runtime error: {err}");
-        ApiError::Internal
-    }
 }

@@ -6,10 +6,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::acks::AckTimeout;
-use crate::auth::AuthPolicy;
-use crate::history::Retention;
-use crate::session::Lifetime;
+use crate::domain::acks::{AckTimeout, DEFAULT_MAX_RESULTS_BYTES};
+use crate::domain::auth::AuthPolicy;
+use crate::domain::history::Retention;
+use crate::domain::session::Lifetime;
 
 /// Every setting, with its defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,6 @@ pub const DEFAULT_MAX_PUBLISH_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_OPERATOR_SCOPE: &str = "operator";
 pub const DEFAULT_IDEMPOTENCY_TTL_SECS: u64 = 600;
-pub const DEFAULT_MAX_RESULTS_BYTES: usize = 4 * 1024 * 1024;
 
 /// The lifetime rules of a server with default settings.
 impl Default for Lifetime {

@@ -7,7 +7,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::filter::Filter;
+use crate::domain::filter::Filter;
+use crate::domain::protocol::CloseCode;
 
 /// An operator route of one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +97,16 @@ impl fmt::Display for InvalidDisconnect {
 }
 
 impl DisconnectRequest {
+    /// The close code it asks for: 4000 (come back with a fresh token) or
+    /// 4001 (stay away).
+    pub fn close_code(&self) -> CloseCode {
+        if self.reconnect {
+            CloseCode::Reauthenticate
+        } else {
+            CloseCode::Disconnected
+        }
+    }
+
     /// An empty body means every socket, code 4001.
     pub fn parse(body: &[u8]) -> Result<DisconnectRequest, InvalidDisconnect> {
         if body.iter().all(u8::is_ascii_whitespace) {

@@ -5,10 +5,10 @@
 
 use std::fmt;
 
-use crate::auth::AuthError;
-use crate::idempotency::InvalidKey;
-use crate::operator::InvalidDisconnect;
-use crate::protocol::PublishError;
+use crate::domain::auth::AuthError;
+use crate::domain::idempotency::InvalidKey;
+use crate::domain::operator::InvalidDisconnect;
+use crate::domain::protocol::PublishError;
 
 /// Everything an HTTP request can fail with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +88,19 @@ impl ApiError {
         }
     }
 
+    /// The error a Durable Object refused a call with (it rejects with the
+    /// code); `None` for a code no object sends, which the worker treats
+    /// as a failure to reach the object.
+    pub fn from_object_code(code: &str) -> Option<ApiError> {
+        [
+            ApiError::Misconfigured,
+            ApiError::Internal,
+            ApiError::Unavailable,
+        ]
+        .into_iter()
+        .find(|err| err.code() == code)
+    }
+
     /// Seconds a client should wait before retrying, when retrying makes sense.
     pub fn retry_after_secs(&self) -> Option<u32> {
         matches!(self, ApiError::Unavailable).then_some(1)
@@ -135,6 +148,20 @@ impl fmt::Display for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_objects_refusal_keeps_its_code_and_status() {
+        let refused = |code| ApiError::from_object_code(code).map(|e| (e.status(), e.code()));
+        assert_eq!(
+            refused("server_misconfigured"),
+            Some((500, "server_misconfigured"))
+        );
+        assert_eq!(refused("internal_error"), Some((500, "internal_error")));
+        assert_eq!(refused("unavailable"), Some((503, "unavailable")));
+        // Anything else is not the object's answer: a transport failure.
+        assert_eq!(refused("Error: Network connection lost."), None);
+        assert_eq!(refused("not_found"), None);
+    }
 
     #[test]
     fn statuses_and_codes() {

@@ -1,29 +1,25 @@
 //! The object's SQLite tables, run with the rules of `idempotency` and
 //! `history`: the answers of keyed publishes, and the user's history. The
-//! object's one alarm ([`Alarm`]) deletes what expired in both ([`cleanup`]).
-
-use std::rc::Rc;
+//! object's one alarm deletes what expired in both ([`cleanup`]); what
+//! stores a row says when that is due, and its owner asks the alarm.
 
 use wasm_bindgen::JsValue;
 use worker::console_error;
 use worker::worker_sys::DurableObjectState;
 
-use crate::alarm::Alarm;
-use crate::glue::{Bind, Sql};
-use crate::history::{self, Position, Retention};
-use crate::idempotency::{self, KeyedRequest, Stored};
-use crate::operator::HistoryView;
+use crate::domain::history::{self, Position, Retention};
+use crate::domain::idempotency::{self, KeyedRequest, Stored};
+use crate::domain::operator::HistoryView;
+use crate::runtime::js::storage::{Bind, Sql};
 
 /// The table of keyed answers (`idempotency`).
 pub struct KeyStore {
     sql: Sql,
     ttl_secs: u64,
-    /// Wakes the object to delete answers past their TTL.
-    alarm: Rc<Alarm>,
 }
 
 impl KeyStore {
-    pub fn open(state: &DurableObjectState, ttl_secs: u64, alarm: Rc<Alarm>) -> Option<KeyStore> {
+    pub fn open(state: &DurableObjectState, ttl_secs: u64) -> Option<KeyStore> {
         let sql = Sql::of(state)?;
         for statement in [idempotency::CREATE_TABLE, idempotency::CREATE_INDEX] {
             if let Err(err) = sql.exec(statement, &[]) {
@@ -31,11 +27,7 @@ impl KeyStore {
                 return None;
             }
         }
-        Some(KeyStore {
-            sql,
-            ttl_secs,
-            alarm,
-        })
+        Some(KeyStore { sql, ttl_secs })
     }
 
     /// The unexpired answer stored under `key`.
@@ -56,7 +48,8 @@ impl KeyStore {
         })
     }
 
-    pub fn save(&self, keyed: &KeyedRequest, envelope_id: &str, answer: &str, now_ms: f64) {
+    /// Keeps the answer; when it expires (ms), for the alarm.
+    pub fn save(&self, keyed: &KeyedRequest, envelope_id: &str, answer: &str, now_ms: f64) -> f64 {
         let expires_at = idempotency::expires_at(now_ms, self.ttl_secs);
         let binds = [
             Bind::Text(&keyed.key),
@@ -68,7 +61,7 @@ impl KeyStore {
         if let Err(err) = self.sql.exec(idempotency::INSERT, &binds) {
             console_error!("storing an idempotent answer: {err}");
         }
-        self.alarm.wake_by(expires_at as f64);
+        expires_at as f64
     }
 }
 
@@ -158,8 +151,6 @@ pub struct History {
     sql: Sql,
     pub position: Position,
     retention: Retention,
-    /// Wakes the object to delete envelopes past their TTL.
-    alarm: Rc<Alarm>,
 }
 
 /// A retained envelope's text (with its `seq`).
@@ -170,11 +161,7 @@ pub struct Retained {
 impl History {
     /// Opens the tables, reads the epoch (making one for a new history) and
     /// the last `seq`.
-    pub fn open(
-        state: &DurableObjectState,
-        retention: Retention,
-        alarm: Rc<Alarm>,
-    ) -> Result<History, String> {
+    pub fn open(state: &DurableObjectState, retention: Retention) -> Result<History, String> {
         let sql = Sql::of(state).ok_or("no storage")?;
         sql.exec(history::CREATE_TABLE, &[])?;
         sql.exec(history::CREATE_META, &[])?;
@@ -185,7 +172,7 @@ impl History {
         let epoch = match stored {
             Some(epoch) => epoch,
             None => {
-                let epoch = uuid::Uuid::new_v4().simple().to_string();
+                let epoch = crate::runtime::ids::compact_id();
                 let binds = [Bind::Text(history::EPOCH_KEY), Bind::Text(&epoch)];
                 sql.exec(history::WRITE_META, &binds)?;
                 epoch
@@ -203,14 +190,13 @@ impl History {
                 epoch,
             },
             retention,
-            alarm,
         })
     }
 
     /// Gives the envelope the next `seq` and keeps it; returns the text
     /// sockets get (with its `seq`), as the one JS string that is both
-    /// stored and sent.
-    pub fn record(&mut self, envelope_text: &str, now_ms: f64) -> Result<JsValue, String> {
+    /// stored and sent, and when the alarm must delete it (ms).
+    pub fn record(&mut self, envelope_text: &str, now_ms: f64) -> Result<(JsValue, f64), String> {
         let seq = self.position.seq + 1;
         let text = JsValue::from_str(&history::with_seq(envelope_text, seq));
         let binds = [
@@ -220,16 +206,14 @@ impl History {
         ];
         self.sql.exec(history::INSERT, &binds)?;
         self.position.seq = seq;
-        // Usually the alarm already comes by then: a comparison, no call.
         let expires = self.retention.expires_at(now_ms);
-        self.alarm
-            .wake_by(self.retention.cleanup_at(expires, now_ms));
+        let cleanup_at = self.retention.cleanup_at(expires, now_ms);
         if history::trims_at(seq) {
             // A failed trim keeps more rows until the next one; reads still
             // keep to the bounds.
             purge_history(&self.sql, self.retention, now_ms);
         }
-        Ok(text)
+        Ok((text, cleanup_at))
     }
 
     /// Retained, unexpired envelopes after `since`, oldest first, and the

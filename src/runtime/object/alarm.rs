@@ -1,18 +1,18 @@
 //! The object's one alarm, shared by every part that has a timed duty (the
 //! keyed answers, the history, the sockets' tokens): each asks it to wake
-//! the object by some time, and it sets what [`crate::schedule`] decides.
+//! the object by some time, and it sets what [`crate::domain::schedule`] decides.
 
 use std::cell::Cell;
 
-use wasm_bindgen::{JsCast, JsValue};
 use worker::worker_sys::DurableObjectState;
 use worker::{console_error, js_sys, State};
 
-use crate::glue::{load_attachment, set_alarm};
-use crate::history::Retention;
-use crate::schedule::{self, AlarmState, WakeRequest};
-use crate::session::Lifetime;
-use crate::storage;
+use super::storage;
+use crate::domain::history::Retention;
+use crate::domain::schedule::{self, AlarmState, WakeRequest};
+use crate::domain::session::Lifetime;
+use crate::runtime::js::socket::load_attachment;
+use crate::runtime::js::storage::{another_handle, set_alarm};
 
 pub struct Alarm {
     state: DurableObjectState,
@@ -68,10 +68,4 @@ impl Alarm {
             .collect();
         schedule::next_wake(self.lifetime, storage_ms, &sockets)
     }
-}
-
-/// A second handle to the object's state.
-pub fn another_handle(state: &DurableObjectState) -> DurableObjectState {
-    let handle: &JsValue = state.as_ref();
-    handle.clone().unchecked_into()
 }

@@ -8,16 +8,16 @@
 //! trip cost 1.38× the JavaScript reference's runtime CPU over the first
 //! 1,000 publishes after start, and 1.02× after 3,000 warm-up publishes
 //! (bench/README.md, "Warm-up"). `src/shim.js` calls [`exercise`] (through
-//! `glue::warm_up`) once, as the module is instantiated.
+//! `runtime::entry::warm_up`) once, as the module is instantiated.
 
 use std::hint::black_box;
 
 use serde_json::json;
 
-use crate::acks::{AckBook, AckOutcome, Tracking};
-use crate::auth::{AuthPolicy, TokenVerifier, VerifiedTokens};
-use crate::filter::{any_matches, Filter};
-use crate::protocol::{ClientFrame, Envelope, PublishOutcome, PublishRequest, ServerFrame};
+use crate::domain::acks::{AckBook, AckOutcome, Tracking};
+use crate::domain::auth::{AuthPolicy, TokenVerifier, VerifiedTokens};
+use crate::domain::filter::{any_matches, Filter};
+use crate::domain::protocol::{ClientFrame, Envelope, PublishOutcome, PublishRequest, ServerFrame};
 
 /// A token for `{"userId":"warm-up"}` signed with the secret `warm-up`;
 /// only ever checked by the warm-up's own verifier.

@@ -9,7 +9,14 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::filter::InvalidFilter;
+use crate::domain::filter::InvalidFilter;
+
+/// The `Content-Type` of every JSON answer.
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
+/// The CORS header every answer carries: any origin may read it (browsers
+/// of any site publish and read with a token, never with cookies).
+pub const ALLOW_ORIGIN: (&str, &str) = ("Access-Control-Allow-Origin", "*");
 
 /// Envelope type used when a publish does not name one.
 pub const DEFAULT_ENVELOPE_TYPE: &str = "message";
@@ -176,6 +183,16 @@ impl CloseCode {
     /// Whether a client should reconnect (with backoff) after this close.
     pub fn reconnect(self) -> bool {
         self.entry().2
+    }
+
+    /// The code that completes the closing handshake a client began with
+    /// `code`: the same, but 1005 and 1006 (reserved, never sent) and codes
+    /// out of range become 1000.
+    pub fn echo(code: usize) -> u16 {
+        match u16::try_from(code) {
+            Ok(code) if code != 1005 && code != 1006 && (1000..=4999).contains(&code) => code,
+            _ => 1000,
+        }
     }
 
     fn entry(self) -> (u16, &'static str, bool) {
@@ -430,6 +447,59 @@ impl ServerFrame {
         }
     }
 
+    /// The confirmation of a subscribe (`add`) or unsubscribe that changed
+    /// `changed` filters and left `total`; a subscribe's `seq` and `epoch`
+    /// are filled in by the history, when it is on.
+    pub fn filters_changed(add: bool, changed: usize, total: usize) -> ServerFrame {
+        if add {
+            ServerFrame::Subscribed {
+                added: changed,
+                total,
+                seq: None,
+                epoch: None,
+            }
+        } else {
+            ServerFrame::Unsubscribed {
+                removed: changed,
+                total,
+            }
+        }
+    }
+
+    /// A message over the socket's rate limit was dropped.
+    pub fn rate_limited() -> ServerFrame {
+        ServerFrame::error(
+            ErrorCode::RateLimited,
+            // Whole numbers: formatting an f64 would link 14 KB of float
+            // printing into the wasm for this one message.
+            format!(
+                "more than {} messages per second (bursts of {}); message dropped",
+                crate::domain::limits::MESSAGES_PER_SEC as u32,
+                crate::domain::limits::MESSAGE_BURST as u32
+            ),
+        )
+    }
+
+    /// `resume` on a server that keeps no history.
+    pub fn history_disabled() -> ServerFrame {
+        ServerFrame::error(
+            ErrorCode::HistoryDisabled,
+            "resume needs history, and this server keeps none (HISTORY_SIZE=0)",
+        )
+    }
+
+    /// The end of a resume whose history could not be read: nothing was
+    /// replayed, so the client resyncs.
+    pub fn resume_failed(since: u64, epoch: &str) -> ServerFrame {
+        ServerFrame::Resumed {
+            since,
+            seq: since,
+            replayed: 0,
+            complete: false,
+            epoch: epoch.to_owned(),
+        }
+    }
+
     /// The error frame reporting rejected entries of a `filters` array.
     pub fn invalid_filters(invalid: &[(usize, InvalidFilter)]) -> ServerFrame {
         let details: Vec<String> = invalid
@@ -448,7 +518,7 @@ impl ServerFrame {
             ErrorCode::TooManyFilters,
             format!(
                 "only the first {} filters of a message are processed; {ignored} ignored",
-                crate::filter::MAX_FILTERS_PER_MESSAGE
+                crate::domain::filter::MAX_FILTERS_PER_MESSAGE
             ),
         )
     }
@@ -803,6 +873,45 @@ mod tests {
         assert_eq!(
             code(r#"{"type":"ack","envelopeId":7}"#),
             Err(ErrorCode::InvalidFrame)
+        );
+    }
+
+    #[test]
+    fn a_clients_close_is_echoed_with_a_sendable_code() {
+        assert_eq!(CloseCode::echo(1000), 1000);
+        assert_eq!(CloseCode::echo(4001), 4001);
+        assert_eq!(CloseCode::echo(1005), 1000);
+        assert_eq!(CloseCode::echo(1006), 1000);
+        assert_eq!(CloseCode::echo(999), 1000);
+        assert_eq!(CloseCode::echo(5000), 1000);
+        assert_eq!(CloseCode::echo(usize::MAX), 1000);
+    }
+
+    #[test]
+    fn the_objects_own_frames() {
+        assert_eq!(
+            ServerFrame::filters_changed(true, 2, 3).to_text(),
+            r#"{"type":"subscribed","added":2,"total":3}"#
+        );
+        assert_eq!(
+            ServerFrame::filters_changed(false, 1, 0).to_text(),
+            r#"{"type":"unsubscribed","removed":1,"total":0}"#
+        );
+        assert_eq!(
+            ServerFrame::rate_limited().to_text(),
+            r#"{"type":"error","code":"rate_limited","message":"more than 50 messages per second (bursts of 100); message dropped"}"#
+        );
+        let disabled = ServerFrame::history_disabled();
+        assert!(matches!(
+            disabled,
+            ServerFrame::Error {
+                code: ErrorCode::HistoryDisabled,
+                ..
+            }
+        ));
+        assert_eq!(
+            ServerFrame::resume_failed(7, "e").to_text(),
+            r#"{"type":"resumed","since":7,"seq":7,"replayed":0,"complete":false,"epoch":"e"}"#
         );
     }
 

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::protocol::{Delivery, DeliveryStatus};
+use crate::domain::protocol::{Delivery, DeliveryStatus};
+
+/// `MAX_RESULTS_BYTES`' default: ack result bytes (JSON) kept per publish.
+pub const DEFAULT_MAX_RESULTS_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long `/publish` waits for acks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +77,7 @@ impl Default for Tracking {
     fn default() -> Tracking {
         Tracking {
             detail: false,
-            max_results_bytes: crate::config::DEFAULT_MAX_RESULTS_BYTES,
+            max_results_bytes: DEFAULT_MAX_RESULTS_BYTES,
             sent_ms: 0.0,
         }
     }

@@ -178,7 +178,7 @@ pub struct TokenVerifier {
 impl TokenVerifier {
     /// A verifier for `secrets`; callers refuse to build one without a secret.
     pub fn new(secrets: &[String], policy: &AuthPolicy) -> TokenVerifier {
-        crate::hs256::install();
+        crate::domain::hs256::install();
         let mut validation = Validation::new(Algorithm::HS256);
         // Claims are checked in `check_claims`, with the caller's clock and
         // strict types (jsonwebtoken skips claims it cannot parse).
@@ -436,7 +436,7 @@ mod tests {
     const NOW: u64 = 1_700_000_000;
 
     fn token(claims: Value) -> String {
-        crate::hs256::install();
+        crate::domain::hs256::install();
         encode(
             &Header::new(Algorithm::HS256),
             &claims,
@@ -655,7 +655,7 @@ mod tests {
         let header = b64::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let payload = b64::encode(br#"{"userId":"alice","userId":"mallory"}"#);
         let message = format!("{header}.{payload}");
-        crate::hs256::install();
+        crate::domain::hs256::install();
         let signature = jsonwebtoken::crypto::sign(
             message.as_bytes(),
             &EncodingKey::from_secret(SECRET),
@@ -712,7 +712,7 @@ mod tests {
 
     #[test]
     fn previous_secret_is_accepted_during_rotation() {
-        crate::hs256::install();
+        crate::domain::hs256::install();
         let secrets = ["new".to_string(), "old".to_string()];
         let verifier = TokenVerifier::new(&secrets, &AuthPolicy::default());
         for secret in ["new", "old"] {

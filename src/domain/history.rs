@@ -110,6 +110,13 @@ fn append_field(object_text: &str, field: &str) -> String {
     out
 }
 
+/// Whether a resume from `since` of `epoch` reads the history at all: the
+/// same history, and a position it has reached. Otherwise nothing is
+/// replayed and the resume is incomplete.
+pub fn replays(current: &Position, since: u64, epoch: &str) -> bool {
+    epoch == current.epoch && since <= current.seq
+}
+
 /// Whether a resume from `since` of `epoch` can be served whole: the same
 /// history, a position it has reached, and nothing after `since` trimmed
 /// or expired (`oldest`: the oldest `seq` still retained and unexpired).
@@ -215,6 +222,9 @@ mod tests {
         assert!(!resume_complete(&at(5), 5, "F", Some(1)));
         assert!(!resume_complete(&at(5), 6, "E", Some(1)));
         assert!(resume_complete(&at(0), 0, "E", None));
+        // What is read at all: the same history, up to where it is.
+        assert!(replays(&at(5), 3, "E") && replays(&at(5), 5, "E"));
+        assert!(!replays(&at(5), 6, "E") && !replays(&at(5), 3, "F"));
     }
 
     #[test]

@@ -1,0 +1,116 @@
+//! Promises without a Rust executor: continuations made once per isolate,
+//! the settling of a publish's answer, and the object's one runtime timer.
+
+use std::cell::OnceCell;
+use std::rc::{Rc, Weak};
+
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::js_sys;
+
+use super::bindings::{set_timeout, with_resolvers, Thenable};
+
+impl Thenable {
+    /// `this.then(on_ok, on_err)`.
+    pub fn then(&self, on_ok: &Continuation, on_err: &Continuation) -> JsValue {
+        self.then2(on_ok.function(), on_err.function()).into()
+    }
+
+    /// `this.then(on_ok.bind(null, arg), on_err)`.
+    pub fn then_with(&self, on_ok: &Continuation, arg: &JsValue, on_err: &Continuation) -> JsValue {
+        self.then2(&on_ok.bind(arg), on_err.function()).into()
+    }
+
+    /// `this.then(undefined, on_err)`: a failure becomes an answer.
+    pub fn or_else(&self, on_err: &Continuation) -> JsValue {
+        self.then2(&JsValue::UNDEFINED, on_err.function()).into()
+    }
+}
+
+/// A Rust function the runtime calls when a Promise settles. Made once per
+/// isolate (a `thread_local`), never per request.
+pub struct Continuation(JsValue);
+
+impl Continuation {
+    /// A continuation of one argument: the settled value.
+    pub fn new(f: fn(JsValue) -> JsValue) -> Continuation {
+        let closure = Closure::<dyn Fn(JsValue) -> JsValue>::new(f);
+        Continuation(closure.into_js_value())
+    }
+
+    /// A continuation of two: the argument it is bound to, then the value.
+    pub fn new2(f: fn(JsValue, JsValue) -> JsValue) -> Continuation {
+        let closure = Closure::<dyn Fn(JsValue, JsValue) -> JsValue>::new(f);
+        Continuation(closure.into_js_value())
+    }
+
+    fn function(&self) -> &JsValue {
+        &self.0
+    }
+
+    /// `f.bind(null, arg)`: a native bound function, no Rust closure.
+    fn bind(&self, arg: &JsValue) -> JsValue {
+        self.0
+            .unchecked_ref::<js_sys::Function>()
+            .bind1(&JsValue::NULL, arg)
+            .into()
+    }
+}
+
+/// The `deliver` Promise of a publish waiting for acks: settling it
+/// answers the publish.
+pub struct Settle {
+    resolve: js_sys::Function,
+}
+
+impl Settle {
+    /// Resolves the `deliver` Promise with `answer`.
+    pub fn answer(self, answer: &str) {
+        let _ = self
+            .resolve
+            .call1(&JsValue::NULL, &JsValue::from_str(answer));
+    }
+}
+
+/// A Promise for a publish's answer, and what settles it.
+pub fn pending_answer() -> (JsValue, Settle) {
+    let resolvers = with_resolvers();
+    let settle = Settle {
+        resolve: resolvers.resolve(),
+    };
+    (resolvers.promise(), settle)
+}
+
+/// One runtime timer of an object, set again and again (see
+/// `acks::DeadlineQueue`).
+pub struct Timer {
+    handler: Rc<OnceCell<JsValue>>,
+}
+
+impl Timer {
+    /// `on_fire` returns the delay to set the timer again for, if any.
+    pub fn new(on_fire: impl Fn() -> Option<f64> + 'static) -> Timer {
+        let handler = Rc::new(OnceCell::new());
+        // Weak: the timer owns its handler; a strong reference back would
+        // keep both alive after the object is gone.
+        let again: Weak<OnceCell<JsValue>> = Rc::downgrade(&handler);
+        let closure = Closure::<dyn Fn()>::new(move || {
+            let Some(delay_ms) = on_fire() else {
+                return;
+            };
+            if let Some(handler) = again.upgrade() {
+                if let Some(function) = handler.get() {
+                    set_timeout(function, delay_ms);
+                }
+            }
+        });
+        let _ = handler.set(closure.into_js_value());
+        Timer { handler }
+    }
+
+    pub fn set(&self, delay_ms: f64) {
+        if let Some(function) = self.handler.get() {
+            set_timeout(function, delay_ms);
+        }
+    }
+}

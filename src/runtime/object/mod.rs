@@ -1,0 +1,518 @@
+//! `HopeFlowRealtime`: one Durable Object per user, composed of parts that
+//! own their state: the socket index ([`sockets`]), the publishes in flight
+//! ([`publishes`]), the user's history ([`history`]), the tables in storage
+//! ([`storage`]) and the one alarm ([`alarm`]). Its event handlers are short
+//! sequences of calls to them; the rules are the domain's.
+
+mod alarm;
+mod history;
+mod publishes;
+mod sockets;
+mod storage;
+
+use std::rc::Rc;
+
+use wasm_bindgen::JsValue;
+use worker::worker_sys::{DurableObjectState, WebSocketRequestResponsePair};
+use worker::{
+    console_error, console_warn, js_sys, web_sys, Env, Method, Response, State, WebSocket,
+    WebSocketPair,
+};
+
+use self::alarm::Alarm;
+use self::history::UserHistory;
+use self::publishes::{outcome, Publishes, Sent};
+use self::sockets::{Charge, Sockets};
+use crate::domain::acks::{Settled, Tracking};
+use crate::domain::config::DEFAULT_MAX_FRAME_BYTES;
+use crate::domain::error::ApiError;
+use crate::domain::filter::{any_matches, Filter};
+use crate::domain::history::Retention;
+use crate::domain::idempotency::DeliverOptions;
+use crate::domain::limits::Verdict;
+use crate::domain::operator::{disconnected_text, DisconnectRequest, SocketsView};
+use crate::domain::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, ServerFrame};
+use crate::domain::session::{
+    Lifetime, SocketAttachment, TokenDuty, TOKEN_EXP_HEADER, USER_ID_HEADER,
+};
+use crate::runtime::js::socket::{store_attachment, IncomingFrame};
+use crate::runtime::js::storage::another_handle;
+use crate::runtime::settings::{settings, Settings};
+use crate::runtime::{http, ids};
+
+pub struct HopeFlowRealtime {
+    state: State,
+    /// The same state, raw: for the storage the `worker` crate does not wrap.
+    raw_state: DurableObjectState,
+    /// The isolate's settings (shared with the worker, see
+    /// `runtime::settings`); `Err` when one is invalid (the worker then
+    /// refuses requests before they get here, and `deliver` refuses too).
+    settings: Result<Rc<Settings>, ApiError>,
+    sockets: Sockets,
+    publishes: Publishes,
+    history: UserHistory,
+    /// The one alarm, shared with the parts that have timed duties.
+    alarm: Rc<Alarm>,
+}
+
+impl HopeFlowRealtime {
+    pub fn new(raw_state: DurableObjectState, env: Env) -> Self {
+        let state = State::from(another_handle(&raw_state));
+        // Plain pings are answered by the runtime without waking the object.
+        match WebSocketRequestResponsePair::new("ping", "pong") {
+            Ok(pair) => state.set_websocket_auto_response(&pair),
+            Err(err) => console_warn!("could not register the ping auto-response: {err:?}"),
+        }
+        let settings = settings(&env);
+        let config = settings.as_ref().ok().map(|s| &s.config);
+        let lifetime = config.map_or(Lifetime::default(), |c| c.lifetime());
+        let retention = config.map(|c| c.history);
+        let ttl_secs = config.map_or(crate::domain::config::DEFAULT_IDEMPOTENCY_TTL_SECS, |c| {
+            c.idempotency_ttl_secs
+        });
+        let alarm = Rc::new(Alarm::new(
+            &raw_state,
+            lifetime,
+            retention.unwrap_or_default(),
+        ));
+        HopeFlowRealtime {
+            sockets: Sockets::new(State::from(another_handle(&raw_state))),
+            publishes: Publishes::new(&raw_state, ttl_secs, Rc::clone(&alarm)),
+            history: UserHistory::new(&raw_state, retention, Rc::clone(&alarm)),
+            alarm,
+            state,
+            raw_state,
+            settings,
+        }
+    }
+
+    /// The object's HTTP routes; none of them waits.
+    pub fn fetch(&self, req: web_sys::Request) -> web_sys::Response {
+        let url = req.url();
+        let result = match (crate::domain::query::path(&url), Method::from(req.method())) {
+            ("/connect", Method::Get) => self.accept_socket(&req),
+            _ => Err(ApiError::NotFound),
+        };
+        match result.or_else(|err| http::error(&err)) {
+            Ok(response) => response.into(),
+            Err(err) => {
+                console_error!("building the object's response failed: {err}");
+                web_sys::Response::error()
+            }
+        }
+    }
+
+    pub fn websocket_close(&self, ws: &WebSocket, code: usize, reason: String) {
+        self.forget(ws);
+        // Complete the closing handshake.
+        let _ = ws.close(Some(CloseCode::echo(code)), Some(reason));
+    }
+
+    pub fn websocket_error(&self, ws: &WebSocket, error: worker::Error) {
+        console_warn!("websocket error: {error}");
+        self.forget(ws);
+    }
+
+    /// Acks are the hot frames; the others' handlers are `#[inline(never)]`
+    /// so that V8 does not recompile them with it (bench/README.md, row 22).
+    pub fn websocket_message(&self, ws: &WebSocket, message: IncomingFrame) {
+        let Some(socket_id) = self.sockets.id_of(ws) else {
+            return;
+        };
+        if message.len() > self.max_frame_bytes() {
+            self.close_socket(ws, CloseCode::MessageTooBig);
+            return;
+        }
+        // The static `Date.now()`: `worker::Date::now()` allocates a Date.
+        let now_ms = js_sys::Date::now();
+        let frame = match message {
+            IncomingFrame::Text(text) => ClientFrame::parse(&text)
+                .map_err(|err| ServerFrame::error(err.code(), err.to_string())),
+            IncomingFrame::Binary { .. } => Err(ServerFrame::error(
+                ErrorCode::BinaryNotSupported,
+                "binary frames are not supported; send JSON text frames",
+            )),
+        };
+        match frame {
+            Ok(frame) => self.client_frame(ws, &socket_id, frame, now_ms),
+            Err(refusal) => self.reject(ws, &socket_id, refusal, now_ms),
+        }
+    }
+
+    /// Every frame but a counted ack is paid for from the rate limit.
+    fn client_frame(&self, ws: &WebSocket, socket_id: &str, frame: ClientFrame, now_ms: f64) {
+        match frame {
+            ClientFrame::Ack {
+                envelope_id,
+                result,
+            } => {
+                if !self.publishes.ack(&envelope_id, socket_id, result, now_ms) {
+                    // Ignored acks are silent, but they still cost rate.
+                    self.charge(ws, socket_id, now_ms);
+                }
+            }
+            frame if !self.charge(ws, socket_id, now_ms) => drop(frame),
+            ClientFrame::Ping => send_text(ws, "pong"),
+            ClientFrame::Subscribe { filters } => {
+                self.change_filters(ws, socket_id, &filters, true)
+            }
+            ClientFrame::Unsubscribe { filters } => {
+                self.change_filters(ws, socket_id, &filters, false)
+            }
+            ClientFrame::Resume { since, epoch } => self.resume(ws, socket_id, since, &epoch),
+            ClientFrame::Refresh { token } => self.refresh(ws, socket_id, token.as_deref(), now_ms),
+        }
+    }
+
+    /// `GET /connect`: accept a hibernatable socket for the user in
+    /// `X-User-ID`, whose token expires at `X-Token-Exp` (if it does).
+    #[inline(never)]
+    fn accept_socket(&self, req: &web_sys::Request) -> Result<Response, ApiError> {
+        let header = |name| req.headers().get(name).map_err(|_| ApiError::Internal);
+        let encoded = header(USER_ID_HEADER)?.unwrap_or_default();
+        let user_id: String = js_sys::decode_uri_component(&encoded)
+            .map(String::from)
+            .map_err(|_| ApiError::Internal)?;
+        if user_id.is_empty() {
+            return Err(ApiError::Internal);
+        }
+        let expires_at = match header(TOKEN_EXP_HEADER)? {
+            Some(exp) => Some(exp.parse::<u64>().map_err(|_| ApiError::Internal)?),
+            None => None,
+        };
+        let pair = WebSocketPair::new().map_err(http::failed("making a socket pair"))?;
+        let now_ms = js_sys::Date::now();
+        let socket_id = ids::compact_id();
+        let attachment = SocketAttachment::new(socket_id, user_id, now_ms as u64, expires_at);
+        self.state.accept_web_socket(&pair.server);
+        store_attachment(&pair.server, &attachment.to_json()).map_err(|err| {
+            console_error!("storing a socket attachment failed: {err:?}");
+            ApiError::Internal
+        })?;
+        // A notice already due goes right after, by the alarm.
+        if let Some(at) = self.lifetime().next_ms(&attachment) {
+            self.alarm.wake_by(at);
+        }
+        self.sockets.add(pair.server, attachment);
+        Response::from_websocket(pair.client).map_err(http::failed("answering an upgrade"))
+    }
+
+    /// `deliver` (RPC from the worker): sends the envelope to every matching
+    /// socket; returns a Promise of the answer's JSON text, resolved by the
+    /// last ack or close, or by the deadline, whichever comes first.
+    /// `options` (JSON text of `DeliverOptions`, absent on a plain publish)
+    /// asks for per-socket detail and names an `Idempotency-Key`; a keyed
+    /// publish answers a `Receipt`. A refusal rejects with its error code,
+    /// which the worker answers with that code's status.
+    pub fn deliver(&self, envelope_text: JsValue, options: JsValue) -> JsValue {
+        match self.try_deliver(envelope_text, options) {
+            Ok(answer) => answer,
+            Err(err) => js_sys::Promise::reject(&JsValue::from_str(err.code())).into(),
+        }
+    }
+
+    fn try_deliver(&self, envelope_text: JsValue, options: JsValue) -> Result<JsValue, ApiError> {
+        let settings = self.settings.as_ref().map_err(Clone::clone)?;
+        let options = match options.as_string() {
+            Some(text) => DeliverOptions::parse(&text).ok_or(ApiError::Internal)?,
+            None => DeliverOptions::default(),
+        };
+        // The worker sent the canonical envelope text: parse it for matching
+        // and send that same JS string to every socket, rather than
+        // serializing it again or decoding it out of wasm memory per socket.
+        let text = envelope_text.as_string().ok_or(ApiError::Internal)?;
+        let envelope = Envelope::parse(&text).ok_or(ApiError::Internal)?;
+        let now_ms = js_sys::Date::now();
+        if let Some(keyed) = &options.key {
+            if let Some(answer) = self.publishes.replay_or_wait(keyed, now_ms) {
+                return Ok(answer);
+            }
+        }
+        // Kept before it is sent, also when no socket is there to get it.
+        let envelope_text = self.history.record(&text, now_ms)?.unwrap_or(envelope_text);
+        let lifetime = settings.config.lifetime();
+        let (delivered, expired) =
+            self.sockets
+                .deliver(&envelope, &envelope_text, lifetime, now_ms);
+        for ws in &expired {
+            self.close_socket(ws, CloseCode::TokenExpired);
+        }
+        if delivered.is_empty() && options.key.is_none() {
+            // Nobody to wait for: the answer itself, no Promise to settle.
+            let settled = Settled::nobody(options.detail);
+            let text = outcome(0, settled).to_text().ok_or(ApiError::Internal)?;
+            return Ok(JsValue::from_str(&text));
+        }
+        let sent = Sent {
+            envelope_id: envelope.envelope_id,
+            delivered,
+            keyed: options.key,
+            tracking: Tracking {
+                detail: options.detail,
+                max_results_bytes: settings.config.max_results_bytes,
+                sent_ms: now_ms,
+            },
+            deadline_ms: now_ms + settings.config.ack_timeout().as_millis() as f64,
+        };
+        self.publishes.track(sent, now_ms)
+    }
+
+    /// `resume`: sends the retained envelopes after `since` that match the
+    /// socket's filters, as first sent plus `"recovered": true`, then
+    /// `resumed`. All in this one event, so nothing published meanwhile
+    /// comes before or between them. A socket resuming an envelope whose
+    /// publish still waits for acks joins it: its ack reaches the publisher,
+    /// counted in `clientCount`.
+    #[inline(never)]
+    fn resume(&self, ws: &WebSocket, socket_id: &str, since: u64, epoch: &str) {
+        let replay = match self.history.replay(since, epoch, js_sys::Date::now()) {
+            None => return send_frame(ws, &ServerFrame::history_disabled()),
+            Some(Err(err)) => {
+                console_error!("reading history for a resume: {err}");
+                return send_frame(ws, &ServerFrame::resume_failed(since, epoch));
+            }
+            Some(Ok(replay)) => replay,
+        };
+        let Some(socket) = self.sockets.attachment(socket_id) else {
+            return;
+        };
+        let mut replayed = 0;
+        for row in replay.rows {
+            let Some(envelope) = Envelope::parse(&row.envelope) else {
+                continue;
+            };
+            if !any_matches(&socket.filters, &envelope.envelope_type, &envelope.payload) {
+                continue;
+            }
+            if ws
+                .send_with_str(crate::domain::history::recovered(&row.envelope))
+                .is_err()
+            {
+                return;
+            }
+            replayed += 1;
+            self.publishes
+                .join(&envelope.envelope_id, socket_id, socket.connected_at as f64);
+        }
+        let resumed = ServerFrame::Resumed {
+            since,
+            seq: replay.position.seq,
+            replayed,
+            complete: replay.complete,
+            epoch: replay.position.epoch,
+        };
+        send_frame(ws, &resumed);
+    }
+
+    /// `sockets` (RPC from the worker): the user's sockets, oldest first,
+    /// and the publishes waiting for acks, as JSON text.
+    pub fn sockets(&self, user_id: String) -> String {
+        let view = SocketsView::new(
+            user_id,
+            self.sockets.infos(),
+            self.publishes.waiting(),
+            self.history.view(),
+        );
+        view.to_text()
+    }
+
+    /// `disconnect` (RPC from the worker, `DisconnectRequest` as JSON text):
+    /// closes the named socket or all of them with 4001, or 4000 when asked
+    /// to come back; publishes stop waiting for them at once. Answers
+    /// `{"closed": N}`. A request that does not parse closes nothing: the
+    /// worker only sends ones it parsed (`operator` tests the round trip).
+    pub fn disconnect(&self, request: String) -> JsValue {
+        let request = match DisconnectRequest::parse(request.as_bytes()) {
+            Ok(request) => request,
+            Err(err) => {
+                console_error!("disconnect: a request the worker sent did not parse: {err}");
+                let code = JsValue::from_str(ApiError::Internal.code());
+                return js_sys::Promise::reject(&code).into();
+            }
+        };
+        let close = request.close_code();
+        let reason = request.reason.as_deref().unwrap_or(close.reason());
+        let chosen = self.sockets.chosen(request.socket_id.as_deref());
+        for ws in &chosen {
+            let _ = ws.close(Some(close.code()), Some(reason));
+            self.forget(ws);
+        }
+        JsValue::from_str(&disconnected_text(chosen.len()))
+    }
+
+    /// The alarm: deletes expired idempotency keys and history past its
+    /// bounds, sends the token notices and closes the sockets that are due
+    /// (`schedule`), then sets itself for the next duty.
+    pub fn alarm(&self) {
+        let now_ms = js_sys::Date::now();
+        let lifetime = self.lifetime();
+        let retention = self
+            .settings
+            .as_ref()
+            .map_or(Retention::default(), |s| s.config.history);
+        let storage_ms = storage::cleanup(&self.raw_state, retention, now_ms);
+        for (socket_id, duty) in self.sockets.due_now(lifetime, now_ms) {
+            self.token_duty(&socket_id, duty);
+        }
+        self.alarm.set(self.sockets.next_wake(lifetime, storage_ms));
+    }
+
+    /// Sends a socket its `token_expiring` notice (once: the attachment
+    /// records it), or closes it with 4002.
+    fn token_duty(&self, socket_id: &str, duty: TokenDuty) {
+        let Some(ws) = self.sockets.ws(socket_id) else {
+            return;
+        };
+        match duty {
+            TokenDuty::Notice { expires_at } => {
+                self.sockets.update(socket_id, SocketAttachment::notified);
+                send_frame(&ws, &ServerFrame::TokenExpiring { expires_at });
+            }
+            TokenDuty::Close => self.close_socket(&ws, CloseCode::TokenExpired),
+        }
+    }
+
+    /// `refresh`: a new token of the socket's user extends its life; the
+    /// socket id and filters stay. A refused one leaves the old expiry.
+    #[inline(never)]
+    fn refresh(&self, ws: &WebSocket, socket_id: &str, token: Option<&str>, now_ms: f64) {
+        let (Ok(settings), Some(socket)) =
+            (self.settings.as_ref(), self.sockets.attachment(socket_id))
+        else {
+            return;
+        };
+        let now_secs = (now_ms / 1000.0) as u64;
+        let expires_at = match settings.verify_refresh(token, &socket.user_id, now_secs) {
+            Ok(expires_at) => expires_at,
+            Err(refusal) => {
+                let frame = ServerFrame::error(ErrorCode::RefreshRejected, refusal.to_string());
+                return send_frame(ws, &frame);
+            }
+        };
+        let stored = self
+            .sockets
+            .update(socket_id, |a| a.with_expiry(expires_at));
+        if stored != Some(true) {
+            let frame = ServerFrame::error(
+                ErrorCode::RefreshRejected,
+                "refresh rejected: the new expiry could not be stored; the socket keeps its current expiry",
+            );
+            return send_frame(ws, &frame);
+        }
+        send_frame(ws, &ServerFrame::Refreshed { expires_at });
+        // A notice already due goes right after the answer.
+        self.tend_token(socket_id, now_ms);
+    }
+
+    /// Does the socket's token duty that is due, and has the alarm wake the
+    /// object for its next one.
+    fn tend_token(&self, socket_id: &str, now_ms: f64) {
+        let lifetime = self.lifetime();
+        let due = self
+            .sockets
+            .attachment(socket_id)
+            .and_then(|socket| lifetime.due(&socket, now_ms));
+        if let Some(duty) = due {
+            self.token_duty(socket_id, duty);
+        }
+        let next = self
+            .sockets
+            .attachment(socket_id)
+            .and_then(|socket| lifetime.next_ms(&socket));
+        if let Some(at) = next {
+            self.alarm.wake_by(at);
+        }
+    }
+
+    /// Applies a subscribe (`add`) or unsubscribe to the socket's filters and
+    /// confirms it; rejected entries are reported first.
+    #[inline(never)]
+    fn change_filters(
+        &self,
+        ws: &WebSocket,
+        socket_id: &str,
+        entries: &[serde_json::Value],
+        add: bool,
+    ) {
+        let parsed = Filter::parse_all(entries);
+        if !parsed.invalid.is_empty() {
+            send_frame(ws, &ServerFrame::invalid_filters(&parsed.invalid));
+        }
+        if parsed.ignored > 0 {
+            send_frame(ws, &ServerFrame::too_many_filters(parsed.ignored));
+        }
+        let Some(mut frame) = self.sockets.change_filters(socket_id, parsed.valid, add) else {
+            return;
+        };
+        // Everything up to this seq happened before the subscription took
+        // effect; everything after it is delivered live.
+        if let ServerFrame::Subscribed { seq, epoch, .. } = &mut frame {
+            if let Some(position) = self.history.position() {
+                *seq = Some(position.seq);
+                *epoch = Some(position.epoch);
+            }
+        }
+        send_frame(ws, &frame);
+    }
+
+    fn lifetime(&self) -> Lifetime {
+        self.settings
+            .as_ref()
+            .map_or(Lifetime::default(), |s| s.config.lifetime())
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        self.settings
+            .as_ref()
+            .map_or(DEFAULT_MAX_FRAME_BYTES, |s| s.config.max_frame_bytes)
+    }
+
+    /// Takes one message from the socket's rate limit. When it is exhausted,
+    /// answers `rate_limited` (a violation) and returns `false`; a socket
+    /// past its token's end is closed with 4002 instead.
+    fn charge(&self, ws: &WebSocket, socket_id: &str, now_ms: f64) -> bool {
+        match self.sockets.charge(socket_id, self.lifetime(), now_ms) {
+            Charge::Allowed => return true,
+            Charge::Limited => self.reject(ws, socket_id, ServerFrame::rate_limited(), now_ms),
+            Charge::Expired => self.close_socket(ws, CloseCode::TokenExpired),
+        }
+        false
+    }
+
+    /// Answers a bad message with an error frame, and closes the socket with
+    /// 1008 when violations pile up.
+    #[inline(never)]
+    fn reject(&self, ws: &WebSocket, socket_id: &str, frame: ServerFrame, now_ms: f64) {
+        send_frame(ws, &frame);
+        let ServerFrame::Error { code, .. } = frame else {
+            return;
+        };
+        if code.is_violation() && self.sockets.violation(socket_id, now_ms) == Verdict::Close {
+            self.close_socket(ws, CloseCode::PolicyViolation);
+        }
+    }
+
+    /// Closes a socket from the server side and forgets it at once, so no
+    /// publish waits for it.
+    fn close_socket(&self, ws: &WebSocket, close: CloseCode) {
+        let _ = ws.close(Some(close.code()), Some(close.reason()));
+        self.forget(ws);
+    }
+
+    /// Drops a closed socket from the index and stops waiting for its acks.
+    fn forget(&self, ws: &WebSocket) {
+        if let Some(socket_id) = self.sockets.remove(ws) {
+            self.publishes.socket_gone(&socket_id);
+        }
+    }
+}
+
+fn send_frame(ws: &WebSocket, frame: &ServerFrame) {
+    send_text(ws, &frame.to_text());
+}
+
+/// Sending fails only when the socket is already closing; the close event
+/// cleans up, so the error is dropped here.
+fn send_text(ws: &WebSocket, text: &str) {
+    let _ = ws.send_with_str(text);
+}

@@ -1,0 +1,303 @@
+//! The publishes in flight: the ack book, their deadlines and the one
+//! runtime timer that ends them, the keyed publishes and the repeats that
+//! wait for them, and the table of keyed answers. A publish in flight keeps
+//! the object awake, so none of it needs to survive hibernation but the
+//! keyed answers, which are kept in storage until they expire. Every
+//! borrow of it stays inside these methods.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde_json::Value;
+use wasm_bindgen::JsValue;
+use worker::console_error;
+use worker::js_sys;
+use worker::worker_sys::DurableObjectState;
+
+use super::alarm::Alarm;
+use super::storage::KeyStore;
+use crate::domain::acks::{AckBook, AckOutcome, DeadlineQueue, Settled, Tracking};
+use crate::domain::error::ApiError;
+use crate::domain::idempotency::{self, KeyBook, KeyedRequest, Receipt};
+use crate::domain::protocol::PublishOutcome;
+use crate::runtime::js::promise::{pending_answer, Settle, Timer};
+use crate::runtime::js::storage::another_handle;
+
+/// A publish waiting for acks: what its answer needs once it is settled.
+struct Waiter {
+    envelope_id: String,
+    client_count: usize,
+    /// Its `Idempotency-Key`, whose answer is kept and shared with repeats.
+    keyed: Option<KeyedRequest>,
+    settle: Settle,
+}
+
+/// What is shared with the timer.
+struct InFlight {
+    book: AckBook<Waiter>,
+    deadlines: DeadlineQueue,
+    /// Keyed publishes in flight and the repeats waiting for them.
+    keys: KeyBook<Settle>,
+    /// Where keyed answers are kept; opened by the first keyed publish.
+    store: Option<KeyStore>,
+    state: DurableObjectState,
+    ttl_secs: u64,
+    /// Wakes the object to delete keyed answers past their TTL.
+    alarm: Rc<Alarm>,
+}
+
+type Shared = Rc<RefCell<InFlight>>;
+
+pub struct Publishes {
+    shared: Shared,
+    /// Ends publishes whose ack timeout passed.
+    timer: Timer,
+}
+
+/// A publish just sent: what its tracking needs.
+pub struct Sent {
+    pub envelope_id: String,
+    /// The sockets it went to.
+    pub delivered: Vec<String>,
+    pub keyed: Option<KeyedRequest>,
+    pub tracking: Tracking,
+    pub deadline_ms: f64,
+}
+
+impl Publishes {
+    pub fn new(state: &DurableObjectState, ttl_secs: u64, alarm: Rc<Alarm>) -> Publishes {
+        let shared: Shared = Rc::new(RefCell::new(InFlight {
+            book: AckBook::default(),
+            deadlines: DeadlineQueue::default(),
+            keys: KeyBook::default(),
+            store: None,
+            state: another_handle(state),
+            ttl_secs,
+            alarm,
+        }));
+        let fired = Rc::clone(&shared);
+        let timer = Timer::new(move || expire_due(&fired));
+        Publishes { shared, timer }
+    }
+
+    /// A socket's ack; `false` when it was ignored (it still costs rate).
+    pub fn ack(&self, envelope_id: &str, socket_id: &str, result: Value, now_ms: f64) -> bool {
+        // A statement of its own: the borrow ends before the answer.
+        let outcome = self
+            .shared
+            .borrow_mut()
+            .book
+            .ack(envelope_id, socket_id, result, now_ms);
+        match outcome {
+            // The publish may have timed out meanwhile; nothing to wake.
+            AckOutcome::Completed(waiter) => complete(&self.shared, waiter),
+            AckOutcome::Counted => {}
+            AckOutcome::Ignored => return false,
+        }
+        true
+    }
+
+    /// A socket closed: publishes stop waiting for it.
+    pub fn socket_gone(&self, socket_id: &str) {
+        let completed = self.shared.borrow_mut().book.socket_gone(socket_id);
+        for waiter in completed {
+            complete(&self.shared, waiter);
+        }
+    }
+
+    /// A resuming socket was sent the envelope of a publish still in
+    /// flight: its ack counts too.
+    pub fn join(&self, envelope_id: &str, socket_id: &str, connected_ms: f64) {
+        let mut shared = self.shared.borrow_mut();
+        if let Some(waiter) = shared.book.join(envelope_id, socket_id, connected_ms) {
+            waiter.client_count += 1;
+        }
+    }
+
+    /// How many publishes wait for acks.
+    pub fn waiting(&self) -> usize {
+        self.shared.borrow().book.len()
+    }
+
+    /// A keyed publish seen before: the stored answer, a conflict, or a
+    /// Promise of the answer of the same publish still in flight. `None`:
+    /// a new key, to deliver.
+    #[inline(never)]
+    pub fn replay_or_wait(&self, keyed: &KeyedRequest, now_ms: f64) -> Option<JsValue> {
+        let mut shared = self.shared.borrow_mut();
+        let stored = shared
+            .store()
+            .and_then(|store| store.find(&keyed.key, now_ms));
+        let first = shared.keys.in_flight(&keyed.key);
+        match idempotency::decide(stored, first, &keyed.fingerprint) {
+            idempotency::Decision::Deliver => None,
+            idempotency::Decision::Replay {
+                envelope_id,
+                answer,
+            } => {
+                let answer = serde_json::from_str(&answer).unwrap_or_default();
+                Some(JsValue::from_str(&receipt(true, &envelope_id, answer)))
+            }
+            idempotency::Decision::Conflict => {
+                Some(JsValue::from_str(&Receipt::conflict().to_text()))
+            }
+            idempotency::Decision::Wait => {
+                let (answer, settle) = pending_answer();
+                // `in_flight` said the key is there.
+                let _ = shared.keys.wait(&keyed.key, settle);
+                Some(answer)
+            }
+        }
+    }
+
+    /// Tracks a publish just sent until its acks or its deadline: a
+    /// Promise of its answer (settled at once when it reached nobody).
+    pub fn track(&self, sent: Sent, now_ms: f64) -> Result<JsValue, ApiError> {
+        let (answer, settle) = pending_answer();
+        let waiter = Waiter {
+            envelope_id: sent.envelope_id.clone(),
+            client_count: sent.delivered.len(),
+            keyed: sent.keyed,
+            settle,
+        };
+        if let Some(keyed) = &waiter.keyed {
+            self.shared.borrow_mut().keys.start(
+                keyed.key.clone(),
+                keyed.fingerprint.clone(),
+                sent.envelope_id.clone(),
+            );
+        }
+        // A keyed publish that reached nobody still stores its answer.
+        if sent.delivered.is_empty() {
+            waiter.answer(&self.shared, Settled::nobody(sent.tracking.detail));
+            return Ok(answer);
+        }
+        let mut shared = self.shared.borrow_mut();
+        shared
+            .book
+            .begin(
+                sent.envelope_id.clone(),
+                sent.delivered,
+                waiter,
+                sent.tracking,
+            )
+            .map_err(|_| ApiError::Internal)?;
+        let timer = shared
+            .deadlines
+            .push(sent.envelope_id, sent.deadline_ms, now_ms);
+        drop(shared);
+        if let Some(delay_ms) = timer {
+            self.timer.set(delay_ms);
+        }
+        Ok(answer)
+    }
+}
+
+impl InFlight {
+    /// The table of keyed answers, opened by its first use (`None` when it
+    /// cannot be, which is logged; the next use tries again).
+    fn store(&mut self) -> Option<&KeyStore> {
+        if self.store.is_none() {
+            self.store = KeyStore::open(&self.state, self.ttl_secs);
+        }
+        self.store.as_ref()
+    }
+}
+
+/// The timer fired: answers the publishes whose deadline passed; when to
+/// fire next.
+fn expire_due(shared: &Shared) -> Option<f64> {
+    let (due, next) = shared.borrow_mut().deadlines.fire(js_sys::Date::now());
+    for envelope_id in due {
+        // None when the publish completed before its deadline.
+        let expired = shared.borrow_mut().book.expire(&envelope_id);
+        if let Some((waiter, settled)) = expired {
+            waiter.answer(shared, settled);
+        }
+    }
+    next
+}
+
+/// Ends a publish whose last awaited socket acked or closed.
+fn complete(shared: &Shared, waiter: Waiter) {
+    // The results are taken before answering: no borrow is held into JS.
+    let settled = shared.borrow_mut().book.finish(&waiter.envelope_id);
+    waiter.answer(shared, settled);
+}
+
+impl Waiter {
+    /// Answers the publish with what arrived; a keyed one also stores its
+    /// answer and answers the repeats that waited for it.
+    fn answer(self, shared: &Shared, settled: Settled) {
+        let outcome = outcome(self.client_count, settled);
+        let Some(text) = outcome.to_text() else {
+            console_error!("serializing a publish outcome failed");
+            return;
+        };
+        match self.keyed {
+            None => self.settle.answer(&text),
+            Some(keyed) => Waiter::answer_keyed(
+                shared,
+                keyed,
+                &self.envelope_id,
+                self.settle,
+                &outcome,
+                &text,
+            ),
+        }
+    }
+
+    /// A keyed publish's answer: stored, and given to the repeats that
+    /// waited for it. Out of line, so that V8's optimizing tier does not
+    /// compile it with every plain publish's answer (bench/README.md, row 22).
+    #[inline(never)]
+    fn answer_keyed(
+        shared: &Shared,
+        keyed: KeyedRequest,
+        envelope_id: &str,
+        settle: Settle,
+        outcome: &PublishOutcome,
+        text: &str,
+    ) {
+        let repeats = {
+            let mut in_flight = shared.borrow_mut();
+            let now_ms = js_sys::Date::now();
+            let expiry = in_flight
+                .store
+                .as_ref()
+                .map(|store| store.save(&keyed, envelope_id, text, now_ms));
+            if let Some(at) = expiry {
+                in_flight.alarm.wake_by(at);
+            }
+            in_flight
+                .keys
+                .finish(&keyed.key)
+                .map(|(_, repeats)| repeats)
+                .unwrap_or_default()
+        };
+        let answer = serde_json::to_value(outcome).unwrap_or_default();
+        settle.answer(&receipt(false, envelope_id, answer.clone()));
+        for repeat in repeats {
+            repeat.answer(&receipt(true, envelope_id, answer.clone()));
+        }
+    }
+}
+
+/// The answer of a publish sent to `client_count` sockets.
+pub fn outcome(client_count: usize, settled: Settled) -> PublishOutcome {
+    PublishOutcome {
+        client_count,
+        results: settled.results,
+        deliveries: settled.deliveries,
+        truncated: settled.truncated,
+    }
+}
+
+fn receipt(replayed: bool, envelope_id: &str, answer: Value) -> String {
+    Receipt::Answer {
+        replayed,
+        envelope_id: envelope_id.to_owned(),
+        answer,
+    }
+    .to_text()
+}

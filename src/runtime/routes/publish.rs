@@ -1,0 +1,85 @@
+//! `POST /publish`, the hot path: checked before the body, the body read
+//! and validated, the envelope handed to the user's object over RPC. No
+//! Rust future: the runtime's Promises chained with continuations made
+//! once per isolate (`js::promise`).
+
+use wasm_bindgen::{JsCast, JsValue};
+use worker::{console_error, js_sys, Env};
+
+use super::operator;
+use super::request::{namespace, object_failure, publish_checks, publish_options, OBJECT_FAILED};
+use crate::domain::error::ApiError;
+use crate::domain::protocol::PublishRequest;
+use crate::runtime::http::{self, Incoming, Reply};
+use crate::runtime::ids;
+use crate::runtime::js::env as js_env;
+use crate::runtime::js::promise::Continuation;
+use crate::runtime::js::response::json_200;
+use crate::runtime::js::Namespace;
+use crate::runtime::settings::{settings, shared};
+
+thread_local! {
+    /// The continuations of the publish, made once per isolate.
+    static PUBLISH_BODY: Continuation = Continuation::new2(publish_body);
+    static BODY_UNREADABLE: Continuation = Continuation::new(body_unreadable);
+    static PUBLISHED: Continuation = Continuation::new(published);
+}
+
+/// `POST /publish`: validate, stamp an envelope id, and let the target user's
+/// Durable Object deliver it and collect acks. Everything that can be
+/// checked before the body is, then the body is read (`publish_body`).
+pub(super) fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
+    let settings = settings(env)?;
+    publish_checks(&req, &settings)?;
+    // A key or `?detail=true` takes the slower path of options; a plain
+    // publish pays one header lookup and no URL parse for them.
+    let (key, detail) = publish_options(&req)?;
+    if key.is_some() || detail {
+        return operator::publish_with_options(req, env, key, detail);
+    }
+    let namespace = namespace(env)?;
+    let body = js_env::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
+    let answer = PUBLISH_BODY
+        .with(|on_body| BODY_UNREADABLE.with(|on_err| body.then_with(on_body, &namespace, on_err)));
+    Ok(Reply::Later(answer))
+}
+
+/// The publish body has arrived: the answer, or a Promise of it.
+fn publish_body(namespace: JsValue, body: JsValue) -> JsValue {
+    match deliver(namespace.unchecked_into(), &body) {
+        Ok(answer) => answer,
+        Err(err) => http::error_js(&err),
+    }
+}
+
+fn body_unreadable(err: JsValue) -> JsValue {
+    console_error!("publish: reading the body failed: {err:?}");
+    http::error_js(&ApiError::Internal)
+}
+
+/// The object's answer, `{clientCount, results}` as JSON text.
+fn published(answer: JsValue) -> JsValue {
+    json_200(&answer).into()
+}
+
+/// Validates the body and hands the envelope to the user's object
+/// (`deliver`, over RPC).
+fn deliver(namespace: Namespace, body: &JsValue) -> std::result::Result<JsValue, ApiError> {
+    // Built by `publish`, which comes first.
+    let settings = shared().ok_or(ApiError::Internal)?;
+    let limit = settings.config.max_publish_bytes;
+    let body = js_sys::Uint8Array::new(body);
+    if body.byte_length() as usize > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let request = PublishRequest::parse(&body.to_vec()).map_err(ApiError::InvalidBody)?;
+    let stub = namespace
+        .get_by_name(&request.user_id)
+        .map_err(object_failure)?;
+    let envelope = request.into_envelope(ids::envelope_id());
+    let envelope_json = envelope.to_text().ok_or(ApiError::Internal)?;
+    let answer = stub
+        .deliver(&JsValue::from_str(&envelope_json))
+        .map_err(object_failure)?;
+    Ok(PUBLISHED.with(|on_ok| OBJECT_FAILED.with(|on_err| answer.then(on_ok, on_err))))
+}
