@@ -149,7 +149,7 @@ fn http_error_codes_are_the_workers() {
     let worker: BTreeSet<String> = worker_http_codes().keys().map(|c| c.to_string()).collect();
     assert_eq!(
         documented, worker,
-        "docs/openapi.yaml's HttpErrorCode is not src/error.rs's set of codes"
+        "docs/openapi.yaml's HttpErrorCode is not src/domain/error.rs's set of codes"
     );
 }
 
