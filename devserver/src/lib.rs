@@ -260,20 +260,31 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
+/// How long [`health_ok`] waits for the answer; a caller of
+/// [`health_ok_over`] sets it on its own socket.
+pub const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A blocking `GET /health` on 127.0.0.1:`port`, so start-up needs no async
 /// runtime.
 pub fn health_ok(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let _ = stream.set_read_timeout(Some(HEALTH_READ_TIMEOUT));
+    health_ok_over(&mut stream, "127.0.0.1")
+}
+
+/// [`health_ok`] over a connection the caller opened (a TLS stream, say),
+/// with `host` as the `Host` header: sends `GET /health` and reads until
+/// the server closes; true when it answered 200.
+pub fn health_ok_over(stream: &mut (impl Read + Write), host: &str) -> bool {
+    let request = format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200")
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    response.starts_with(b"HTTP/1.1 200")
 }
 
 /// utime + stime of a `/proc/.../stat` file, in clock ticks.
