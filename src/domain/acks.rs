@@ -61,6 +61,8 @@ impl fmt::Display for InvalidAckTimeout {
     }
 }
 
+impl std::error::Error for InvalidAckTimeout {}
+
 /// How one publish keeps what its acks bring.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tracking {
@@ -152,6 +154,14 @@ pub enum AckOutcome<W> {
 /// The envelope id is already pending; ids must be unique per publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DuplicateEnvelope;
+
+impl fmt::Display for DuplicateEnvelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a publish with this envelope id is already waiting for acks")
+    }
+}
+
+impl std::error::Error for DuplicateEnvelope {}
 
 /// All publishes in flight for one Durable Object.
 #[derive(Debug)]

@@ -93,6 +93,8 @@ impl fmt::Display for AuthError {
     }
 }
 
+impl std::error::Error for AuthError {}
+
 /// Why a `refresh` frame's token was refused; the socket keeps its expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshRefusal {
@@ -132,6 +134,16 @@ impl fmt::Display for RefreshRefusal {
             "refresh rejected: {} ({detail}); the socket keeps its current expiry",
             self.reason()
         )
+    }
+}
+
+impl std::error::Error for RefreshRefusal {
+    /// The token's own refusal, which the message also names.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RefreshRefusal::Token(err) => Some(err),
+            _ => None,
+        }
     }
 }
 

@@ -87,6 +87,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl std::error::Error for ConfigError {}
+
 impl Config {
     /// Reads every setting through `get` (the environment, or a map in tests).
     pub fn load(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -96,34 +98,13 @@ impl Config {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-
         let mut secrets = vec![get("JWT_SECRET").ok_or(ConfigError::MissingSecret)?];
         secrets.extend(get("JWT_SECRET_PREVIOUS"));
-
-        let auth = AuthPolicy {
-            leeway_secs: number(&get, "JWT_LEEWAY_SECS", DEFAULT_LEEWAY_SECS, 0..=3600)?,
-            require_exp: flag(&get, "REQUIRE_EXP")?,
-            audience: get("JWT_AUDIENCE"),
-            issuer: get("JWT_ISSUER"),
-        };
-        let allowed_origins = get("ALLOWED_ORIGINS").map(|list| {
-            list.split(',')
-                .map(|origin| origin.trim().trim_end_matches('/').to_owned())
-                .filter(|origin| !origin.is_empty())
-                .collect()
-        });
-        let ack_timeout = AckTimeout::parse(get("ACK_TIMEOUT_MS").as_deref()).map_err(|e| {
-            ConfigError::Invalid {
-                name: "ACK_TIMEOUT_MS",
-                value: e.0,
-                expected: "a whole number of milliseconds in 100..=30000",
-            }
-        })?;
         Ok(Config {
             secrets,
-            auth,
+            auth: auth_policy(&get)?,
             publish_scope: get("PUBLISH_SCOPE"),
-            allowed_origins,
+            allowed_origins: get("ALLOWED_ORIGINS").map(|list| origins(&list)),
             max_publish_bytes: number(
                 &get,
                 "MAX_PUBLISH_BYTES",
@@ -136,7 +117,7 @@ impl Config {
                 DEFAULT_MAX_FRAME_BYTES as u64,
                 1024..=1024 * 1024,
             )? as usize,
-            ack_timeout,
+            ack_timeout: ack_timeout(&get)?,
             operator_scope: get("OPERATOR_SCOPE").unwrap_or_else(|| DEFAULT_OPERATOR_SCOPE.into()),
             idempotency_ttl_secs: number(
                 &get,
@@ -151,20 +132,7 @@ impl Config {
                 1024..=64 * 1024 * 1024,
             )? as usize,
             console_enabled: flag(&get, "CONSOLE_ENABLED")?,
-            history: Retention {
-                size: number(
-                    &get,
-                    "HISTORY_SIZE",
-                    Retention::DEFAULT_SIZE,
-                    0..=Retention::MAX_SIZE,
-                )?,
-                ttl_secs: number(
-                    &get,
-                    "HISTORY_TTL_SECS",
-                    Retention::DEFAULT_TTL_SECS,
-                    1..=Retention::MAX_TTL_SECS,
-                )?,
-            },
+            history: retention(&get)?,
             token_notice_secs: number(
                 &get,
                 "TOKEN_REFRESH_NOTICE_SECS",
@@ -197,6 +165,50 @@ impl Config {
             }
         }
     }
+}
+
+/// `JWT_LEEWAY_SECS`, `REQUIRE_EXP`, `JWT_AUDIENCE`, `JWT_ISSUER`.
+fn auth_policy(get: &impl Fn(&str) -> Option<String>) -> Result<AuthPolicy, ConfigError> {
+    Ok(AuthPolicy {
+        leeway_secs: number(get, "JWT_LEEWAY_SECS", DEFAULT_LEEWAY_SECS, 0..=3600)?,
+        require_exp: flag(get, "REQUIRE_EXP")?,
+        audience: get("JWT_AUDIENCE"),
+        issuer: get("JWT_ISSUER"),
+    })
+}
+
+/// `ALLOWED_ORIGINS`: comma-separated, a trailing `/` ignored.
+fn origins(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|origin| origin.trim().trim_end_matches('/').to_owned())
+        .filter(|origin| !origin.is_empty())
+        .collect()
+}
+
+fn ack_timeout(get: &impl Fn(&str) -> Option<String>) -> Result<AckTimeout, ConfigError> {
+    AckTimeout::parse(get("ACK_TIMEOUT_MS").as_deref()).map_err(|e| ConfigError::Invalid {
+        name: "ACK_TIMEOUT_MS",
+        value: e.0,
+        expected: "a whole number of milliseconds in 100..=30000",
+    })
+}
+
+/// `HISTORY_SIZE` and `HISTORY_TTL_SECS`.
+fn retention(get: &impl Fn(&str) -> Option<String>) -> Result<Retention, ConfigError> {
+    Ok(Retention {
+        size: number(
+            get,
+            "HISTORY_SIZE",
+            Retention::DEFAULT_SIZE,
+            0..=Retention::MAX_SIZE,
+        )?,
+        ttl_secs: number(
+            get,
+            "HISTORY_TTL_SECS",
+            Retention::DEFAULT_TTL_SECS,
+            1..=Retention::MAX_TTL_SECS,
+        )?,
+    })
 }
 
 fn number(

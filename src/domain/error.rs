@@ -145,9 +145,44 @@ impl fmt::Display for ApiError {
     }
 }
 
+impl std::error::Error for ApiError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_public_error_is_a_std_error() {
+        use crate::domain::{acks, auth, config, filter, idempotency, operator, protocol, session};
+        fn boxed<E: std::error::Error + Send + Sync + 'static>(
+            err: E,
+        ) -> Box<dyn std::error::Error + Send + Sync> {
+            Box::new(err)
+        }
+        let all = [
+            boxed(ApiError::Internal),
+            boxed(auth::AuthError::Expired),
+            boxed(auth::RefreshRefusal::OtherUser),
+            boxed(config::ConfigError::MissingSecret),
+            boxed(acks::InvalidAckTimeout("5".into())),
+            boxed(acks::DuplicateEnvelope),
+            boxed(filter::TooManyFilters),
+            boxed(filter::InvalidFilter::NotAnObject),
+            boxed(idempotency::InvalidKey),
+            boxed(operator::InvalidDisconnect("x".into())),
+            boxed(operator::BadUserPath::InvalidUserId),
+            boxed(protocol::FrameError::InvalidJson),
+            boxed(protocol::PublishError::NotAnObject),
+            boxed(session::AttachmentTooLarge { bytes: 3_000 }),
+        ];
+        for err in all {
+            assert!(!err.to_string().is_empty());
+        }
+        // A refused refresh's cause is the token's own error.
+        let refusal = auth::RefreshRefusal::Token(auth::AuthError::Expired);
+        let source = std::error::Error::source(&refusal).map(ToString::to_string);
+        assert_eq!(source, Some(auth::AuthError::Expired.to_string()));
+    }
 
     #[test]
     fn an_objects_refusal_keeps_its_code_and_status() {

@@ -57,6 +57,8 @@ impl fmt::Display for InvalidFilter {
     }
 }
 
+impl std::error::Error for InvalidFilter {}
+
 /// The outcome of parsing a client's `filters` array.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ParsedFilters {
@@ -125,6 +127,17 @@ pub fn any_matches(filters: &[Filter], envelope_type: &str, payload: &Value) -> 
 /// The socket would hold more than [`MAX_FILTERS_PER_SOCKET`] filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooManyFilters;
+
+impl fmt::Display for TooManyFilters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a socket may hold at most {MAX_FILTERS_PER_SOCKET} filters"
+        )
+    }
+}
+
+impl std::error::Error for TooManyFilters {}
 
 /// Adds `new` filters to `current`, skipping ones already present, all or
 /// nothing. Returns how many were actually added.

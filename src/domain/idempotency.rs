@@ -36,6 +36,8 @@ impl fmt::Display for InvalidKey {
     }
 }
 
+impl std::error::Error for InvalidKey {}
+
 impl IdempotencyKey {
     pub fn parse(header: &str) -> Result<IdempotencyKey, InvalidKey> {
         let valid = (1..=MAX_KEY_LEN).contains(&header.len())

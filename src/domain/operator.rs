@@ -27,6 +27,17 @@ pub enum BadUserPath {
     InvalidUserId,
 }
 
+impl fmt::Display for BadUserPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BadUserPath::InvalidUserId => "the user id in the path is not percent-encoded UTF-8",
+            BadUserPath::NotFound => "no such user route",
+        })
+    }
+}
+
+impl std::error::Error for BadUserPath {}
+
 /// The user and route of a `/users/{userId}/{route}` path; `None` when the
 /// path is not under `/users/`.
 pub fn user_route(path: &str) -> Option<Result<(String, UserRoute), BadUserPath>> {
@@ -95,6 +106,8 @@ impl fmt::Display for InvalidDisconnect {
         f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for InvalidDisconnect {}
 
 impl DisconnectRequest {
     /// The close code it asks for: 4000 (come back with a fresh token) or

@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::domain::auth::{extract_token, AuthPolicy, TokenVerifier};
 use crate::domain::filter::{Filter, MAX_FILTERS_PER_MESSAGE};
+use crate::domain::operator::DisconnectRequest;
 use crate::domain::protocol::{ClientFrame, PublishRequest};
 
 /// Arbitrary JSON, a few levels deep, biased towards the keys the parsers read.
@@ -73,6 +74,23 @@ proptest! {
                 prop_assert_eq!(value["token"].as_str(), token.as_deref());
             }
             Err(err) => prop_assert!(!err.to_string().is_empty()),
+        }
+    }
+
+    /// What the worker sends the object is a request it parsed, written out
+    /// again: it always parses back to itself, so the object's `disconnect`
+    /// never gets a body it cannot read (and, reading it, closes only what
+    /// was asked for).
+    #[test]
+    fn disconnect_requests_round_trip(socket in proptest::option::of(".{0,40}"),
+                                      reconnect in any::<bool>(),
+                                      reason in proptest::option::of(".{0,130}"),
+                                      noise in json_value()) {
+        let body = json!({"socketId": socket, "reconnect": reconnect, "reason": reason});
+        for text in [body.to_string(), noise.to_string()] {
+            if let Ok(request) = DisconnectRequest::parse(text.as_bytes()) {
+                prop_assert_eq!(DisconnectRequest::parse(request.to_text().as_bytes()), Ok(request));
+            }
         }
     }
 

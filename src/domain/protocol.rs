@@ -280,6 +280,8 @@ impl fmt::Display for FrameError {
     }
 }
 
+impl std::error::Error for FrameError {}
+
 /// An ack frame's fields, borrowed where they can be.
 #[derive(Deserialize)]
 struct AckWire<'a> {
@@ -325,18 +327,6 @@ impl ClientFrame {
         let object = value.as_object_mut().ok_or(FrameError::NotAnObject)?;
         match object.get("type").and_then(Value::as_str) {
             None => return Err(FrameError::MissingType),
-            // The common case, taken straight from the parsed object: the
-            // derived (internally tagged) path buffers and copies it again,
-            // once per ack of every fan-out (bench/README.md).
-            Some("ack") if object.get("envelopeId").is_some_and(Value::is_string) => {
-                if let Some(Value::String(envelope_id)) = object.remove("envelopeId") {
-                    let result = object.remove("result").unwrap_or(Value::Null);
-                    return Ok(ClientFrame::Ack {
-                        envelope_id,
-                        result,
-                    });
-                }
-            }
             Some("refresh") => {
                 let token = match object.remove("token") {
                     Some(Value::String(token)) => Some(token),
@@ -606,6 +596,8 @@ impl fmt::Display for PublishError {
         })
     }
 }
+
+impl std::error::Error for PublishError {}
 
 /// A `/publish` or `/publish/batch` body's JSON object.
 fn body_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, PublishError> {

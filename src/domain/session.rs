@@ -65,6 +65,18 @@ pub struct AttachmentTooLarge {
     pub bytes: usize,
 }
 
+impl std::fmt::Display for AttachmentTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the socket's state would take {} bytes, over the {MAX_ATTACHMENT_JSON_BYTES} byte limit",
+            self.bytes
+        )
+    }
+}
+
+impl std::error::Error for AttachmentTooLarge {}
+
 impl SocketAttachment {
     pub fn new(
         id: String,

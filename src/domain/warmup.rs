@@ -37,80 +37,58 @@ pub fn exercise(rounds: usize) -> usize {
         .iter()
         .filter_map(|value| Filter::parse(value).ok())
         .collect();
-    let mut ok = 0;
-    for round in 0..rounds {
-        // A new token's full check (the first request of each backend
-        // token), then the cached one a repeated token gets.
-        if verifier.verify(black_box(TOKEN), 0).is_err()
-            || verifier
-                .verify_cached(black_box(TOKEN), 0, &mut seen)
-                .is_err()
-        {
-            continue;
-        }
-        let Ok(request) = PublishRequest::parse(black_box(BODY)) else {
-            continue;
-        };
-        let envelope = request.into_envelope(format!("warm-up-{round}"));
-        let Some(text) = envelope.to_text() else {
-            continue;
-        };
-        let Some(parsed) = Envelope::parse(&text) else {
-            continue;
-        };
-        if !any_matches(&filters, &parsed.envelope_type, &parsed.payload) {
-            continue;
-        }
-        let mut book = AckBook::default();
-        if book
-            .begin(
-                parsed.envelope_id.clone(),
-                vec!["s".to_owned()],
-                (),
-                Tracking::default(),
-            )
-            .is_err()
-        {
-            continue;
-        }
-        let Ok(ClientFrame::Ack {
-            envelope_id,
-            result,
-        }) = ClientFrame::parse(black_box(ACK))
-        else {
-            continue;
-        };
-        // The sample ack names envelope "e"; count it against this one.
-        let _ = envelope_id;
-        if book.ack(&parsed.envelope_id, "s", result, 1.0) != AckOutcome::Completed(()) {
-            continue;
-        }
-        let settled = book.finish(&parsed.envelope_id);
-        let outcome = PublishOutcome {
-            client_count: 1,
-            results: settled.results,
-            deliveries: settled.deliveries,
-            truncated: settled.truncated,
-        };
-        if outcome.to_text().is_none() {
-            continue;
-        }
-        if !matches!(
-            ClientFrame::parse(black_box(SUBSCRIBE)),
-            Ok(ClientFrame::Subscribe { .. })
-        ) {
-            continue;
-        }
-        let confirmation = ServerFrame::Subscribed {
-            added: 1,
-            total: 1,
-            seq: None,
-            epoch: None,
-        };
-        black_box(confirmation.to_text());
-        ok += 1;
+    (0..rounds)
+        .filter(|round| {
+            publish_round(&verifier, &mut seen, &filters, *round)
+                .and_then(|envelope| ack_round(&envelope))
+                .is_some()
+        })
+        .count()
+}
+
+/// A publish's side: its token, body, envelope and the filters it meets.
+fn publish_round(
+    verifier: &TokenVerifier,
+    seen: &mut VerifiedTokens,
+    filters: &[Filter],
+    round: usize,
+) -> Option<Envelope> {
+    // A new token's full check (the first request of each backend
+    // token), then the cached one a repeated token gets.
+    verifier.verify(black_box(TOKEN), 0).ok()?;
+    verifier.verify_cached(black_box(TOKEN), 0, seen).ok()?;
+    let request = PublishRequest::parse(black_box(BODY)).ok()?;
+    let envelope = request.into_envelope(format!("warm-up-{round}"));
+    let parsed = Envelope::parse(&envelope.to_text()?)?;
+    any_matches(filters, &parsed.envelope_type, &parsed.payload).then_some(parsed)
+}
+
+/// A socket's side: its ack, the publish's answer, a subscribe.
+fn ack_round(parsed: &Envelope) -> Option<()> {
+    let mut book = AckBook::default();
+    let sockets = vec!["s".to_owned()];
+    book.begin(parsed.envelope_id.clone(), sockets, (), Tracking::default())
+        .ok()?;
+    let Ok(ClientFrame::Ack { result, .. }) = ClientFrame::parse(black_box(ACK)) else {
+        return None;
+    };
+    // The sample ack names envelope "e"; it is counted against this one.
+    if book.ack(&parsed.envelope_id, "s", result, 1.0) != AckOutcome::Completed(()) {
+        return None;
     }
-    ok
+    let settled = book.finish(&parsed.envelope_id);
+    let outcome = PublishOutcome {
+        client_count: 1,
+        results: settled.results,
+        deliveries: settled.deliveries,
+        truncated: settled.truncated,
+    };
+    outcome.to_text()?;
+    let Ok(ClientFrame::Subscribe { .. }) = ClientFrame::parse(black_box(SUBSCRIBE)) else {
+        return None;
+    };
+    black_box(ServerFrame::filters_changed(true, 1, 1).to_text());
+    Some(())
 }
 
 #[cfg(test)]

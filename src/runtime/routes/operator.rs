@@ -13,7 +13,8 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 use worker::{console_error, js_sys, web_sys, Env, Method};
 
 use super::request::{
-    authenticate, namespace, object_failure, publish_checks, publish_options, user_stub,
+    authenticate, body_within, namespace, object_failure, publish_checks, publish_options,
+    user_stub,
 };
 use crate::domain::error::ApiError;
 use crate::domain::idempotency::{
@@ -82,6 +83,29 @@ fn require_operator(req: &Incoming, settings: &Settings) -> Result<(), ApiError>
     }
 }
 
+/// A publish's body on its way, and what handing it over needs.
+struct PendingBody {
+    namespace: Namespace,
+    body: Thenable,
+    limit: usize,
+}
+
+impl PendingBody {
+    fn of(req: &Incoming, env: &Env) -> Result<PendingBody, ApiError> {
+        Ok(PendingBody {
+            limit: settings(env)?.config.max_publish_bytes,
+            namespace: namespace(env)?,
+            body: read_body(req.raw()).map_err(|_| ApiError::Internal)?,
+        })
+    }
+
+    /// The body, within the limit.
+    async fn read(self) -> Result<(Namespace, Vec<u8>), ApiError> {
+        let body = body_bytes(&self.body, self.limit).await?;
+        Ok((self.namespace, body))
+    }
+}
+
 /// `POST /publish` with an `Idempotency-Key` or `?detail=true` (the
 /// caller has run the checks before the body).
 #[inline(never)]
@@ -91,11 +115,9 @@ pub fn publish_with_options(
     key: Option<IdempotencyKey>,
     detail: bool,
 ) -> Result<Reply, ApiError> {
-    let limit = settings(env)?.config.max_publish_bytes;
-    let namespace = namespace(env)?;
-    let body = read_body(req.raw()).map_err(|_| ApiError::Internal)?;
+    let pending = PendingBody::of(&req, env)?;
     Ok(later(async move {
-        let body = body_bytes(&body, limit).await?;
+        let (namespace, body) = pending.read().await?;
         let request = PublishRequest::parse(&body).map_err(ApiError::InvalidBody)?;
         let keyed = key.map(|key| {
             key.with_fingerprint(publish_fingerprint(
@@ -108,7 +130,7 @@ pub fn publish_with_options(
         let envelope = request.into_envelope(ids::envelope_id());
         let envelope_text = envelope.to_text().ok_or(ApiError::Internal)?;
         let options = DeliverOptions { key: keyed, detail };
-        let answer = deliver(&namespace, &user_id, &envelope_text, &options).await?;
+        let answer = deliver_to(&namespace, &user_id, &envelope_text, &options).await?;
         match answer {
             // Through `respond`, so every answer of this path exposes
             // `Idempotent-Replayed` the same way.
@@ -129,11 +151,9 @@ pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
     let settings = settings(env)?;
     publish_checks(&req, &settings)?;
     let (key, detail) = publish_options(&req)?;
-    let limit = settings.config.max_publish_bytes;
-    let namespace = namespace(env)?;
-    let body = read_body(req.raw()).map_err(|_| ApiError::Internal)?;
+    let pending = PendingBody::of(&req, env)?;
     Ok(later(async move {
-        let body = body_bytes(&body, limit).await?;
+        let (namespace, body) = pending.read().await?;
         let request = BatchRequest::parse(&body).map_err(ApiError::InvalidBody)?;
         let keyed = key.map(|key| {
             key.with_fingerprint(batch_fingerprint(
@@ -154,49 +174,57 @@ pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
             request
                 .user_ids
                 .iter()
-                .map(|user| deliver(&namespace, user, &envelope_text, &options)),
+                .map(|user| deliver_to(&namespace, user, &envelope_text, &options)),
         )
         .await;
-        // Another body under this key for every user: the batch's conflict.
-        let conflicts = answers
-            .iter()
-            .filter(|a| matches!(a, Err(ApiError::IdempotencyConflict)))
-            .count();
-        if conflicts == answers.len() {
-            return Err(ApiError::IdempotencyConflict);
-        }
-        let mut replays = Vec::new();
-        let users: Vec<Value> = request
-            .user_ids
-            .iter()
-            .zip(answers)
-            .map(|(user, answer)| match answer {
-                Ok(Delivered::Plain(text)) => {
-                    batch_entry(user, serde_json::from_str(&text).map_err(|_| internal()))
-                }
-                Ok(Delivered::Keyed {
-                    replayed,
-                    envelope_id,
-                    answer,
-                }) => {
-                    replays.push((replayed, envelope_id));
-                    batch_entry(user, Ok(answer))
-                }
-                Err(err) => batch_entry(user, Err((err.code(), err.to_string()))),
-            })
-            .collect();
-        // A retry that every user had answered before is a replay: it keeps
-        // the envelope id the sockets were sent the first time.
-        let replayed = !replays.is_empty()
-            && replays.len() == users.len()
-            && replays.iter().all(|(replayed, _)| *replayed);
-        let envelope_id = match replays.first() {
-            Some((_, first)) if replayed => first.clone(),
-            _ => envelope_id,
-        };
-        let answer = serde_json::json!({ "envelopeId": envelope_id, "users": users });
-        respond(200, &answer, replayed)
+        batch_answer(&request.user_ids, answers, envelope_id)
     }))
+}
+
+/// The batch's answer from each user's, in the order given. Another body
+/// under the key for every user is the batch's conflict; a retry that
+/// every user had answered before is a replay, and keeps the envelope id
+/// the sockets were sent the first time.
+fn batch_answer(
+    user_ids: &[String],
+    answers: Vec<Result<Delivered, ApiError>>,
+    envelope_id: String,
+) -> Result<web_sys::Response, ApiError> {
+    let conflicts = answers
+        .iter()
+        .filter(|a| matches!(a, Err(ApiError::IdempotencyConflict)))
+        .count();
+    if conflicts == answers.len() {
+        return Err(ApiError::IdempotencyConflict);
+    }
+    let mut replays = Vec::new();
+    let users: Vec<Value> = user_ids
+        .iter()
+        .zip(answers)
+        .map(|(user, answer)| match answer {
+            Ok(Delivered::Plain(text)) => {
+                batch_entry(user, serde_json::from_str(&text).map_err(|_| internal()))
+            }
+            Ok(Delivered::Keyed {
+                replayed,
+                envelope_id,
+                answer,
+            }) => {
+                replays.push((replayed, envelope_id));
+                batch_entry(user, Ok(answer))
+            }
+            Err(err) => batch_entry(user, Err((err.code(), err.to_string()))),
+        })
+        .collect();
+    let replayed = !replays.is_empty()
+        && replays.len() == users.len()
+        && replays.iter().all(|(replayed, _)| *replayed);
+    let envelope_id = match replays.first() {
+        Some((_, first)) if replayed => first.clone(),
+        _ => envelope_id,
+    };
+    let answer = serde_json::json!({ "envelopeId": envelope_id, "users": users });
+    respond(200, &answer, replayed)
 }
 
 fn internal() -> (&'static str, String) {
@@ -216,7 +244,7 @@ enum Delivered {
 }
 
 /// Hands the envelope to `user_id`'s object and waits for its answer.
-async fn deliver(
+async fn deliver_to(
     namespace: &Namespace,
     user_id: &str,
     envelope_text: &str,
@@ -277,11 +305,7 @@ async fn body_bytes(body: &Thenable, limit: usize) -> Result<Vec<u8>, ApiError> 
         console_error!("reading a request body failed: {err:?}");
         ApiError::Internal
     })?;
-    let bytes = js_sys::Uint8Array::new(&buffer);
-    if bytes.byte_length() as usize > limit {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    Ok(bytes.to_vec())
+    body_within(&buffer, limit)
 }
 
 /// A JSON answer; a replay says so in `Idempotent-Replayed`.

@@ -4,10 +4,12 @@
 //! once per isolate (`js::promise`).
 
 use wasm_bindgen::{JsCast, JsValue};
-use worker::{console_error, js_sys, Env};
+use worker::{console_error, Env};
 
 use super::operator;
-use super::request::{namespace, object_failure, publish_checks, publish_options, OBJECT_FAILED};
+use super::request::{
+    body_within, namespace, object_failure, publish_checks, publish_options, OBJECT_FAILED,
+};
 use crate::domain::error::ApiError;
 use crate::domain::protocol::PublishRequest;
 use crate::runtime::http::{self, Incoming, Reply};
@@ -46,7 +48,7 @@ pub(super) fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, Ap
 
 /// The publish body has arrived: the answer, or a Promise of it.
 fn publish_body(namespace: JsValue, body: JsValue) -> JsValue {
-    match deliver(namespace.unchecked_into(), &body) {
+    match hand_over(namespace.unchecked_into(), &body) {
         Ok(answer) => answer,
         Err(err) => http::error_js(&err),
     }
@@ -62,17 +64,13 @@ fn published(answer: JsValue) -> JsValue {
     json_200(&answer).into()
 }
 
-/// Validates the body and hands the envelope to the user's object
-/// (`deliver`, over RPC).
-fn deliver(namespace: Namespace, body: &JsValue) -> std::result::Result<JsValue, ApiError> {
+/// Validates the body and hands the envelope to the user's object (its
+/// `deliver`, over RPC).
+fn hand_over(namespace: Namespace, body: &JsValue) -> std::result::Result<JsValue, ApiError> {
     // Built by `publish`, which comes first.
     let settings = shared().ok_or(ApiError::Internal)?;
-    let limit = settings.config.max_publish_bytes;
-    let body = js_sys::Uint8Array::new(body);
-    if body.byte_length() as usize > limit {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let request = PublishRequest::parse(&body.to_vec()).map_err(ApiError::InvalidBody)?;
+    let body = body_within(body, settings.config.max_publish_bytes)?;
+    let request = PublishRequest::parse(&body).map_err(ApiError::InvalidBody)?;
     let stub = namespace
         .get_by_name(&request.user_id)
         .map_err(object_failure)?;

@@ -84,6 +84,15 @@ pub(crate) fn object_failure(err: JsValue) -> ApiError {
     ApiError::Unavailable
 }
 
+/// A request body that arrived (an `ArrayBuffer`), within `limit` bytes.
+pub(crate) fn body_within(buffer: &JsValue, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let bytes = js_sys::Uint8Array::new(buffer);
+    if bytes.byte_length() as usize > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(bytes.to_vec())
+}
+
 /// The checks of `/publish` and `/publish/batch` before the body: the
 /// publish scope, JSON, and a declared length within the limit.
 pub(crate) fn publish_checks(
