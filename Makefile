@@ -134,7 +134,7 @@ $(VENV)/.installed: $(CONTRACT_REQUIREMENTS)
 
 contract-tools: $(VENV)/.installed
 
-# The contract (README "Contract"): both documents valid OpenAPI 3.1 and
+# The contract (docs/protocol.md "Contract"): both documents valid OpenAPI 3.1 and
 # AsyncAPI 3.0; the code tables of src/ against them; the TypeScript client generated from docs/openapi.yaml is up
 # to date and compiles; then schemathesis (every check, positive and
 # negative data) and that client against the worker (tests/contract/run.sh).
