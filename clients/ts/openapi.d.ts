@@ -175,8 +175,9 @@ export interface paths {
         };
         /**
          * The debug console page (`CONSOLE_ENABLED=true` only).
-         * @description Without `CONSOLE_ENABLED=true` every method on this path is
-         *     `404 not_found`.
+         * @description Without `CONSOLE_ENABLED=true` the answer is `404 not_found`. A method
+         *     this path does not list is `405 method_not_allowed` with
+         *     `Allow: GET, HEAD` whether the console is on or off.
          */
         get: operations["console"];
         put?: never;
@@ -195,7 +196,12 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The browser client the console imports (`CONSOLE_ENABLED=true` only). */
+        /**
+         * The browser client the console imports (`CONSOLE_ENABLED=true` only).
+         * @description Without `CONSOLE_ENABLED=true` the answer is `404 not_found`. A method
+         *     this path does not list is `405 method_not_allowed` with
+         *     `Allow: GET, HEAD` whether the console is on or off.
+         */
         get: operations["consoleClient"];
         put?: never;
         post?: never;

@@ -15,6 +15,7 @@ pub fn tests() -> Vec<Test> {
         wrong_method_is_405,
         plain_get_root_is_426,
         unknown_methods_are_405_not_get,
+        console_methods_are_405_on_or_off,
         plain_get_root_checks_the_handshake_first,
         preflight_allows_post_with_auth_headers,
         publish_success_carries_cors,
@@ -103,6 +104,32 @@ async fn unknown_methods_are_405_not_get(ctx: Arc<Ctx>) {
         r.assert_error(405, "method_not_allowed");
         let r = send(ctx.server.request(method, "/nope")).await;
         r.assert_error(404, "not_found");
+    }
+}
+
+/// The console's paths exist whether it is on (the main server) or off
+/// (`nohistory`, without `CONSOLE_ENABLED`): a method they do not list is
+/// 405 with `Allow: GET, HEAD` either way; off, GET and HEAD are 404.
+async fn console_methods_are_405_on_or_off(ctx: Arc<Ctx>) {
+    for (server, on) in [(&ctx.server, true), (&ctx.nohistory, false)] {
+        for path in ["/console", "/console/hopeflow.js"] {
+            for name in ["TRACE", "PUT", "DELETE", "PATCH", "POST", "OPTIONS"] {
+                let method = Method::from_bytes(name.as_bytes()).expect("method");
+                let r = send(server.request(method, path)).await;
+                r.assert_error(405, "method_not_allowed");
+                assert_eq!(
+                    r.header("allow"),
+                    Some("GET, HEAD"),
+                    "{name} {path} (on: {on})"
+                );
+            }
+            if !on {
+                let r = send(server.request(Method::GET, path)).await;
+                r.assert_error(404, "not_found");
+                let r = send(server.request(Method::HEAD, path)).await;
+                assert_eq!(r.status, 404, "HEAD {path}");
+            }
+        }
     }
 }
 
