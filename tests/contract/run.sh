@@ -150,9 +150,11 @@ schemathesis() {
 # schemathesis 4.32's warnings but missing_test_data.
 WARNINGS_BUT_MISSING_TEST_DATA=missing_auth,base_url_mismatch,missing_deserializer,unused_openapi_auth,unsupported_regex,method_not_allowed,constants_extraction,unmatched_filter,unresolvable_reference,low_valid_rate,rate_limited,dictionary_mismatch,timeout_units,validation_mismatch
 
+# Both runs, whatever the first finds; then fail if either did.
+failed=0
 started=$SECONDS
 echo "=== schemathesis: every operation, console on ==="
-schemathesis "http://127.0.0.1:$PORT_ON" "$@"
+schemathesis "http://127.0.0.1:$PORT_ON" "$@" || failed=1
 echo "=== schemathesis: the console's operations, console off ==="
 # Without the stateful phase (no links among these operations) and without
 # the missing_test_data warning (GET and HEAD answer the documented 404 on
@@ -160,7 +162,8 @@ echo "=== schemathesis: the console's operations, console off ==="
 schemathesis "http://127.0.0.1:$PORT_OFF" --include-tag console \
   --phases examples,coverage,fuzzing \
   --warnings "$WARNINGS_BUT_MISSING_TEST_DATA" \
-  "$@"
+  "$@" || failed=1
 echo "schemathesis: $((SECONDS - started)) s"
+[[ $failed -eq 0 ]] || { echo "schemathesis found problems (above)" >&2; exit 1; }
 
 HOPEFLOW_URL="http://127.0.0.1:$PORT_ON" HOPEFLOW_TOKEN="$TOKEN" node target/ts/publish.mjs
