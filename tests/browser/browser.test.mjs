@@ -197,9 +197,15 @@ test("the same module runs unchanged in Node", { timeout: 2 * WAIT_MS }, async (
 
 test("the debug console is not served unless CONSOLE_ENABLED=true", async () => {
   // This server's env file has JWT_SECRET only: /console is a plain 404.
-  for (const [method, path] of [["GET", "/console"], ["GET", "/console/hopeflow.js"], ["POST", "/console"]]) {
+  for (const [method, path] of [["GET", "/console"], ["GET", "/console/hopeflow.js"]]) {
     const response = await fetch(worker.url(path), { method });
     assert.equal(response.status, 404, `${method} ${path}`);
     assert.equal((await response.json()).error, "not_found", `${method} ${path}`);
   }
+  // The route exists either way: a method it does not declare is 405
+  // (issue 21: the contract's rule for every route, /console included).
+  const response = await fetch(worker.url("/console"), { method: "POST" });
+  assert.equal(response.status, 405, "POST /console");
+  assert.equal(response.headers.get("allow"), "GET, HEAD");
+  assert.equal((await response.json()).error, "method_not_allowed");
 });
