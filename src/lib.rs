@@ -20,7 +20,7 @@ pub mod domain;
 
 pub use domain::{
     acks, auth, config, error, filter, history, hs256, idempotency, limits, operator, protocol,
-    query, schedule, session, warmup,
+    query, schedule, session, warmup, webhook,
 };
 
 #[cfg(feature = "runtime")]

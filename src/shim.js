@@ -75,10 +75,11 @@ export class HopeFlowRealtime extends DurableObject {
     }
   }
 
-  // Deletes expired idempotency keys.
+  // Every timed duty (expiries, token notices and closes, webhooks): a
+  // Promise while a webhook request is on its way, which the runtime awaits.
   alarm() {
     try {
-      this.core.alarm();
+      return this.core.alarm();
     } catch (error) {
       this.recover(error);
     }

@@ -147,16 +147,13 @@ fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String
                 if before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'_') {
                     continue;
                 }
-                let rest = &code[at + root.len()..];
-                let tail: String = rest
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
-                    .collect();
-                let mut segments: Vec<&str> = base.iter().map(String::as_str).collect();
-                segments.extend(tail.split("::").filter(|s| !s.is_empty()));
-                if let Some(target) = resolve(files, &segments) {
-                    if &target != path {
-                        edges.insert(target);
+                for tail in import_paths(&code[at + root.len()..]) {
+                    let mut segments: Vec<&str> = base.iter().map(String::as_str).collect();
+                    segments.extend(tail.split("::").filter(|s| !s.is_empty()));
+                    if let Some(target) = resolve(files, &segments) {
+                        if &target != path {
+                            edges.insert(target);
+                        }
                     }
                 }
             }
@@ -164,6 +161,29 @@ fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String
         graph.insert(path.clone(), edges);
     }
     graph
+}
+
+/// The paths one import names after its root: `a::b::C`, or each item of
+/// a group (`{a, b::C}`, one level deep), which names siblings, not the
+/// module the group is in.
+fn import_paths(rest: &str) -> Vec<String> {
+    let word = |text: &str| -> String {
+        text.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+            .collect()
+    };
+    let head = word(rest);
+    let after = &rest[head.len()..];
+    match after.strip_prefix('{') {
+        Some(group) => {
+            let inner = group.split('}').next().unwrap_or("");
+            inner
+                .split(',')
+                .map(|item| format!("{head}{}", word(item.trim())))
+                .collect()
+        }
+        None => vec![head],
+    }
 }
 
 /// Import circles: each as the files on it, in order.

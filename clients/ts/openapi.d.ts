@@ -366,6 +366,13 @@ export interface components {
                 seq: number;
                 storedEnvelopes: number;
             };
+            /** @description The user's webhook outbox (absent without `WEBHOOK_URL`): events waiting to be delivered, events dropped past `WEBHOOK_MAX_AGE_SECS` or `WEBHOOK_MAX_PENDING`, the last failed request as text (`null` once a request succeeds), and when the next retry goes (unix ms; `null` when none waits). */
+            webhooks?: {
+                pending: number;
+                dropped: number;
+                lastError: string | null;
+                nextAttemptAt: number | null;
+            };
         };
     };
     responses: {

@@ -143,8 +143,9 @@ impl Settled {
 /// What an ack did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AckOutcome<W> {
-    /// Unknown or finished envelope, a socket it was not delivered to, or a repeat.
-    Ignored,
+    /// Unknown or finished envelope, a socket it was not delivered to, or a
+    /// repeat: the result, given back (a late ack may still be reported).
+    Ignored(Value),
     /// Counted; other sockets are still awaited.
     Counted,
     /// Counted, and it was the last one: wake this waiter.
@@ -217,10 +218,10 @@ impl<W> AckBook<W> {
         now_ms: f64,
     ) -> AckOutcome<W> {
         let Some(pending) = self.pending.get_mut(envelope_id) else {
-            return AckOutcome::Ignored;
+            return AckOutcome::Ignored(result);
         };
         if !pending.awaiting.remove(socket) {
-            return AckOutcome::Ignored;
+            return AckOutcome::Ignored(result);
         }
         // Once past the cap, every further result is null, so the answer
         // says plainly which results are missing.
@@ -305,6 +306,15 @@ impl<W> AckBook<W> {
         let mut pending = self.pending.remove(envelope_id)?;
         let waiter = pending.waiter.take()?;
         Some((waiter, pending.settle()))
+    }
+
+    /// The sockets a publish still waits for, and when it was sent: at
+    /// its deadline, the deliveries whose ack may come late.
+    pub fn unacked(&self, envelope_id: &str) -> Option<(Vec<String>, f64)> {
+        let pending = self.pending.get(envelope_id)?;
+        let mut sockets: Vec<String> = pending.awaiting.iter().cloned().collect();
+        sockets.sort();
+        Some((sockets, pending.tracking.sent_ms))
     }
 
     /// Publishes currently waiting for acks.
@@ -554,7 +564,10 @@ mod tests {
         assert_eq!(book.expire("e"), Some((7, settled(vec![json!(1)]))));
         assert!(book.is_empty());
         assert_eq!(book.expire("e"), None);
-        assert_eq!(book.ack("e", "b", json!(2), 0.0), AckOutcome::Ignored);
+        assert_eq!(
+            book.ack("e", "b", json!(2), 0.0),
+            AckOutcome::Ignored(json!(2))
+        );
     }
 
     #[test]
@@ -579,19 +592,45 @@ mod tests {
     }
 
     #[test]
+    fn the_unacked_deliveries_of_a_publish_at_its_deadline() {
+        let mut book = AckBook::default();
+        let tracking = Tracking {
+            sent_ms: 42.0,
+            ..Tracking::default()
+        };
+        book.begin("e".into(), sockets(&["b", "a", "c"]), (), tracking)
+            .expect("new");
+        assert_eq!(book.ack("e", "b", json!(1), 50.0), AckOutcome::Counted);
+        assert_eq!(
+            book.unacked("e"),
+            Some((vec!["a".to_owned(), "c".to_owned()], 42.0))
+        );
+        assert_eq!(book.unacked("other"), None);
+    }
+
+    #[test]
     fn ignores_unknown_spoofed_duplicate_and_late_acks() {
         let mut book = AckBook::default();
         book.begin("e".into(), sockets(&["a", "b"]), (), Tracking::default())
             .expect("new");
-        assert_eq!(book.ack("other", "a", json!(0), 0.0), AckOutcome::Ignored);
+        assert_eq!(
+            book.ack("other", "a", json!(0), 0.0),
+            AckOutcome::Ignored(json!(0))
+        );
         assert_eq!(
             book.ack("e", "intruder", json!(0), 0.0),
-            AckOutcome::Ignored
+            AckOutcome::Ignored(json!(0))
         );
         assert_eq!(book.ack("e", "a", json!("first"), 0.0), AckOutcome::Counted);
-        assert_eq!(book.ack("e", "a", json!("again"), 0.0), AckOutcome::Ignored);
+        assert_eq!(
+            book.ack("e", "a", json!("again"), 0.0),
+            AckOutcome::Ignored(json!("again"))
+        );
         assert_eq!(book.finish("e").results, vec![json!("first")]);
-        assert_eq!(book.ack("e", "b", json!("late"), 0.0), AckOutcome::Ignored);
+        assert_eq!(
+            book.ack("e", "b", json!("late"), 0.0),
+            AckOutcome::Ignored(json!("late"))
+        );
         assert!(book.is_empty());
     }
 

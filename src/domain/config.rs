@@ -10,6 +10,7 @@ use crate::domain::acks::{AckTimeout, DEFAULT_MAX_RESULTS_BYTES};
 use crate::domain::auth::AuthPolicy;
 use crate::domain::history::Retention;
 use crate::domain::session::Lifetime;
+use crate::domain::webhook::{EventSet, MIN_SECRET_LEN};
 
 /// Every setting, with its defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,39 @@ pub struct Config {
     /// `TOKEN_REFRESH_NOTICE_SECS`: how long before a socket's token
     /// expires it is told so (`token_expiring`); 0 turns the notice off.
     pub token_notice_secs: u64,
+    /// `WEBHOOK_*`; `None` without `WEBHOOK_URL`: no webhooks.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Where webhooks go and what they carry (`WEBHOOK_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// `WEBHOOK_URL`: an `http://` or `https://` URL.
+    pub url: String,
+    /// `WEBHOOK_SECRET`: the HMAC key of every request's signature.
+    pub secret: String,
+    /// `WEBHOOK_EVENTS`: the types sent (default all).
+    pub events: EventSet,
+    /// `WEBHOOK_OFFLINE_DELAY_SECS`: how long a user stays at 0 sockets
+    /// before `user.offline`.
+    pub offline_delay_secs: u64,
+    /// `WEBHOOK_PRESENCE_CHECK_SECS`: how often the alarm checks an online
+    /// user's sockets (0: never).
+    pub presence_check_secs: u64,
+    /// `LATE_ACK_WINDOW_SECS`: how long after delivery an ack still makes
+    /// `ack.late` (0: none).
+    pub late_ack_window_secs: u64,
+    /// `WEBHOOK_MAX_AGE_SECS`: older events are dropped.
+    pub max_age_secs: u64,
+    /// `WEBHOOK_MAX_PENDING`: past it the oldest events are dropped.
+    pub max_pending: u64,
+}
+
+impl WebhookConfig {
+    /// Whether deliveries past their publish's answer are kept for `ack.late`.
+    pub fn tracks_late_acks(&self) -> bool {
+        self.events.ack_late && self.late_ack_window_secs > 0
+    }
 }
 
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
@@ -139,6 +173,7 @@ impl Config {
                 Lifetime::DEFAULT_NOTICE_SECS,
                 0..=Lifetime::MAX_NOTICE_SECS,
             )?,
+            webhook: webhook(&get)?,
         })
     }
 
@@ -190,6 +225,65 @@ fn ack_timeout(get: &impl Fn(&str) -> Option<String>) -> Result<AckTimeout, Conf
         name: "ACK_TIMEOUT_MS",
         value: e.0,
         expected: "a whole number of milliseconds in 100..=30000",
+    })
+}
+
+/// The webhook settings, when `WEBHOOK_URL` is set.
+fn webhook(get: &impl Fn(&str) -> Option<String>) -> Result<Option<WebhookConfig>, ConfigError> {
+    let Some(url) = get("WEBHOOK_URL") else {
+        return Ok(None);
+    };
+    let invalid = |name, value: &str, expected| ConfigError::Invalid {
+        name,
+        value: value.to_owned(),
+        expected,
+    };
+    if !is_http_url(&url) {
+        return Err(invalid(
+            "WEBHOOK_URL",
+            &url,
+            "an http:// or https:// URL with a host",
+        ));
+    }
+    let secret = get("WEBHOOK_SECRET").unwrap_or_default();
+    if secret.chars().count() < MIN_SECRET_LEN {
+        // The secret itself is never logged.
+        return Err(invalid(
+            "WEBHOOK_SECRET",
+            "(hidden)",
+            "set, at least 32 characters",
+        ));
+    }
+    let events = match get("WEBHOOK_EVENTS") {
+        None => EventSet::ALL,
+        Some(list) => EventSet::parse(&list).ok_or_else(|| {
+            invalid(
+                "WEBHOOK_EVENTS",
+                &list,
+                "a comma-separated list of user.online, user.offline, ack.late",
+            )
+        })?,
+    };
+    Ok(Some(WebhookConfig {
+        url,
+        secret,
+        events,
+        offline_delay_secs: number(get, "WEBHOOK_OFFLINE_DELAY_SECS", 5, 0..=300)?,
+        presence_check_secs: number(get, "WEBHOOK_PRESENCE_CHECK_SECS", 300, 0..=86_400)?,
+        late_ack_window_secs: number(get, "LATE_ACK_WINDOW_SECS", 60, 0..=3_600)?,
+        max_age_secs: number(get, "WEBHOOK_MAX_AGE_SECS", 86_400, 60..=604_800)?,
+        max_pending: number(get, "WEBHOOK_MAX_PENDING", 1_000, 1..=100_000)?,
+    }))
+}
+
+/// `http://` or `https://`, a host, no whitespace.
+fn is_http_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|rest| {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        !host.is_empty() && !host.starts_with(':') && !url.chars().any(char::is_whitespace)
     })
 }
 
@@ -338,6 +432,79 @@ mod tests {
         assert_eq!(config.lifetime().leeway_secs, 0);
         let most = load(&[("JWT_SECRET", "s"), ("TOKEN_REFRESH_NOTICE_SECS", "3600")]);
         assert_eq!(most.map(|c| c.token_notice_secs), Ok(3600));
+    }
+
+    #[test]
+    fn webhooks_are_off_without_a_url_and_checked_with_one() {
+        let secret = "s".repeat(32);
+        assert_eq!(load(&[("JWT_SECRET", "s")]).map(|c| c.webhook), Ok(None));
+        let on = load(&[
+            ("JWT_SECRET", "s"),
+            ("WEBHOOK_URL", "https://hooks.example/hopeflow"),
+            ("WEBHOOK_SECRET", &secret),
+        ])
+        .expect("valid")
+        .webhook
+        .expect("on");
+        assert_eq!(on.url, "https://hooks.example/hopeflow");
+        assert_eq!(on.events, EventSet::ALL);
+        assert_eq!(
+            (
+                on.offline_delay_secs,
+                on.presence_check_secs,
+                on.late_ack_window_secs
+            ),
+            (5, 300, 60)
+        );
+        assert_eq!((on.max_age_secs, on.max_pending), (86_400, 1_000));
+        assert!(on.tracks_late_acks());
+        for (url, secret) in [
+            ("ftp://x", secret.as_str()),
+            ("https://", secret.as_str()),
+            ("http://:80/x", secret.as_str()),
+            ("hooks.example", secret.as_str()),
+            ("https://a b", secret.as_str()),
+            ("http://127.0.0.1:9/h", "too short"),
+            ("http://127.0.0.1:9/h", ""),
+        ] {
+            let err = load(&[
+                ("JWT_SECRET", "s"),
+                ("WEBHOOK_URL", url),
+                ("WEBHOOK_SECRET", secret),
+            ]);
+            let err = err.expect_err(url).to_string();
+            assert!(err.contains("WEBHOOK_"), "{err}");
+            assert!(
+                !err.contains("too short"),
+                "the secret is never shown: {err}"
+            );
+        }
+        let only_online = load(&[
+            ("JWT_SECRET", "s"),
+            ("WEBHOOK_URL", "http://127.0.0.1:9/h"),
+            ("WEBHOOK_SECRET", &secret),
+            ("WEBHOOK_EVENTS", "user.online"),
+            ("LATE_ACK_WINDOW_SECS", "0"),
+        ])
+        .expect("valid")
+        .webhook
+        .expect("on");
+        assert!(!only_online.events.offline && !only_online.tracks_late_acks());
+        for (name, value) in [
+            ("WEBHOOK_EVENTS", "user.gone"),
+            ("WEBHOOK_OFFLINE_DELAY_SECS", "301"),
+            ("WEBHOOK_MAX_AGE_SECS", "59"),
+            ("WEBHOOK_MAX_PENDING", "0"),
+            ("LATE_ACK_WINDOW_SECS", "3601"),
+        ] {
+            let loaded = load(&[
+                ("JWT_SECRET", "s"),
+                ("WEBHOOK_URL", "http://127.0.0.1:9/h"),
+                ("WEBHOOK_SECRET", &secret),
+                (name, value),
+            ]);
+            assert!(loaded.expect_err(name).to_string().contains(name));
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@
 //! * [`config`]: every setting, parsed and bounded in one place.
 //! * [`limits`]: per-socket rate limit and violation counting.
 //! * [`query`]: query-parameter lookup without a URL parser.
+//! * [`webhook`]: webhooks: events, signatures, presence, retries and the
+//!   outbox's SQL.
 //! * [`warmup`]: runs the publish path's pure code on sample input as the
 //!   isolate starts, so V8 has compiled and optimized it before requests.
 
@@ -41,3 +43,4 @@ pub mod query;
 pub mod schedule;
 pub mod session;
 pub mod warmup;
+pub mod webhook;

@@ -187,6 +187,24 @@ pub struct SocketsView {
     /// Absent with history off, and for a user who never had a history.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub history: Option<HistoryView>,
+    /// Absent without `WEBHOOK_URL`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub webhooks: Option<WebhookView>,
+}
+
+/// The user's webhook outbox.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WebhookView {
+    /// Events waiting to be delivered.
+    pub pending: u64,
+    /// Events dropped past `WEBHOOK_MAX_AGE_SECS` or `WEBHOOK_MAX_PENDING`.
+    pub dropped: u64,
+    /// The last failure, as text; `None` once a request succeeds.
+    #[serde(rename = "lastError")]
+    pub last_error: Option<String>,
+    /// When the next retry goes (unix ms); `None` when none waits.
+    #[serde(rename = "nextAttemptAt")]
+    pub next_attempt_at: Option<u64>,
 }
 
 /// The user's history as stored: the last `seq` given out, and how many
@@ -213,7 +231,13 @@ impl SocketsView {
             pending_publishes: pending,
             sockets,
             history,
+            webhooks: None,
         }
+    }
+
+    /// This view with the webhook outbox's state.
+    pub fn with_webhooks(self, webhooks: Option<WebhookView>) -> SocketsView {
+        SocketsView { webhooks, ..self }
     }
 
     pub fn to_text(&self) -> String {

@@ -112,7 +112,7 @@ impl RealtimeObject {
     }
 
     #[wasm_bindgen(js_name = alarm)]
-    pub fn on_alarm(&self) {
+    pub fn on_alarm(&self) -> JsValue {
         self.0.alarm()
     }
 

@@ -18,6 +18,7 @@ mod routes;
 mod support;
 mod tls;
 mod tokens;
+mod webhooks;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -111,6 +112,7 @@ fn main() {
     all.extend(client_tokens::tests());
     all.extend(tls::tests());
     all.extend(tokens::tests());
+    all.extend(webhooks::tests());
     let selected: Vec<Test> = all
         .into_iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))

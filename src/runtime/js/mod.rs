@@ -14,6 +14,7 @@
 
 mod bindings;
 pub mod env;
+pub mod fetch;
 pub mod promise;
 pub mod response;
 pub mod socket;

@@ -7,7 +7,8 @@ use std::cell::Cell;
 use worker::worker_sys::DurableObjectState;
 use worker::{console_error, js_sys, State};
 
-use super::storage;
+use super::{outbox, storage};
+use crate::domain::config::WebhookConfig;
 use crate::domain::history::Retention;
 use crate::domain::schedule::{self, AlarmState, WakeRequest};
 use crate::domain::session::Lifetime;
@@ -17,17 +18,23 @@ use crate::runtime::js::storage::{another_handle, set_alarm};
 pub struct Alarm {
     state: DurableObjectState,
     known: Cell<AlarmState>,
-    lifetime: Lifetime,
-    retention: Retention,
+    /// The duties' rules, for [`Alarm::next_wake`].
+    duties: Duties,
+}
+
+/// The settings every timed duty follows.
+pub struct Duties {
+    pub lifetime: Lifetime,
+    pub retention: Retention,
+    pub webhook: Option<WebhookConfig>,
 }
 
 impl Alarm {
-    pub fn new(state: &DurableObjectState, lifetime: Lifetime, retention: Retention) -> Alarm {
+    pub fn new(state: &DurableObjectState, duties: Duties) -> Alarm {
         Alarm {
             state: another_handle(state),
             known: Cell::new(AlarmState::Unknown),
-            lifetime,
-            retention,
+            duties,
         }
     }
 
@@ -44,9 +51,17 @@ impl Alarm {
         }
     }
 
+    /// The alarm fired: the runtime holds none until one is set again.
+    pub fn fired(&self) {
+        self.known.set(AlarmState::Unset);
+    }
+
     /// Sets the alarm for `at_ms` (replacing any), or records that none is
     /// needed; the runtime clears a fired alarm itself.
     pub fn set(&self, at_ms: Option<f64>) {
+        // The runtime keeps whole milliseconds: rounded up, the alarm never
+        // fires before what it is for is due.
+        let at_ms = at_ms.map(f64::ceil);
         if let Some(at) = at_ms {
             match self.state.storage() {
                 Ok(storage) => set_alarm(&storage, at),
@@ -60,12 +75,21 @@ impl Alarm {
     /// tables and the sockets' attachments): what an earlier instance may
     /// have set the alarm for.
     fn next_wake(&self, now_ms: f64) -> Option<f64> {
-        let storage_ms = storage::next_cleanup(&self.state, self.retention, now_ms);
+        let storage_ms = storage::next_cleanup(&self.state, self.duties.retention, now_ms);
+        let webhook_ms = self
+            .duties
+            .webhook
+            .as_ref()
+            .and_then(|config| outbox::next_stored(&self.state, config, now_ms));
         let sockets: Vec<_> = State::from(another_handle(&self.state))
             .get_websockets()
             .iter()
             .filter_map(|ws| load_attachment(ws).ok().flatten())
             .collect();
-        schedule::next_wake(self.lifetime, storage_ms, &sockets)
+        let stored = [storage_ms, webhook_ms]
+            .into_iter()
+            .flatten()
+            .min_by(f64::total_cmp);
+        schedule::next_wake(self.duties.lifetime, stored, &sockets)
     }
 }

@@ -6,9 +6,11 @@
 
 mod alarm;
 mod history;
+mod outbox;
 mod publishes;
 mod sockets;
 mod storage;
+mod webhooks;
 
 use std::rc::Rc;
 
@@ -19,10 +21,11 @@ use worker::{
     WebSocketPair,
 };
 
-use self::alarm::Alarm;
+use self::alarm::{Alarm, Duties};
 use self::history::UserHistory;
 use self::publishes::{outcome, Publishes, Sent};
 use self::sockets::{Charge, Sockets};
+use self::webhooks::Webhooks;
 use crate::domain::acks::{Settled, Tracking};
 use crate::domain::config::DEFAULT_MAX_FRAME_BYTES;
 use crate::domain::error::ApiError;
@@ -51,6 +54,7 @@ pub struct HopeFlowRealtime {
     sockets: Sockets,
     publishes: Publishes,
     history: UserHistory,
+    webhooks: Webhooks,
     /// The one alarm, shared with the parts that have timed duties.
     alarm: Rc<Alarm>,
 }
@@ -70,15 +74,19 @@ impl HopeFlowRealtime {
         let ttl_secs = config.map_or(crate::domain::config::DEFAULT_IDEMPOTENCY_TTL_SECS, |c| {
             c.idempotency_ttl_secs
         });
-        let alarm = Rc::new(Alarm::new(
-            &raw_state,
+        let webhook = config.and_then(|c| c.webhook.clone());
+        let duties = Duties {
             lifetime,
-            retention.unwrap_or_default(),
-        ));
+            retention: retention.unwrap_or_default(),
+            webhook: webhook.clone(),
+        };
+        let alarm = Rc::new(Alarm::new(&raw_state, duties));
+        let webhooks = Webhooks::new(&raw_state, webhook, Rc::clone(&alarm));
         HopeFlowRealtime {
             sockets: Sockets::new(State::from(another_handle(&raw_state))),
-            publishes: Publishes::new(&raw_state, ttl_secs, Rc::clone(&alarm)),
+            publishes: Publishes::new(&raw_state, ttl_secs, Rc::clone(&alarm), webhooks.clone()),
             history: UserHistory::new(&raw_state, retention, Rc::clone(&alarm)),
+            webhooks,
             alarm,
             state,
             raw_state,
@@ -146,9 +154,12 @@ impl HopeFlowRealtime {
                 envelope_id,
                 result,
             } => {
-                if !self.publishes.ack(&envelope_id, socket_id, result, now_ms) {
+                let ignored = self.publishes.ack(&envelope_id, socket_id, result, now_ms);
+                if let Some(result) = ignored {
                     // Ignored acks are silent, but they still cost rate.
-                    self.charge(ws, socket_id, now_ms);
+                    if self.charge(ws, socket_id, now_ms) {
+                        self.late_ack(&envelope_id, socket_id, result, now_ms);
+                    }
                 }
             }
             frame if !self.charge(ws, socket_id, now_ms) => drop(frame),
@@ -193,7 +204,9 @@ impl HopeFlowRealtime {
         if let Some(at) = self.lifetime().next_ms(&attachment) {
             self.alarm.wake_by(at);
         }
+        let user_id = attachment.user_id.clone();
         self.sockets.add(pair.server, attachment);
+        self.webhooks.opened(&user_id, self.sockets.count(), now_ms);
         Response::from_websocket(pair.client).map_err(http::failed("answering an upgrade"))
     }
 
@@ -313,7 +326,7 @@ impl HopeFlowRealtime {
             self.publishes.waiting(),
             self.history.view(),
         );
-        view.to_text()
+        view.with_webhooks(self.webhooks.view()).to_text()
     }
 
     /// `disconnect` (RPC from the worker, `DisconnectRequest` as JSON text):
@@ -342,8 +355,11 @@ impl HopeFlowRealtime {
 
     /// The alarm: deletes expired idempotency keys and history past its
     /// bounds, sends the token notices and closes the sockets that are due
-    /// (`schedule`), then sets itself for the next duty.
-    pub fn alarm(&self) {
+    /// (`schedule`), does the webhooks' duties, then sets itself for the
+    /// next duty. A webhook request due now goes out: the Promise of its
+    /// end, which the runtime awaits.
+    pub fn alarm(&self) -> JsValue {
+        self.alarm.fired();
         let now_ms = js_sys::Date::now();
         let lifetime = self.lifetime();
         let retention = self
@@ -354,7 +370,24 @@ impl HopeFlowRealtime {
         for (socket_id, duty) in self.sockets.due_now(lifetime, now_ms) {
             self.token_duty(&socket_id, duty);
         }
-        self.alarm.set(self.sockets.next_wake(lifetime, storage_ms));
+        let request = self.webhooks.on_alarm(self.sockets.count(), now_ms);
+        let stored = [storage_ms, self.webhooks.next_ms(now_ms)];
+        let stored = stored.into_iter().flatten().min_by(f64::total_cmp);
+        self.alarm.set(self.sockets.next_wake(lifetime, stored));
+        request.unwrap_or(JsValue::UNDEFINED)
+    }
+
+    /// An ack the publishes did not wait for, from a socket of its user:
+    /// maybe `ack.late`.
+    #[inline(never)]
+    fn late_ack(&self, envelope_id: &str, socket_id: &str, result: serde_json::Value, now_ms: f64) {
+        if !self.webhooks.tracks_late_acks() {
+            return;
+        }
+        if let Some(socket) = self.sockets.attachment(socket_id) {
+            self.webhooks
+                .late_ack(envelope_id, socket_id, &socket.user_id, result, now_ms);
+        }
     }
 
     /// Sends a socket its `token_expiring` notice (once: the attachment
@@ -503,6 +536,8 @@ impl HopeFlowRealtime {
     fn forget(&self, ws: &WebSocket) {
         if let Some(socket_id) = self.sockets.remove(ws) {
             self.publishes.socket_gone(&socket_id);
+            self.webhooks
+                .closed(self.sockets.count(), js_sys::Date::now());
         }
     }
 }

@@ -16,6 +16,7 @@ use worker::worker_sys::DurableObjectState;
 
 use super::alarm::Alarm;
 use super::storage::KeyStore;
+use super::webhooks::Webhooks;
 use crate::domain::acks::{AckBook, AckOutcome, DeadlineQueue, Settled, Tracking};
 use crate::domain::error::ApiError;
 use crate::domain::idempotency::{self, KeyBook, KeyedRequest, Receipt};
@@ -44,6 +45,8 @@ struct InFlight {
     ttl_secs: u64,
     /// Wakes the object to delete keyed answers past their TTL.
     alarm: Rc<Alarm>,
+    /// Told of the deliveries a publish's deadline passed without.
+    webhooks: Webhooks,
 }
 
 type Shared = Rc<RefCell<InFlight>>;
@@ -65,7 +68,12 @@ pub struct Sent {
 }
 
 impl Publishes {
-    pub fn new(state: &DurableObjectState, ttl_secs: u64, alarm: Rc<Alarm>) -> Publishes {
+    pub fn new(
+        state: &DurableObjectState,
+        ttl_secs: u64,
+        alarm: Rc<Alarm>,
+        webhooks: Webhooks,
+    ) -> Publishes {
         let shared: Shared = Rc::new(RefCell::new(InFlight {
             book: AckBook::default(),
             deadlines: DeadlineQueue::default(),
@@ -74,14 +82,22 @@ impl Publishes {
             state: another_handle(state),
             ttl_secs,
             alarm,
+            webhooks,
         }));
         let fired = Rc::clone(&shared);
         let timer = Timer::new(move || expire_due(&fired));
         Publishes { shared, timer }
     }
 
-    /// A socket's ack; `false` when it was ignored (it still costs rate).
-    pub fn ack(&self, envelope_id: &str, socket_id: &str, result: Value, now_ms: f64) -> bool {
+    /// A socket's ack; an ignored one gives its result back (it still
+    /// costs rate, and may be a late ack).
+    pub fn ack(
+        &self,
+        envelope_id: &str,
+        socket_id: &str,
+        result: Value,
+        now_ms: f64,
+    ) -> Option<Value> {
         // A statement of its own: the borrow ends before the answer.
         let outcome = self
             .shared
@@ -92,9 +108,9 @@ impl Publishes {
             // The publish may have timed out meanwhile; nothing to wake.
             AckOutcome::Completed(waiter) => complete(&self.shared, waiter),
             AckOutcome::Counted => {}
-            AckOutcome::Ignored => return false,
+            AckOutcome::Ignored(result) => return Some(result),
         }
-        true
+        None
     }
 
     /// A socket closed: publishes stop waiting for it.
@@ -209,6 +225,13 @@ impl InFlight {
 fn expire_due(shared: &Shared) -> Option<f64> {
     let (due, next) = shared.borrow_mut().deadlines.fire(js_sys::Date::now());
     for envelope_id in due {
+        let webhooks = shared.borrow().webhooks.clone();
+        if webhooks.tracks_late_acks() {
+            let unacked = shared.borrow().book.unacked(&envelope_id);
+            if let Some((sockets, sent_ms)) = unacked.filter(|(sockets, _)| !sockets.is_empty()) {
+                webhooks.unacked(&envelope_id, &sockets, sent_ms);
+            }
+        }
         // None when the publish completed before its deadline.
         let expired = shared.borrow_mut().book.expire(&envelope_id);
         if let Some((waiter, settled)) = expired {

@@ -135,6 +135,11 @@ impl Sockets {
         });
     }
 
+    /// How many sockets are open.
+    pub fn count(&self) -> usize {
+        self.with(|sockets| sockets.len())
+    }
+
     /// Drops a closed socket; its id, if it was in the index.
     pub fn remove(&self, ws: &WebSocket) -> Option<String> {
         let socket_id = self.id_of(ws)?;
