@@ -262,6 +262,27 @@ pub struct UserSockets {
     /// The user's history as stored; `None` when the server keeps none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<StoredHistory>,
+    /// The user's webhook outbox; `None` when the server sends no webhooks
+    /// (no `WEBHOOK_URL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhookState>,
+}
+
+/// `webhooks` in `GET /users/{id}/sockets` (docs/webhooks.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WebhookState {
+    /// Events waiting to be delivered.
+    #[serde(default)]
+    pub pending: u64,
+    /// Events dropped past `WEBHOOK_MAX_AGE_SECS` or `WEBHOOK_MAX_PENDING`.
+    #[serde(default)]
+    pub dropped: u64,
+    /// Why the last request failed; `None` once one succeeds.
+    #[serde(rename = "lastError", default)]
+    pub last_error: Option<String>,
+    /// When the next retry goes (unix ms); `None` when none waits.
+    #[serde(rename = "nextAttemptAt", default)]
+    pub next_attempt_at: Option<u64>,
 }
 
 /// `history` in `GET /users/{id}/sockets`.
@@ -680,6 +701,37 @@ mod tests {
                 stored_envelopes: 4
             })
         );
+        assert_eq!(sockets.webhooks, None);
+        assert_eq!(with_history.webhooks, None);
+        // The webhook outbox, as the server's view writes it, and back.
+        let outbox = hopeflow_realtime::operator::WebhookView {
+            pending: 2,
+            dropped: 1,
+            last_error: Some("HTTP 500".into()),
+            next_attempt_at: Some(1_700_000_001_000),
+        };
+        let text = format!(
+            r#"{{"userId":"a","count":0,"pendingPublishes":0,"sockets":[],"webhooks":{}}}"#,
+            serde_json::to_string(&outbox).expect("json")
+        );
+        let with_hooks: UserSockets = serde_json::from_str(&text).expect("sockets with webhooks");
+        assert_eq!(
+            with_hooks.webhooks,
+            Some(WebhookState {
+                pending: 2,
+                dropped: 1,
+                last_error: Some("HTTP 500".into()),
+                next_attempt_at: Some(1_700_000_001_000)
+            })
+        );
+        assert_eq!(
+            serde_json::to_value(&with_hooks).expect("json")["webhooks"],
+            serde_json::to_value(&outbox).expect("json")
+        );
+        assert!(serde_json::to_value(&sockets)
+            .expect("json")
+            .get("webhooks")
+            .is_none());
         assert_eq!(
             serde_json::to_value(&sockets).expect("json")["sockets"][1]["connectedAt"],
             json!(1_700_000_000_001u64)

@@ -1,5 +1,5 @@
 //! Pure helpers of the `hopeflow` tool: parsing `--filter` and `--claim`
-//! arguments, checking `--url` and `HOPEFLOW_URL`, finding the secret and
+//! arguments, checking `--url` and `HOPEFLOW_URL`, finding the secrets and
 //! the user of `listen`, and wording outcomes (close codes, expiries).
 
 use std::path::Path;
@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use crate::api::BatchOutcome;
 use crate::socket::{reconnect_after, CloseCode};
 use crate::token;
+use crate::webhook::MIN_SECRET_LEN;
 
 /// The user id of the tokens the tool mints for itself (publish and the
 /// operator commands, and `token --operator` without `--user`).
@@ -415,13 +416,49 @@ pub fn describe_gap(
 /// The secret: `--secret`, else `JWT_SECRET`, else `JWT_SECRET` in
 /// `.dev.vars` of `dir`.
 pub fn find_secret(flag: Option<&str>, env: Option<&str>, dir: &Path) -> Option<String> {
+    find_setting("JWT_SECRET", flag, env, dir)
+}
+
+/// A setting the tool shares with the worker: its flag, else `env` (the
+/// variable `name`), else `name` in `.dev.vars` of `dir` (what `make dev`
+/// gives the worker). `WEBHOOK_SECRET` for `webhooks listen`.
+pub fn find_setting(
+    name: &str,
+    flag: Option<&str>,
+    env: Option<&str>,
+    dir: &Path,
+) -> Option<String> {
     let nonempty = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
     flag.and_then(nonempty)
         .or_else(|| env.and_then(nonempty))
         .or_else(|| {
             let vars = std::fs::read_to_string(dir.join(".dev.vars")).ok()?;
-            dev_var(&vars, "JWT_SECRET")
+            dev_var(&vars, name)
         })
+}
+
+/// The secret of `webhooks listen`: `--secret`, else `WEBHOOK_SECRET`,
+/// else `WEBHOOK_SECRET` in `.dev.vars` of `dir`; at least as long as the
+/// worker requires (a shorter one cannot be the worker's).
+pub fn webhook_secret(flag: Option<&str>, env: Option<&str>, dir: &Path) -> Result<String, String> {
+    let secret = find_setting("WEBHOOK_SECRET", flag, env, dir).ok_or(
+        "no webhook secret: pass --secret, set WEBHOOK_SECRET, or run where .dev.vars has it",
+    )?;
+    if secret.chars().count() < MIN_SECRET_LEN {
+        return Err(format!(
+            "the webhook secret has {} characters: the worker's WEBHOOK_SECRET has at least {MIN_SECRET_LEN}",
+            secret.chars().count()
+        ));
+    }
+    Ok(secret)
+}
+
+/// What `webhooks listen` says when it starts.
+pub fn describe_webhook_receiver(port: u16) -> String {
+    format!(
+        "receiving webhooks on http://127.0.0.1:{port}/ (the worker's WEBHOOK_URL, with this \
+         WEBHOOK_SECRET): each event is printed as a JSON line, each refused request on stderr"
+    )
 }
 
 /// Reads `NAME=value` (optionally quoted) from a `.dev.vars` text.
@@ -776,6 +813,27 @@ mod tests {
     }
 
     #[test]
+    fn webhook_secrets_are_as_long_as_the_workers() {
+        let dir = std::env::temp_dir().join(format!("hopeflow-cli-hooks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let long = "x".repeat(MIN_SECRET_LEN);
+        assert_eq!(webhook_secret(Some(&long), None, &dir), Ok(long.clone()));
+        assert_eq!(webhook_secret(None, Some(&long), &dir), Ok(long.clone()));
+        assert_eq!(
+            webhook_secret(Some("short"), None, &dir),
+            Err(
+                "the webhook secret has 5 characters: the worker's WEBHOOK_SECRET has at least 32"
+                    .into()
+            )
+        );
+        assert!(webhook_secret(None, None, &dir).is_err_and(|e| e.starts_with("no webhook secret")));
+        std::fs::write(dir.join(".dev.vars"), format!("WEBHOOK_SECRET={long}\n")).expect("write");
+        assert_eq!(webhook_secret(None, None, &dir), Ok(long));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(describe_webhook_receiver(9000).contains("http://127.0.0.1:9000/"));
+    }
+
+    #[test]
     fn secret_precedence() {
         let dir = std::env::temp_dir().join(format!("hopeflow-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -793,6 +851,25 @@ mod tests {
         let empty = dir.join("empty");
         std::fs::create_dir_all(&empty).expect("dir");
         assert_eq!(find_secret(None, None, &empty), None);
+        // The webhook secret, from the same places under its own name.
+        std::fs::write(
+            dir.join(".dev.vars"),
+            "JWT_SECRET=jwt\nWEBHOOK_SECRET='hook-secret'\n",
+        )
+        .expect("write");
+        assert_eq!(
+            find_setting("WEBHOOK_SECRET", None, None, &dir),
+            Some("hook-secret".into())
+        );
+        assert_eq!(
+            find_setting("WEBHOOK_SECRET", Some("flag"), Some("env"), &dir),
+            Some("flag".into())
+        );
+        assert_eq!(
+            find_setting("WEBHOOK_SECRET", None, Some("env"), &dir),
+            Some("env".into())
+        );
+        assert_eq!(find_setting("WEBHOOK_SECRET", None, None, &empty), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -16,6 +16,10 @@
 //! * [`token`]: minting and checking HS256 tokens for development and tests.
 //! * [`tls`]: what `wss://` and `https://` trust (public roots, private CAs)
 //!   and one-line connection errors.
+//! * [`webhook`]: receiving webhooks: [`webhook::verify`] checks a
+//!   request's `HopeFlow-Signature` and returns its events;
+//!   [`webhook::receiver`] is the local receiver of `hopeflow webhooks
+//!   listen`.
 //! * [`cli`]: argument helpers of the `hopeflow` command-line tool.
 //!
 //! Frames, envelopes, error and close codes are the server crate's own types
@@ -23,7 +27,8 @@
 //! so are its rules: which idempotency keys are valid
 //! (`hopeflow_realtime::idempotency`), the default operator scope
 //! (`hopeflow_realtime::config`), how a token is checked and reads its
-//! scopes (`hopeflow_realtime::auth`). The two sides cannot drift apart.
+//! scopes (`hopeflow_realtime::auth`), how a webhook request is signed and
+//! verified (`hopeflow_realtime::webhook`). The two sides cannot drift apart.
 //!
 //! Every public error type implements [`std::error::Error`].
 #![forbid(unsafe_code)]
@@ -34,11 +39,12 @@ pub mod publisher;
 pub mod socket;
 pub mod tls;
 pub mod token;
+pub mod webhook;
 
 pub use api::{
     ApiError, BatchOutcome, Delivery, DeliveryStatus, DisconnectOutcome, IdempotencyKey,
     InvalidIdempotencyKey, PublishOptions, PublishOutcome, SocketInfo, StoredHistory, UserOutcome,
-    UserSockets,
+    UserSockets, WebhookState,
 };
 pub use publisher::{PublishError, Publisher};
 pub use socket::{

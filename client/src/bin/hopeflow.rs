@@ -1,7 +1,7 @@
 //! `hopeflow`: mint and check tokens, watch a user's deliveries, publish by
-//! hand, and list or disconnect a user's sockets.
+//! hand, list or disconnect a user's sockets, and receive webhooks locally.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -10,10 +10,12 @@ use serde_json::{Map, Value};
 
 use hopeflow_client::cli::{
     batch_failures, describe_close, describe_code, describe_gap, describe_refresh,
-    describe_token_expiry, find_secret, format_time, http_url, listen_reconnects, listen_url,
-    listen_user, parse_filter, token_claims, token_expired, CLI_USER, URL_VAR,
+    describe_token_expiry, describe_webhook_receiver, find_secret, format_time, http_url,
+    listen_reconnects, listen_url, listen_user, parse_filter, token_claims, token_expired,
+    webhook_secret, CLI_USER, URL_VAR,
 };
 use hopeflow_client::socket::token_expiry;
+use hopeflow_client::webhook::receiver::{Received, Receiver};
 use hopeflow_client::{
     token, Client, ClientOptions, Event, IdempotencyKey, PublishError, PublishOptions, Publisher,
     Trust,
@@ -30,10 +32,12 @@ Examples (after `make dev`, which serves on 127.0.0.1:8787 with .dev.vars):
   hopeflow publish --user alice --payload '{}' --detail
   hopeflow sockets --user alice
   hopeflow disconnect --user alice --reconnect --reason 'token rotated'
+  hopeflow webhooks listen --port 9000
   hopeflow listen --url wss://realtime.example.com --token \"$TOKEN\" --ca-cert ca.pem
   HOPEFLOW_URL=https://realtime.example.com hopeflow listen --token \"$TOKEN\"
 
-The secret comes from --secret, else $JWT_SECRET, else JWT_SECRET in ./.dev.vars.
+The secret comes from --secret, else $JWT_SECRET, else JWT_SECRET in ./.dev.vars
+(webhooks listen: WEBHOOK_SECRET, from the same places).
 Without --token, publish, sockets and disconnect mint a token for hopeflow-cli
 with scope \"operator\" (what the operator routes need by default), and listen
 mints one for --user that it refreshes before it expires (--ttl, default 1h).
@@ -169,6 +173,27 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Receive the worker's webhooks locally (docs/webhooks.md).
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// Receive webhooks on 127.0.0.1: verify each request, print each event as a JSON line.
+    #[command(
+        after_help = "Example, with `make dev` (whose worker reads .dev.vars):\n  # in .dev.vars: WEBHOOK_URL=http://127.0.0.1:9000/ and WEBHOOK_SECRET=<32+ characters>\n  hopeflow webhooks listen --port 9000\n  hopeflow listen --user alice          # another terminal: user.online, and user.offline after it stops\n\nA request whose HopeFlow-Signature is valid (the secret, the body, a time within\n5 minutes) is answered 200 and its events printed on stdout, oldest first; any\nother is answered 401 (400 when signed but not events) with the reason on\nstderr, and the worker retries it. The secret comes from --secret, else\n$WEBHOOK_SECRET, else WEBHOOK_SECRET in ./.dev.vars."
+    )]
+    Listen {
+        /// The port on 127.0.0.1 (0: a free one, printed at the start).
+        #[arg(long)]
+        port: u16,
+        /// The worker's WEBHOOK_SECRET (at least 32 characters).
+        #[arg(long)]
+        secret: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -260,6 +285,21 @@ fn main() -> ExitCode {
 fn fail(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::FAILURE
+}
+
+/// Prints a verified request's events on stdout, one JSON line each and
+/// together; a refused request's reason on stderr.
+fn print_received(received: &Received) {
+    match received {
+        Received::Events(events) => {
+            let mut out = std::io::stdout().lock();
+            for event in events {
+                let _ = writeln!(out, "{}", event.to_text());
+            }
+            let _ = out.flush();
+        }
+        Received::Refused { status, why } => eprintln!("refused a request ({status}): {why}"),
+    }
 }
 
 fn secret(flag: Option<&str>) -> Result<String, String> {
@@ -458,6 +498,22 @@ async fn run(command: Command) -> Result<(), String> {
                 .map_err(|e| call_error(&url, e))?;
             print(&outcome);
             Ok(())
+        }
+        Command::Webhooks {
+            command: WebhooksCommand::Listen { port, secret: flag },
+        } => {
+            let env = std::env::var("WEBHOOK_SECRET").ok();
+            let dir = std::env::current_dir().unwrap_or_default();
+            let secret = webhook_secret(flag.as_deref(), env.as_deref(), &dir)?;
+            let receiver = Receiver::bind(("127.0.0.1", port), &secret)
+                .await
+                .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+            let port = receiver.local_addr().map_err(|e| e.to_string())?.port();
+            eprintln!("{}", describe_webhook_receiver(port));
+            receiver
+                .run(print_received)
+                .await
+                .map_err(|e| format!("cannot accept connections: {e}"))
         }
     }
 }
@@ -684,6 +740,26 @@ mod tests {
         assert!(parse(&["listen"]).is_err());
         assert!(parse(&["listen", "--token", "t", "--secret", "s"]).is_err());
         assert!(parse(&["listen", "--token", "t", "--ttl", "5m"]).is_err());
+    }
+
+    #[test]
+    fn webhooks_listen_takes_a_port_and_maybe_a_secret() {
+        let Ok(Command::Webhooks {
+            command: WebhooksCommand::Listen { port, secret },
+        }) = parse(&["webhooks", "listen", "--port", "9000", "--secret", "s"])
+        else {
+            panic!("webhooks listen did not parse");
+        };
+        assert_eq!((port, secret.as_deref()), (9000, Some("s")));
+        let Ok(Command::Webhooks {
+            command: WebhooksCommand::Listen { secret: None, .. },
+        }) = parse(&["webhooks", "listen", "--port", "0"])
+        else {
+            panic!("webhooks listen without --secret did not parse");
+        };
+        assert!(parse(&["webhooks", "listen"]).is_err());
+        assert!(parse(&["webhooks", "listen", "--port", "70000"]).is_err());
+        assert!(parse(&["webhooks"]).is_err());
     }
 
     #[test]
