@@ -44,12 +44,14 @@ impl Outbox {
             .iter()
             .filter_map(|row| Some((row.text("k")?, row.text("v")?)))
             .collect();
-        let number = |key: &str| stored.get(key).and_then(|v| v.parse::<f64>().ok());
+        // Whole numbers only: parsing or printing an f64 links kilobytes
+        // of float code into the wasm for these few values.
+        let number = |key: &str| stored.get(key).and_then(|v| v.parse::<u64>().ok());
         Ok(Outbox {
-            seq: number("seq").unwrap_or(0.0) as u64,
-            dropped: number("dropped").unwrap_or(0.0) as u64,
-            attempt: number("attempt").unwrap_or(0.0) as u32,
-            next_attempt_at: number("next_attempt_at"),
+            seq: number("seq").unwrap_or(0),
+            dropped: number("dropped").unwrap_or(0),
+            attempt: number("attempt").unwrap_or(0) as u32,
+            next_attempt_at: number("next_attempt_at").map(|at| at as f64),
             last_error: stored.get("last_error").filter(|e| !e.is_empty()).cloned(),
             presence: stored
                 .get("presence")
@@ -147,10 +149,10 @@ impl Outbox {
         console_warn!("webhook request failed: {why}");
         self.attempt = self.attempt.saturating_add(1);
         let jitter = 0.5 + js_sys::Math::random() * 0.5;
-        let at = now_ms + backoff_ms(self.attempt, jitter);
+        let at = (now_ms + backoff_ms(self.attempt, jitter)).ceil();
         self.next_attempt_at = Some(at);
         self.save("attempt", &self.attempt.to_string());
-        self.save("next_attempt_at", &at.to_string());
+        self.save("next_attempt_at", &(at as u64).to_string());
         self.save("last_error", &why);
         self.last_error = Some(why);
     }
