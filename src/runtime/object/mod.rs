@@ -82,6 +82,7 @@ impl HopeFlowRealtime {
         };
         let alarm = Rc::new(Alarm::new(&raw_state, duties));
         let webhooks = Webhooks::new(&raw_state, webhook, Rc::clone(&alarm));
+        webhooks.started(|| state.get_websockets().len(), js_sys::Date::now());
         HopeFlowRealtime {
             sockets: Sockets::new(State::from(another_handle(&raw_state))),
             publishes: Publishes::new(&raw_state, ttl_secs, Rc::clone(&alarm), webhooks.clone()),
@@ -533,6 +534,8 @@ impl HopeFlowRealtime {
     }
 
     /// Drops a closed socket from the index and stops waiting for its acks.
+    /// Out of line: every way a socket ends calls it.
+    #[inline(never)]
     fn forget(&self, ws: &WebSocket) {
         if let Some(socket_id) = self.sockets.remove(ws) {
             self.publishes.socket_gone(&socket_id);

@@ -54,7 +54,32 @@ impl Webhooks {
         }))
     }
 
+    /// The object started with `sockets()` open (asked only when webhooks
+    /// are on). A user stored online with
+    /// none lost them without close events (a deploy, a restart): the last
+    /// one counts as closed now, and `user.offline` follows after the
+    /// delay unless a socket connects first.
+    #[inline(never)]
+    pub fn started(&self, sockets: impl FnOnce() -> usize, now_ms: f64) {
+        let Some(hooks) = &self.0 else { return };
+        let sockets = sockets();
+        let due = hooks.with(|outbox| {
+            let before = outbox.presence.clone();
+            outbox
+                .presence
+                .check(sockets, now_ms, hooks.config.offline_delay_secs);
+            if outbox.presence != before {
+                outbox.save_presence();
+            }
+            outbox.presence.offline_at
+        });
+        if let Some(at) = due.flatten() {
+            hooks.alarm.wake_by(at);
+        }
+    }
+
     /// A socket of `user_id` opened; `sockets` are open now.
+    #[inline(never)]
     pub fn opened(&self, user_id: &str, sockets: usize, now_ms: f64) {
         let Some(hooks) = &self.0 else { return };
         hooks.with(|outbox| {
@@ -74,6 +99,7 @@ impl Webhooks {
     }
 
     /// A socket closed; `sockets` are left.
+    #[inline(never)]
     pub fn closed(&self, sockets: usize, now_ms: f64) {
         let Some(hooks) = &self.0 else { return };
         let due = hooks.with(|outbox| {
@@ -92,12 +118,14 @@ impl Webhooks {
     }
 
     /// Whether deliveries whose publish timed out are kept for `ack.late`.
+    #[inline(never)]
     pub fn tracks_late_acks(&self) -> bool {
         self.0.as_ref().is_some_and(|h| h.config.tracks_late_acks())
     }
 
     /// A publish was answered at its timeout without these sockets' acks:
     /// kept for the late-ack window (in storage, so hibernation keeps them).
+    #[inline(never)]
     pub fn unacked(&self, envelope_id: &str, sockets: &[String], sent_ms: f64) {
         let Some(hooks) = self.0.as_ref().filter(|h| h.config.tracks_late_acks()) else {
             return;
@@ -123,6 +151,7 @@ impl Webhooks {
 
     /// An ack the publishes did not wait for: `ack.late` when it is for a
     /// delivery whose publish timed out, within the window, once.
+    #[inline(never)]
     pub fn late_ack(
         &self,
         envelope_id: &str,
@@ -156,6 +185,7 @@ impl Webhooks {
     /// for sockets dropped without close events, a due `user.offline`),
     /// expired late-ack candidates, then the next request if one is due:
     /// a Promise of its end, for the runtime to await.
+    #[inline(never)]
     pub fn on_alarm(&self, sockets: usize, now_ms: f64) -> Option<JsValue> {
         let hooks = self.0.as_ref()?;
         let batch = hooks.with(|outbox| {
@@ -177,6 +207,7 @@ impl Webhooks {
     }
 
     /// When the alarm must wake for webhooks, given what it knows now.
+    #[inline(never)]
     pub fn next_ms(&self, now_ms: f64) -> Option<f64> {
         let hooks = self.0.as_ref()?;
         let sending = hooks.sending.get();
@@ -186,6 +217,7 @@ impl Webhooks {
     }
 
     /// The sockets view's `webhooks`; `None` when they are off.
+    #[inline(never)]
     pub fn view(&self) -> Option<WebhookView> {
         let hooks = self.0.as_ref()?;
         hooks.with(|outbox| WebhookView {
