@@ -3,7 +3,9 @@
 //! response of its route, method and status: headers and body) and every
 //! frame a [`super::Client`] receives (text frames against `ServerFrame`,
 //! the server's close frames against `CloseFrame`). A mismatch fails the
-//! test that read it, naming the schema and showing what arrived.
+//! test that read it, naming the schema and showing what arrived. Beside
+//! them docs/webhooks.schema.json, which every webhook body the tests'
+//! receivers get must match (tests/e2e/webhooks.rs).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -59,7 +61,10 @@ impl Document {
             .entry(pointer.to_owned())
             .or_insert_with(|| {
                 let mut root = self.root.clone();
-                root["$ref"] = Value::from(format!("#{}", uri_fragment(pointer)));
+                // The empty pointer is the whole document, compiled as is.
+                if !pointer.is_empty() {
+                    root["$ref"] = Value::from(format!("#{}", uri_fragment(pointer)));
+                }
                 let validator = jsonschema::options()
                     .with_draft(self.draft)
                     .should_validate_formats(true)
@@ -95,6 +100,7 @@ impl Document {
 struct Contract {
     openapi: Document,
     asyncapi: Document,
+    webhooks: Document,
 }
 
 fn contract() -> &'static Contract {
@@ -104,6 +110,8 @@ fn contract() -> &'static Contract {
         // default format is a superset of draft-07.
         openapi: Document::load("openapi.yaml", Draft::Draft202012),
         asyncapi: Document::load("asyncapi.yaml", Draft::Draft7),
+        // A JSON Schema document of its own (JSON is YAML: it loads alike).
+        webhooks: Document::load(WEBHOOKS_SCHEMA, Draft::Draft202012),
     })
 }
 
@@ -216,6 +224,38 @@ pub fn check_close(code: u16, reason: &str) {
         &json!({ "code": code, "reason": reason }),
         "a close frame from the server",
     );
+}
+
+/// The JSON Schema of a webhook request's body, in docs/.
+pub const WEBHOOKS_SCHEMA: &str = "webhooks.schema.json";
+
+/// docs/webhooks.schema.json as JSON.
+pub fn webhooks_schema() -> &'static Value {
+    &contract().webhooks.root
+}
+
+/// Why `body` (a webhook request's body as sent) does not match
+/// docs/webhooks.schema.json; empty when it does.
+pub fn webhook_body_problems(body: &str) -> Vec<String> {
+    match serde_json::from_str::<Value>(body) {
+        Ok(instance) => contract().webhooks.problems("", &instance),
+        Err(err) => vec![format!("the body is not JSON: {err}")],
+    }
+}
+
+/// Why `instance` does not match `schema` (a JSON Schema 2020-12 document,
+/// checked against its meta-schema first, compiled as the documents are):
+/// to show the checks above fail a wrong schema as well as a wrong body.
+pub fn problems_against(schema: &Value, instance: &Value) -> Result<Vec<String>, String> {
+    let validator = jsonschema::options()
+        .with_draft(Draft::Draft202012)
+        .should_validate_formats(true)
+        .build(schema)
+        .map_err(|err| err.to_string())?;
+    Ok(validator
+        .iter_errors(instance)
+        .map(|err| format!("{err} (at {:?})", err.instance_path().as_str()))
+        .collect())
 }
 
 /// The documented path (template) `path` is an instance of.

@@ -8,7 +8,8 @@
 //! - [`clients`]: the WebSocket test client;
 //! - [`http`]: reqwest requests, [`Reply`], the publish helpers;
 //! - [`contract`]: every answer and frame checked against docs/openapi.yaml
-//!   and docs/asyncapi.yaml.
+//!   and docs/asyncapi.yaml, every webhook body against
+//!   docs/webhooks.schema.json.
 //!
 //! Tokens are minted with the client's `token::mint` and user paths encoded
 //! with its `api::user_path`, the server probed with `devserver::health_ok`:

@@ -170,7 +170,7 @@ pub struct Restartable {
     name: &'static str,
     secret: String,
     /// Settings besides `JWT_SECRET`.
-    vars: Vec<(&'static str, &'static str)>,
+    vars: Vec<(String, String)>,
     port: u16,
     state: PathBuf,
 }
@@ -188,7 +188,15 @@ impl Restartable {
 
     /// This server with `vars` set too.
     pub fn with_vars(mut self, vars: &[(&'static str, &'static str)]) -> Restartable {
-        self.vars.extend_from_slice(vars);
+        self.vars
+            .extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        self
+    }
+
+    /// This server with `name` set to `value` too (a value made at run
+    /// time, e.g. the URL of a receiver the test runs).
+    pub fn with_var(mut self, name: &str, value: impl Into<String>) -> Restartable {
+        self.vars.push((name.to_owned(), value.into()));
         self
     }
 
@@ -204,7 +212,7 @@ impl Restartable {
         // Starting and stopping block; keep them off the async workers.
         tokio::task::spawn_blocking(move || {
             let mut vars = vec![("JWT_SECRET", secret.as_str())];
-            vars.extend(extra);
+            vars.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             Server::spawn_persistent(name, &vars, port, &state).wait_ready()
         })
         .await
@@ -216,6 +224,48 @@ impl Restartable {
             .await
             .expect("stop");
     }
+
+    /// Stops `server` (started by this) as a crash would: its whole
+    /// process group frozen, then killed, so the runtime runs nothing more,
+    /// not even the close events of its sockets (which a stop delivers:
+    /// wrangler's proxy goes first and the runtime sees its sockets close).
+    pub async fn crash(&self, server: Server) {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            let group = process_group_of(&state.to_string_lossy())
+                .expect("the server's processes (by their --persist-to)");
+            for signal in ["STOP", "KILL"] {
+                let status = std::process::Command::new("bash")
+                    .args(["-c", "kill -s \"$1\" -- \"-$2\"", "kill"])
+                    .args([signal, &group.to_string()])
+                    .status()
+                    .expect("bash");
+                assert!(status.success(), "kill -s {signal} -{group}");
+            }
+            // Stops what is left (nothing) and removes its files.
+            drop(server);
+        })
+        .await
+        .expect("crash");
+    }
+}
+
+/// The process group of the process whose command line names `needle`.
+fn process_group_of(needle: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            if !String::from_utf8_lossy(&cmdline).contains(needle) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid pgrp ...`: split after the last ')'.
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().nth(2)?.parse().ok()
+        })
 }
 
 impl Drop for Restartable {
