@@ -951,6 +951,21 @@ async fn webhooks_ack_late_after_hibernation_with_each_sockets_result(_ctx: Arc<
             (second_id, json!(["second", 2]))
         ])
     );
+    // The object did hibernate: the acks woke a new instance, which
+    // rebuilt its socket index from both sockets' attachments (the first
+    // instance built it at the first connect, from one).
+    let deadline = Instant::now() + WAIT;
+    while !server
+        .log()
+        .contains("socket index rebuilt from 2 attachment(s)")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no sign of hibernation in the log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     first.close().await;
     second.close().await;
     Restartable::stop(server).await;
