@@ -75,11 +75,10 @@ export class HopeFlowRealtime extends DurableObject {
     }
   }
 
-  // Every timed duty (expiries, token notices and closes, webhooks): a
-  // Promise while a webhook request is on its way, which the runtime awaits.
+  // Every timed duty: expiries, token notices and closes, webhooks.
   alarm() {
     try {
-      return this.core.alarm();
+      this.core.alarm();
     } catch (error) {
       this.recover(error);
     }

@@ -112,7 +112,7 @@ impl RealtimeObject {
     }
 
     #[wasm_bindgen(js_name = alarm)]
-    pub fn on_alarm(&self) -> JsValue {
+    pub fn on_alarm(&self) {
         self.0.alarm()
     }
 

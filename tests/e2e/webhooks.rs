@@ -39,6 +39,8 @@ pub fn tests() -> Vec<crate::Test> {
         webhooks_ack_late_after_hibernation_with_each_sockets_result,
         webhooks_signature_verifies_and_refuses_tampering,
         webhooks_body_schema_refuses_a_wrong_body_or_schema,
+        webhooks_a_silent_receiver_holds_back_no_other_duty,
+        webhooks_a_redirect_is_not_a_delivery,
     ]
 }
 
@@ -185,8 +187,14 @@ impl Receiver {
                     let _ = tx.send(received);
                     match answer {
                         Answer::Status(status) => {
+                            // A redirect names where to: a client that
+                            // follows it sends a GET there.
+                            let location = match status {
+                                300..=399 => "location: /hooks\r\n",
+                                _ => "",
+                            };
                             let head = format!(
-                                "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                                "HTTP/1.1 {status} X\r\n{location}content-length: 0\r\nconnection: close\r\n\r\n"
                             );
                             let _ = stream.write_all(head.as_bytes()).await;
                         }
@@ -278,7 +286,8 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Received> {
                     .then(|| v.trim().to_owned())
             })
         };
-        let length: usize = header("content-length")?.parse().ok()?;
+        // A request without a body (the GET a followed redirect makes).
+        let length: usize = header("content-length").map_or(Some(0), |l| l.parse().ok())?;
         if data.len() < end + 4 + length {
             continue;
         }
@@ -1210,4 +1219,43 @@ async fn webhooks_body_schema_refuses_a_wrong_body_or_schema(_ctx: Arc<Ctx>) {
         "a schema its meta-schema refuses compiled"
     );
     Restartable::stop(server).await;
+}
+
+/// A request the receiver never answers (it times out after 10 s) does
+/// not hold the object's alarm: a token's close comes at its `exp`.
+async fn webhooks_a_silent_receiver_holds_back_no_other_duty(_ctx: Arc<Ctx>) {
+    let mut receiver = Receiver::start(vec![Answer::Silence; 4]).await;
+    let server = start_worker(
+        "hooks-silent",
+        &receiver,
+        &[("JWT_LEEWAY_SECS", "0"), ("TOKEN_REFRESH_NOTICE_SECS", "0")],
+    )
+    .await;
+    let user = unique_user("silent");
+    let exp = now_ms() / 1000 + 3;
+    let token = server.token_with(json!({"userId": user, "exp": exp}));
+    let mut socket = Client::connect(&server, &token).await;
+    // user.online is on its way, and will get no answer.
+    let _ = receiver.next(WAIT).await;
+    assert_eq!(socket.expect_close().await, Some(4002));
+    let late_ms = now_ms().saturating_sub(exp * 1000);
+    assert!(late_ms < 2_000, "the 4002 came {late_ms} ms after exp");
+    crate::support::Restartable::stop(server).await;
+}
+
+/// A receiver that answers with a redirect did not take the events: they
+/// stay in the outbox and the view says why.
+async fn webhooks_a_redirect_is_not_a_delivery(_ctx: Arc<Ctx>) {
+    let mut receiver = Receiver::start(vec![Answer::Status(301)]).await;
+    let server = start_worker("hooks-redirect", &receiver, &[]).await;
+    let user = unique_user("redirect");
+    let socket = Client::for_user(&server, &user).await;
+    let first = receiver.next(WAIT).await.events();
+    let again = receiver.next(WAIT).await.events();
+    assert_eq!(
+        again[0].id, first[0].id,
+        "the redirected request is sent again"
+    );
+    socket.close().await;
+    crate::support::Restartable::stop(server).await;
 }

@@ -38,6 +38,9 @@ pub async fn post_json(url: &str, body: &str, headers: &[(&str, &str)], timeout_
         set(&all, name, &JsValue::from_str(value));
     }
     set(&init, "method", &JsValue::from_str("POST"));
+    // A redirect is the receiver's answer, not a delivery: followed, it
+    // would turn into a GET without the body, and its 200 count as one.
+    set(&init, "redirect", &JsValue::from_str("manual"));
     set(&init, "headers", &all);
     set(&init, "body", &JsValue::from_str(body));
     set(

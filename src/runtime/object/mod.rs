@@ -356,10 +356,9 @@ impl HopeFlowRealtime {
 
     /// The alarm: deletes expired idempotency keys and history past its
     /// bounds, sends the token notices and closes the sockets that are due
-    /// (`schedule`), does the webhooks' duties, then sets itself for the
-    /// next duty. A webhook request due now goes out: the Promise of its
-    /// end, which the runtime awaits.
-    pub fn alarm(&self) -> JsValue {
+    /// (`schedule`), does the webhooks' duties (a request due now goes
+    /// out), then sets itself for the next duty.
+    pub fn alarm(&self) {
         self.alarm.fired();
         let now_ms = js_sys::Date::now();
         let lifetime = self.lifetime();
@@ -371,11 +370,10 @@ impl HopeFlowRealtime {
         for (socket_id, duty) in self.sockets.due_now(lifetime, now_ms) {
             self.token_duty(&socket_id, duty);
         }
-        let request = self.webhooks.on_alarm(self.sockets.count(), now_ms);
+        self.webhooks.on_alarm(self.sockets.count(), now_ms);
         let stored = [storage_ms, self.webhooks.next_ms(now_ms)];
         let stored = stored.into_iter().flatten().min_by(f64::total_cmp);
         self.alarm.set(self.sockets.next_wake(lifetime, stored));
-        request.unwrap_or(JsValue::UNDEFINED)
     }
 
     /// An ack the publishes did not wait for, from a socket of its user:

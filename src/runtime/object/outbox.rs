@@ -175,8 +175,13 @@ impl Outbox {
     /// When the alarm must wake: the next request (at once, or at its
     /// retry), presence, the next late-ack candidate to expire.
     pub fn next_ms(&self, config: &WebhookConfig, now_ms: f64, sending: bool) -> Option<f64> {
-        // A request on its way schedules what follows when it ends.
-        let send = (!sending && self.pending() > 0).then(|| self.next_attempt_at.unwrap_or(now_ms));
+        // A request on its way schedules what follows when it ends; should
+        // it never end (the object gone meanwhile), the alarm comes back
+        // after its timeout and sends it again.
+        let send = (self.pending() > 0).then(|| match sending {
+            true => now_ms + webhook::REQUEST_TIMEOUT_MS as f64 + 1_000.0,
+            false => self.next_attempt_at.unwrap_or(now_ms),
+        });
         let presence = self.presence.next_ms(now_ms, config.presence_check_secs);
         let late = self
             .exec("reading late-ack expiries", webhook::NEXT_LATE_EXPIRY, &[])

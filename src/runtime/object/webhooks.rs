@@ -183,11 +183,13 @@ impl Webhooks {
 
     /// The alarm's webhook duties, with `sockets` open: presence (a check
     /// for sockets dropped without close events, a due `user.offline`),
-    /// expired late-ack candidates, then the next request if one is due:
-    /// a Promise of its end, for the runtime to await.
+    /// expired late-ack candidates, then the next request if one is due.
+    /// The request is not awaited: the runtime runs one alarm at a time,
+    /// and a receiver that is slow to answer must not hold back the next
+    /// (a token's close, an offline). Its end schedules what follows.
     #[inline(never)]
-    pub fn on_alarm(&self, sockets: usize, now_ms: f64) -> Option<JsValue> {
-        let hooks = self.0.as_ref()?;
+    pub fn on_alarm(&self, sockets: usize, now_ms: f64) {
+        let Some(hooks) = self.0.as_ref() else { return };
         let batch = hooks.with(|outbox| {
             let delay = hooks.config.offline_delay_secs;
             outbox.presence.check(sockets, now_ms, delay);
@@ -202,8 +204,10 @@ impl Webhooks {
                 &[Bind::Number(now_ms.floor())],
             );
             hooks.due_batch(outbox, now_ms)
-        })??;
-        Some(Hooks::send(Rc::clone(hooks), batch))
+        });
+        if let Some(Some(batch)) = batch {
+            Hooks::send(Rc::clone(hooks), batch);
+        }
     }
 
     /// When the alarm must wake for webhooks, given what it knows now.
@@ -272,7 +276,11 @@ impl Hooks {
         ];
         outbox.exec("recording a webhook event", webhook::INSERT_EVENT, &binds);
         outbox.save("seq", &outbox.seq.to_string());
-        outbox.bound(&self.config, now_ms);
+        // Not while a request is on its way: what it carries may not be
+        // counted as dropped (the next request bounds the outbox first).
+        if !self.sending.get() {
+            outbox.bound(&self.config, now_ms);
+        }
         self.alarm.wake_by(outbox.next_attempt_at.unwrap_or(now_ms));
     }
 
@@ -289,8 +297,8 @@ impl Hooks {
 
     /// Sends one request; its end records the outcome and wakes the alarm
     /// for what follows.
-    fn send(hooks: Rc<Hooks>, batch: Batch) -> JsValue {
-        future_to_promise(async move {
+    fn send(hooks: Rc<Hooks>, batch: Batch) {
+        let _ = future_to_promise(async move {
             let t = (js_sys::Date::now() / 1000.0) as u64;
             let signature = signature_header(hooks.config.secret.as_bytes(), t, &batch.body);
             let headers = [(SIGNATURE_HEADER, signature.as_str())];
@@ -312,7 +320,6 @@ impl Hooks {
                 hooks.alarm.wake_by(at);
             }
             Ok(JsValue::UNDEFINED)
-        })
-        .into()
+        });
     }
 }
