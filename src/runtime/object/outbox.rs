@@ -77,7 +77,25 @@ impl Outbox {
         );
     }
 
-    pub fn save_presence(&self) {
+    /// Applies `change` to the presence, and stores it only if it changed.
+    pub fn change_presence<T>(&mut self, change: impl FnOnce(&mut Presence) -> T) -> T {
+        let before = self.presence.clone();
+        let outcome = change(&mut self.presence);
+        if self.presence != before {
+            self.save_presence();
+        }
+        outcome
+    }
+
+    /// Names the object's user in the state (its events carry it).
+    pub fn remember_user(&mut self, user_id: &str) {
+        if self.user_id.as_deref() != Some(user_id) {
+            self.user_id = Some(user_id.to_owned());
+            self.save("user_id", user_id);
+        }
+    }
+
+    fn save_presence(&self) {
         let text = serde_json::to_string(&self.presence).unwrap_or_default();
         self.save("presence", &text);
     }

@@ -61,20 +61,9 @@ impl Webhooks {
     /// delay unless a socket connects first.
     #[inline(never)]
     pub fn started(&self, sockets: impl FnOnce() -> usize, now_ms: f64) {
-        let Some(hooks) = &self.0 else { return };
-        let sockets = sockets();
-        let due = hooks.with(|outbox| {
-            let before = outbox.presence.clone();
-            outbox
-                .presence
-                .check(sockets, now_ms, hooks.config.offline_delay_secs);
-            if outbox.presence != before {
-                outbox.save_presence();
-            }
-            outbox.presence.offline_at
-        });
-        if let Some(at) = due.flatten() {
-            hooks.alarm.wake_by(at);
+        if self.0.is_some() {
+            // What `Presence::check` does: a close with what is open now.
+            self.closed(sockets(), now_ms);
         }
     }
 
@@ -83,17 +72,11 @@ impl Webhooks {
     pub fn opened(&self, user_id: &str, sockets: usize, now_ms: f64) {
         let Some(hooks) = &self.0 else { return };
         hooks.with(|outbox| {
-            let before = outbox.presence.clone();
-            let event = outbox.presence.opened(sockets);
-            if outbox.user_id.as_deref() != Some(user_id) {
-                outbox.user_id = Some(user_id.to_owned());
-                outbox.save("user_id", user_id);
-            }
-            match event {
-                Some(kind) => hooks.record(outbox, kind, now_ms),
-                // A connect while online writes nothing.
-                None if outbox.presence != before => outbox.save_presence(),
-                None => {}
+            outbox.remember_user(user_id);
+            // A connect while online writes nothing.
+            let event = outbox.change_presence(|p| p.opened(sockets));
+            if let Some(kind) = event {
+                hooks.record(outbox, kind, now_ms);
             }
         });
     }
@@ -103,13 +86,8 @@ impl Webhooks {
     pub fn closed(&self, sockets: usize, now_ms: f64) {
         let Some(hooks) = &self.0 else { return };
         let due = hooks.with(|outbox| {
-            let before = outbox.presence.clone();
-            outbox
-                .presence
-                .closed(sockets, now_ms, hooks.config.offline_delay_secs);
-            if outbox.presence != before {
-                outbox.save_presence();
-            }
+            let delay = hooks.config.offline_delay_secs;
+            outbox.change_presence(|p| p.closed(sockets, now_ms, delay));
             outbox.presence.offline_at
         });
         if let Some(at) = due.flatten() {
@@ -167,10 +145,7 @@ impl Webhooks {
             let Some(sent_at) = outbox.take_late(envelope_id, socket_id, now_ms) else {
                 return;
             };
-            if outbox.user_id.is_none() {
-                outbox.user_id = Some(user_id.to_owned());
-                outbox.save("user_id", user_id);
-            }
+            outbox.remember_user(user_id);
             let kind = EventKind::AckLate {
                 envelope_id: envelope_id.to_owned(),
                 socket_id: socket_id.to_owned(),
@@ -192,11 +167,12 @@ impl Webhooks {
         let Some(hooks) = self.0.as_ref() else { return };
         let batch = hooks.with(|outbox| {
             let delay = hooks.config.offline_delay_secs;
-            outbox.presence.check(sockets, now_ms, delay);
-            if let Some(kind) = outbox.presence.due(sockets, now_ms) {
+            let event = outbox.change_presence(|p| {
+                p.check(sockets, now_ms, delay);
+                p.due(sockets, now_ms)
+            });
+            if let Some(kind) = event {
                 hooks.record(outbox, kind, now_ms);
-            } else {
-                outbox.save_presence();
             }
             outbox.exec(
                 "expiring late-ack candidates",
@@ -253,7 +229,6 @@ impl Hooks {
     /// Writes an event to the outbox, in this turn, and has the alarm send
     /// it (at once, unless a retry is waiting: then at the retry).
     fn record(&self, outbox: &mut Outbox, kind: EventKind, now_ms: f64) {
-        outbox.save_presence();
         if !self.config.events.sends(&kind) {
             return;
         }
