@@ -48,11 +48,11 @@ export class HopeFlowRealtime extends DurableObject {
   }
 
   // RPC from the worker: the envelope's JSON text (and options' JSON text
-  // for detail or an idempotency key) in, a Promise of the publish answer's
-  // JSON text out.
-  deliver(envelope, options) {
+  // for detail, an idempotency key or a batch), the user and when the worker
+  // received the request in, a Promise of the publish answer's JSON text out.
+  deliver(envelope, options, userId, receivedMs) {
     try {
-      return this.core.deliver(envelope, options);
+      return this.core.deliver(envelope, options, userId, receivedMs);
     } catch (error) {
       this.recover(error);
     }

@@ -96,6 +96,8 @@ struct Pending<W> {
     result_bytes: usize,
     /// A result was replaced by `null` for the byte cap.
     truncated: bool,
+    /// Sockets that closed before acking.
+    closed: usize,
     tracking: Tracking,
     /// With `detail`: every socket sent to, in order, and its fate so far.
     detail: Option<Detail>,
@@ -127,6 +129,10 @@ pub struct Settled {
     pub truncated: bool,
     /// With `detail`: each socket sent to, in sending order.
     pub deliveries: Option<Vec<Delivery>>,
+    /// Sockets still awaited at the deadline.
+    pub timed_out: usize,
+    /// Sockets that closed before acking.
+    pub closed: usize,
 }
 
 impl Settled {
@@ -201,6 +207,7 @@ impl<W> AckBook<W> {
                 results: Vec::new(),
                 result_bytes: 0,
                 truncated: false,
+                closed: 0,
                 tracking,
                 detail,
                 waiter: Some(waiter),
@@ -280,6 +287,7 @@ impl<W> AckBook<W> {
             .values_mut()
             .filter_map(|pending| {
                 if pending.awaiting.remove(socket) {
+                    pending.closed += 1;
                     if let Some(detail) = &mut pending.detail {
                         detail.fates.insert(socket.to_owned(), Fate::Closed);
                     }
@@ -357,6 +365,8 @@ impl<W> Pending<W> {
             results: self.results,
             truncated: self.truncated,
             deliveries,
+            timed_out: self.awaiting.len(),
+            closed: self.closed,
         }
     }
 
@@ -423,7 +433,7 @@ impl DeadlineQueue {
 }
 
 /// The length of `value`'s JSON text, without building it.
-fn json_len(value: &Value) -> usize {
+pub fn json_len(value: &Value) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -561,7 +571,11 @@ mod tests {
         book.begin("e".into(), sockets(&["a", "b"]), 7, Tracking::default())
             .expect("new");
         assert_eq!(book.ack("e", "a", json!(1), 0.0), AckOutcome::Counted);
-        assert_eq!(book.expire("e"), Some((7, settled(vec![json!(1)]))));
+        let expected = Settled {
+            timed_out: 1,
+            ..settled(vec![json!(1)])
+        };
+        assert_eq!(book.expire("e"), Some((7, expected)));
         assert!(book.is_empty());
         assert_eq!(book.expire("e"), None);
         assert_eq!(
@@ -632,6 +646,32 @@ mod tests {
             AckOutcome::Ignored(json!("late"))
         );
         assert!(book.is_empty());
+    }
+
+    #[test]
+    fn settled_counts_acks_timeouts_and_closes() {
+        let mut book = AckBook::default();
+        book.begin(
+            "e".into(),
+            sockets(&["a", "b", "c", "d"]),
+            1,
+            Tracking::default(),
+        )
+        .expect("new");
+        assert_eq!(book.ack("e", "a", json!(1), 0.0), AckOutcome::Counted);
+        assert!(book.socket_gone("b").is_empty());
+        let (_, settled) = book.expire("e").expect("still waiting");
+        assert_eq!(
+            (settled.results.len(), settled.timed_out, settled.closed),
+            (1, 2, 1)
+        );
+        // Completed by acks and a close: nothing timed out.
+        book.begin("f".into(), sockets(&["a", "b"]), 2, Tracking::default())
+            .expect("new");
+        assert_eq!(book.socket_gone("a"), Vec::<i32>::new());
+        assert_eq!(book.ack("f", "b", json!(2), 0.0), AckOutcome::Completed(2));
+        let settled = book.finish("f");
+        assert_eq!((settled.timed_out, settled.closed), (0, 1));
     }
 
     #[test]

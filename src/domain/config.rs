@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::domain::acks::{AckTimeout, DEFAULT_MAX_RESULTS_BYTES};
 use crate::domain::auth::AuthPolicy;
 use crate::domain::history::Retention;
+use crate::domain::logs::{Level, LogConfig, UserIdMode};
 use crate::domain::session::Lifetime;
 use crate::domain::webhook::{EventSet, MIN_SECRET_LEN};
 
@@ -45,6 +46,8 @@ pub struct Config {
     pub token_notice_secs: u64,
     /// `WEBHOOK_*`; `None` without `WEBHOOK_URL`: no webhooks.
     pub webhook: Option<WebhookConfig>,
+    /// `WORKER_LOG_LEVEL`, `LOG_USER_IDS`, `LOG_HASH_KEY`, `METRICS_LOG`.
+    pub logs: LogConfig,
 }
 
 /// Where webhooks go and what they carry (`WEBHOOK_*`).
@@ -174,6 +177,7 @@ impl Config {
                 0..=Lifetime::MAX_NOTICE_SECS,
             )?,
             webhook: webhook(&get)?,
+            logs: logs(&get)?,
         })
     }
 
@@ -227,6 +231,46 @@ fn ack_timeout(get: &impl Fn(&str) -> Option<String>) -> Result<AckTimeout, Conf
         expected: "a whole number of milliseconds in 100..=30000",
     })
 }
+
+/// The logging settings. `LOG_USER_IDS=hash` needs a `LOG_HASH_KEY` of at
+/// least 32 characters: a short key's hashes could be reversed by trying
+/// likely ids.
+fn logs(get: &impl Fn(&str) -> Option<String>) -> Result<LogConfig, ConfigError> {
+    let invalid = |name, value: String, expected| ConfigError::Invalid {
+        name,
+        value,
+        expected,
+    };
+    let level = match get("WORKER_LOG_LEVEL") {
+        None => Level::DEFAULT,
+        Some(text) => Level::parse(&text)
+            .ok_or_else(|| invalid("WORKER_LOG_LEVEL", text, "one of error, warn, info, debug"))?,
+    };
+    let user_ids = match get("LOG_USER_IDS") {
+        None => UserIdMode::default(),
+        Some(text) => UserIdMode::parse(&text)
+            .ok_or_else(|| invalid("LOG_USER_IDS", text, "one of plain, hash, omit"))?,
+    };
+    let hash_key = get("LOG_HASH_KEY");
+    let key_len = hash_key.as_deref().map_or(0, |k| k.chars().count());
+    if user_ids == UserIdMode::Hash && key_len < LOG_HASH_KEY_MIN_LEN {
+        // The key itself is never logged.
+        return Err(invalid(
+            "LOG_HASH_KEY",
+            "(hidden)".into(),
+            "set, at least 32 characters, when LOG_USER_IDS=hash",
+        ));
+    }
+    Ok(LogConfig {
+        level,
+        user_ids,
+        hash_key,
+        metrics_log: flag(get, "METRICS_LOG")?,
+    })
+}
+
+/// The shortest `LOG_HASH_KEY`.
+pub const LOG_HASH_KEY_MIN_LEN: usize = 32;
 
 /// The webhook settings, when `WEBHOOK_URL` is set.
 fn webhook(get: &impl Fn(&str) -> Option<String>) -> Result<Option<WebhookConfig>, ConfigError> {
@@ -374,6 +418,41 @@ mod tests {
             }
         );
         assert_eq!(config.lifetime(), Lifetime::default());
+        assert_eq!(config.logs, LogConfig::default());
+    }
+
+    #[test]
+    fn log_settings() {
+        let key = "k".repeat(32);
+        let config = load(&[
+            ("JWT_SECRET", "s"),
+            ("WORKER_LOG_LEVEL", "debug"),
+            ("LOG_USER_IDS", "hash"),
+            ("LOG_HASH_KEY", &key),
+            ("METRICS_LOG", "true"),
+        ])
+        .expect("valid");
+        assert_eq!(config.logs.level, Level::Debug);
+        assert_eq!(config.logs.user_ids, UserIdMode::Hash);
+        assert!(config.logs.metrics_log);
+        let invalid = |pairs: &[(&str, &str)]| match load(pairs) {
+            Err(ConfigError::Invalid { name, value, .. }) => (name, value),
+            other => panic!("{other:?}"),
+        };
+        let with = |extra: (&'static str, &'static str)| [("JWT_SECRET", "s"), extra];
+        assert_eq!(
+            invalid(&with(("WORKER_LOG_LEVEL", "loud"))).0,
+            "WORKER_LOG_LEVEL"
+        );
+        assert_eq!(invalid(&with(("LOG_USER_IDS", "md5"))).0, "LOG_USER_IDS");
+        // Hashing needs a long enough key, which is never echoed.
+        let short = invalid(&[
+            ("JWT_SECRET", "s"),
+            ("LOG_USER_IDS", "hash"),
+            ("LOG_HASH_KEY", "short-key"),
+        ]);
+        assert_eq!(short, ("LOG_HASH_KEY", "(hidden)".to_owned()));
+        assert_eq!(invalid(&with(("LOG_USER_IDS", "hash"))).0, "LOG_HASH_KEY");
     }
 
     #[test]

@@ -67,6 +67,18 @@ impl ApiError {
         }
     }
 
+    /// A refusal for the request's token, origin or scope: what the
+    /// `auth.refused` line reports.
+    pub fn is_auth_refusal(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Unauthorized(_)
+                | ApiError::Forbidden
+                | ApiError::NotOperator
+                | ApiError::OriginNotAllowed
+        )
+    }
+
     /// The stable `error` field of the JSON body.
     pub fn code(&self) -> &'static str {
         match self {

@@ -100,6 +100,9 @@ pub struct DeliverOptions {
     /// `?detail=true`.
     #[serde(default)]
     pub detail: bool,
+    /// `/publish/batch`: how many users it named (for the `publish` line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -363,6 +366,7 @@ mod tests {
                 fingerprint: "f".into(),
             }),
             detail: true,
+            batch: Some(3),
         };
         assert_eq!(DeliverOptions::parse(&options.to_text()), Some(options));
         assert_eq!(

@@ -20,6 +20,8 @@
 //! * [`error`]: the closed set of HTTP errors, their statuses and codes.
 //! * [`config`]: every setting, parsed and bounded in one place.
 //! * [`limits`]: per-socket rate limit and violation counting.
+//! * [`logs`]: structured log lines: events, levels, user ids as shown,
+//!   folding. [`metrics`]: the Analytics Engine data points' layout.
 //! * [`query`]: query-parameter lookup without a URL parser.
 //! * [`webhook`]: webhooks: events, signatures, presence, retries and the
 //!   outbox's SQL.
@@ -35,6 +37,8 @@ pub mod history;
 pub mod hs256;
 pub mod idempotency;
 pub mod limits;
+pub mod logs;
+pub mod metrics;
 pub mod operator;
 #[cfg(test)]
 mod proptests;

@@ -60,6 +60,23 @@ pub fn user_route(path: &str) -> Option<Result<(String, UserRoute), BadUserPath>
     })
 }
 
+/// The route a path names, as log lines show it: never a user id (the
+/// operator routes' `{userId}` is a placeholder) and never a query.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/" => "/",
+        "/health" => "/health",
+        "/publish" => "/publish",
+        "/publish/batch" => "/publish/batch",
+        "/console" | "/console/hopeflow.js" => "/console",
+        _ => match user_route(path) {
+            Some(Ok((_, UserRoute::Sockets))) => "/users/{userId}/sockets",
+            Some(Ok((_, UserRoute::Disconnect))) => "/users/{userId}/disconnect",
+            _ => "other",
+        },
+    }
+}
+
 /// Decodes `%XX` escapes; `None` for a bad escape or bytes that are not
 /// UTF-8.
 pub fn percent_decode(text: &str) -> Option<String> {
@@ -274,6 +291,22 @@ pub fn batch_entry(user_id: &str, answer: Result<Value, (&str, String)>) -> Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_labels_name_no_user() {
+        assert_eq!(route_label("/publish"), "/publish");
+        assert_eq!(route_label("/"), "/");
+        assert_eq!(
+            route_label("/users/alice%40x/sockets"),
+            "/users/{userId}/sockets"
+        );
+        assert_eq!(
+            route_label("/users/bob/disconnect"),
+            "/users/{userId}/disconnect"
+        );
+        assert_eq!(route_label("/users/bob/secret"), "other");
+        assert_eq!(route_label("/wp-admin"), "other");
+    }
     use serde_json::json;
 
     #[test]

@@ -175,6 +175,19 @@ impl CloseCode {
             .find(|close| close.code() == code)
     }
 
+    /// Its name in log lines (`frame.rejected`'s `code` for the two
+    /// closes a frame can cause).
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseCode::PolicyViolation => "policy_violation",
+            CloseCode::MessageTooBig => "message_too_big",
+            CloseCode::Reconnect => "reconnect",
+            CloseCode::Reauthenticate => "reauthenticate",
+            CloseCode::Disconnected => "disconnected",
+            CloseCode::TokenExpired => "token_expired",
+        }
+    }
+
     /// Sent as the close frame's reason.
     pub fn reason(self) -> &'static str {
         self.entry().1
@@ -342,6 +355,18 @@ impl ClientFrame {
 }
 
 impl ClientFrame {
+    /// Its `type`, as the `debug` log line names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Ping => "ping",
+            ClientFrame::Subscribe { .. } => "subscribe",
+            ClientFrame::Unsubscribe { .. } => "unsubscribe",
+            ClientFrame::Ack { .. } => "ack",
+            ClientFrame::Resume { .. } => "resume",
+            ClientFrame::Refresh { .. } => "refresh",
+        }
+    }
+
     /// The frame as sent on the wire (`ping` is plain text).
     pub fn to_text(&self) -> String {
         match self {
@@ -731,6 +756,19 @@ pub struct PublishOutcome {
     pub deliveries: Option<Vec<Delivery>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// With `?detail=true`, what the `publish` log line says: the acks,
+    /// the sockets that timed out or closed first, and the milliseconds
+    /// from the worker receiving the request to this answer. Fields of
+    /// their own, not a flattened struct: serde's `flatten` serializes
+    /// through a map, and this is every publish's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked: Option<usize>,
+    #[serde(rename = "timedOut", default, skip_serializing_if = "Option::is_none")]
+    pub timed_out: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ms: Option<u64>,
 }
 
 /// What became of one socket a publish was sent to (`?detail=true`).

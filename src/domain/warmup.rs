@@ -82,6 +82,10 @@ fn ack_round(parsed: &Envelope) -> Option<()> {
         results: settled.results,
         deliveries: settled.deliveries,
         truncated: settled.truncated,
+        acked: None,
+        timed_out: None,
+        closed: None,
+        ms: None,
     };
     outcome.to_text()?;
     let Ok(ClientFrame::Subscribe { .. }) = ClientFrame::parse(black_box(SUBSCRIBE)) else {

@@ -95,8 +95,14 @@ impl RealtimeObject {
     /// `Idempotency-Key`, the options' JSON text) in, a Promise of the
     /// answer's JSON text out.
     #[wasm_bindgen(js_name = deliver)]
-    pub fn on_deliver(&self, envelope: JsValue, options: JsValue) -> JsValue {
-        self.0.deliver(envelope, options)
+    pub fn on_deliver(
+        &self,
+        envelope: JsValue,
+        options: JsValue,
+        user_id: JsValue,
+        received_ms: JsValue,
+    ) -> JsValue {
+        self.0.deliver(envelope, options, user_id, received_ms)
     }
 
     /// RPC from the worker: the user's sockets as JSON text.

@@ -3,10 +3,11 @@
 
 use serde::Serialize;
 use wasm_bindgen::JsValue;
-use worker::{console_error, web_sys, Headers, Method, Response, Result};
+use worker::{web_sys, Headers, Method, Response, Result};
 
 use crate::domain::error::ApiError;
 use crate::domain::protocol::{known_http_method, ErrorBody, ALLOW_ORIGIN, JSON_CONTENT_TYPE};
+use crate::runtime::telemetry;
 
 /// The worker's incoming request, read straight from the runtime's object.
 /// `worker::Request` reads `request.cf` as it is built, which the runtime
@@ -102,7 +103,7 @@ const PREFLIGHT_MAX_AGE_SECS: &str = "86400";
 /// for, here at the one place that knows; 500 to the client.
 pub fn failed(what: &'static str) -> impl Fn(worker::Error) -> ApiError {
     move |err| {
-        console_error!("{what} failed: {err}");
+        telemetry::error(what, &err);
         ApiError::Internal
     }
 }
@@ -110,7 +111,7 @@ pub fn failed(what: &'static str) -> impl Fn(worker::Error) -> ApiError {
 /// A JSON response carrying the CORS header every response of ours has.
 pub fn json<T: Serialize>(status: u16, body: &T) -> std::result::Result<Response, ApiError> {
     let text = serde_json::to_string(body).map_err(|err| {
-        console_error!("serializing a JSON answer failed: {err}");
+        telemetry::error("http.json", &err);
         ApiError::Internal
     })?;
     json_text(status, text).map_err(failed("building a JSON response"))
@@ -134,7 +135,7 @@ pub fn error_js(err: &ApiError) -> JsValue {
         Ok(response) => web_sys::Response::from(response).into(),
         // Only a broken runtime fails to build a response.
         Err(why) => {
-            console_error!("building an error response failed: {why}");
+            telemetry::error("http.error", &why);
             JsValue::UNDEFINED
         }
     }

@@ -8,6 +8,8 @@
 //!   of its parts (socket index, publishes in flight, storage, alarm).
 //! * [`settings`]: the isolate's settings, shared by the worker and the
 //!   objects. [`http`]: the incoming request, JSON responses, CORS.
+//! * [`telemetry`]: writes the structured log lines and the Analytics
+//!   Engine data points.
 //! * [`ids`]: the envelope and socket ids it makes.
 //! * [`js`]: every raw crossing into JavaScript (bindings, Promise plumbing,
 //!   SQL and the alarm, sockets, responses).
@@ -19,3 +21,4 @@ pub mod js;
 pub mod object;
 pub mod routes;
 pub mod settings;
+pub mod telemetry;

@@ -5,11 +5,12 @@ use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 use wasm_bindgen::JsValue;
-use worker::{console_error, js_sys, Env};
+use worker::{js_sys, Env};
 
 use crate::domain::auth::{AuthError, Claims, RefreshRefusal, TokenVerifier, VerifiedTokens};
 use crate::domain::config::{Config, ConfigError};
 use crate::domain::error::ApiError;
+use crate::runtime::telemetry::{self, Telemetry};
 
 /// The settings from the environment (vars and secrets alike are strings),
 /// read straight off the `env` object: `Env::var` formats each value
@@ -26,6 +27,8 @@ fn read_config(env: &Env) -> std::result::Result<Config, ConfigError> {
 /// The settings and the token verifier built from them.
 pub struct Settings {
     pub config: Config,
+    /// Where the log lines and data points go.
+    pub telemetry: Telemetry,
     verifier: TokenVerifier,
     /// Tokens `verifier` has already checked the signature of.
     seen: RefCell<VerifiedTokens>,
@@ -82,11 +85,12 @@ impl Settings {
 #[inline(never)]
 fn build_settings(env: &Env) -> std::result::Result<Rc<Settings>, ApiError> {
     let config = read_config(env).map_err(|err| {
-        console_error!("configuration error: {err}");
+        telemetry::error("configuration", &err);
         ApiError::Misconfigured
     })?;
     let verifier = TokenVerifier::new(&config.secrets, &config.auth);
     let built = Rc::new(Settings {
+        telemetry: Telemetry::new(&config.logs, env),
         config,
         verifier,
         seen: RefCell::new(VerifiedTokens::default()),

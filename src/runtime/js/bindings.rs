@@ -33,16 +33,17 @@ extern "C" {
     #[wasm_bindgen(method, catch)]
     pub fn fetch(this: &ObjectStub, request: &JsValue) -> Result<Thenable, JsValue>;
 
-    /// The object's `deliver` RPC method (see `src/shim.js`).
+    /// The object's `deliver` RPC method (see `src/shim.js`): the
+    /// envelope's JSON text, its options' JSON text (`undefined` on a plain
+    /// publish), the user and when the worker received the request (for
+    /// the `publish` log line).
     #[wasm_bindgen(method, catch)]
-    pub fn deliver(this: &ObjectStub, envelope: &JsValue) -> Result<Thenable, JsValue>;
-
-    /// `deliver` with its options (detail, idempotency key) as JSON text.
-    #[wasm_bindgen(method, catch, js_name = deliver)]
-    pub fn deliver_with(
+    pub fn deliver(
         this: &ObjectStub,
         envelope: &JsValue,
-        options: &str,
+        options: &JsValue,
+        user_id: &str,
+        received_ms: f64,
     ) -> Result<Thenable, JsValue>;
 
     /// The object's `sockets` RPC method.
@@ -52,6 +53,12 @@ extern "C" {
     /// The object's `disconnect` RPC method.
     #[wasm_bindgen(method, catch)]
     pub fn disconnect(this: &ObjectStub, request: &str) -> Result<Thenable, JsValue>;
+
+    /// An Analytics Engine dataset binding.
+    pub type RawDataset;
+
+    #[wasm_bindgen(method, catch, js_name = writeDataPoint)]
+    pub fn write_data_point(this: &RawDataset, point: &JsValue) -> Result<(), JsValue>;
 
     /// `ctx.storage.sql`.
     pub type RawSql;

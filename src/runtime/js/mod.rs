@@ -15,6 +15,7 @@
 mod bindings;
 pub mod env;
 pub mod fetch;
+pub mod metrics;
 pub mod promise;
 pub mod response;
 pub mod socket;

@@ -21,6 +21,17 @@ impl Thenable {
         self.then2(&on_ok.bind(arg), on_err.function()).into()
     }
 
+    /// `this.then(on_ok.bind(null, a, b), on_err)`.
+    pub fn then_with2(
+        &self,
+        on_ok: &Continuation,
+        a: &JsValue,
+        b: &JsValue,
+        on_err: &Continuation,
+    ) -> JsValue {
+        self.then2(&on_ok.bind2(a, b), on_err.function()).into()
+    }
+
     /// `this.then(undefined, on_err)`: a failure becomes an answer.
     pub fn or_else(&self, on_err: &Continuation) -> JsValue {
         self.then2(&JsValue::UNDEFINED, on_err.function()).into()
@@ -44,6 +55,13 @@ impl Continuation {
         Continuation(closure.into_js_value())
     }
 
+    /// A continuation of three: the two arguments it is bound to, then the
+    /// value.
+    pub fn new3(f: fn(JsValue, JsValue, JsValue) -> JsValue) -> Continuation {
+        let closure = Closure::<dyn Fn(JsValue, JsValue, JsValue) -> JsValue>::new(f);
+        Continuation(closure.into_js_value())
+    }
+
     fn function(&self) -> &JsValue {
         &self.0
     }
@@ -53,6 +71,14 @@ impl Continuation {
         self.0
             .unchecked_ref::<js_sys::Function>()
             .bind1(&JsValue::NULL, arg)
+            .into()
+    }
+
+    /// `f.bind(null, a, b)`.
+    fn bind2(&self, a: &JsValue, b: &JsValue) -> JsValue {
+        self.0
+            .unchecked_ref::<js_sys::Function>()
+            .bind2(&JsValue::NULL, a, b)
             .into()
     }
 }

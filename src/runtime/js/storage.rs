@@ -67,7 +67,7 @@ impl SqlRow {
 pub fn set_alarm(storage: &worker_sys::DurableObjectStorage, at_ms: f64) {
     let at = js_sys::Date::new(&JsValue::from_f64(at_ms));
     if let Err(err) = storage.set_alarm(at, js_sys::Object::new()) {
-        worker::console_error!("setting the alarm failed: {err:?}");
+        crate::runtime::telemetry::error("alarm.set", &format_args!("{err:?}"));
     }
 }
 

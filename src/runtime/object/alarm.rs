@@ -5,7 +5,7 @@
 use std::cell::Cell;
 
 use worker::worker_sys::DurableObjectState;
-use worker::{console_error, js_sys, State};
+use worker::{js_sys, State};
 
 use super::{outbox, storage};
 use crate::domain::config::WebhookConfig;
@@ -14,6 +14,7 @@ use crate::domain::schedule::{self, AlarmState, WakeRequest};
 use crate::domain::session::Lifetime;
 use crate::runtime::js::socket::load_attachment;
 use crate::runtime::js::storage::{another_handle, set_alarm};
+use crate::runtime::telemetry;
 
 pub struct Alarm {
     state: DurableObjectState,
@@ -65,7 +66,7 @@ impl Alarm {
         if let Some(at) = at_ms {
             match self.state.storage() {
                 Ok(storage) => set_alarm(&storage, at),
-                Err(err) => console_error!("no storage for the alarm: {err:?}"),
+                Err(err) => telemetry::error("alarm.storage", &format_args!("{err:?}")),
             }
         }
         self.known.set(AlarmState::after_setting(at_ms));

@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use wasm_bindgen::JsValue;
-use worker::console_error;
 use worker::worker_sys::DurableObjectState;
 
 use super::alarm::Alarm;
@@ -15,6 +14,7 @@ use crate::domain::error::ApiError;
 use crate::domain::history::{self, Position, Retention};
 use crate::domain::operator::HistoryView;
 use crate::runtime::js::storage::another_handle;
+use crate::runtime::telemetry;
 
 pub struct UserHistory {
     state: DurableObjectState,
@@ -55,7 +55,7 @@ impl UserHistory {
                 Ok(Some(text))
             }
             Some(Err(err)) => {
-                console_error!("recording history: {err}");
+                telemetry::error("history.record", &err);
                 Err(ApiError::Unavailable)
             }
         }
@@ -90,7 +90,7 @@ impl UserHistory {
         match storage::history_view(&self.state) {
             Ok(view) => view,
             Err(err) => {
-                console_error!("reading history for the sockets view: {err}");
+                telemetry::error("history.view", &err);
                 None
             }
         }
@@ -105,7 +105,7 @@ impl UserHistory {
             match History::open(&self.state, retention) {
                 Ok(history) => *guard = Some(history),
                 Err(err) => {
-                    console_error!("opening history: {err}");
+                    telemetry::error("history.open", &err);
                     return None;
                 }
             }

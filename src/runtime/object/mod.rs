@@ -16,23 +16,21 @@ use std::rc::Rc;
 
 use wasm_bindgen::JsValue;
 use worker::worker_sys::{DurableObjectState, WebSocketRequestResponsePair};
-use worker::{
-    console_error, console_warn, js_sys, web_sys, Env, Method, Response, State, WebSocket,
-    WebSocketPair,
-};
+use worker::{js_sys, web_sys, Env, Method, Response, State, WebSocket, WebSocketPair};
 
 use self::alarm::{Alarm, Duties};
 use self::history::UserHistory;
-use self::publishes::{outcome, Publishes, Sent};
+use self::publishes::{Context, PublishLog, Publishes, Sent};
 use self::sockets::{Charge, Sockets};
 use self::webhooks::Webhooks;
-use crate::domain::acks::{Settled, Tracking};
+use crate::domain::acks::{json_len, Tracking};
 use crate::domain::config::DEFAULT_MAX_FRAME_BYTES;
 use crate::domain::error::ApiError;
 use crate::domain::filter::{any_matches, Filter};
 use crate::domain::history::Retention;
 use crate::domain::idempotency::DeliverOptions;
 use crate::domain::limits::Verdict;
+use crate::domain::logs::{ClosedBy, Event, Level};
 use crate::domain::operator::{disconnected_text, DisconnectRequest, SocketsView};
 use crate::domain::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, ServerFrame};
 use crate::domain::session::{
@@ -41,6 +39,8 @@ use crate::domain::session::{
 use crate::runtime::js::socket::{store_attachment, IncomingFrame};
 use crate::runtime::js::storage::another_handle;
 use crate::runtime::settings::{settings, Settings};
+use crate::runtime::telemetry;
+use crate::runtime::telemetry::Telemetry;
 use crate::runtime::{http, ids};
 
 pub struct HopeFlowRealtime {
@@ -65,7 +65,7 @@ impl HopeFlowRealtime {
         // Plain pings are answered by the runtime without waking the object.
         match WebSocketRequestResponsePair::new("ping", "pong") {
             Ok(pair) => state.set_websocket_auto_response(&pair),
-            Err(err) => console_warn!("could not register the ping auto-response: {err:?}"),
+            Err(err) => telemetry::error("object.auto_response", &format_args!("{err:?}")),
         }
         let settings = settings(&env);
         let config = settings.as_ref().ok().map(|s| &s.config);
@@ -105,21 +105,22 @@ impl HopeFlowRealtime {
         match result.or_else(|err| http::error(&err)) {
             Ok(response) => response.into(),
             Err(err) => {
-                console_error!("building the object's response failed: {err}");
+                telemetry::error("object.fetch", &err);
                 web_sys::Response::error()
             }
         }
     }
 
     pub fn websocket_close(&self, ws: &WebSocket, code: usize, reason: String) {
-        self.forget(ws);
+        let received = u16::try_from(code).unwrap_or(1006);
+        self.forget(ws, received, ClosedBy::of_close_event(received));
         // Complete the closing handshake.
         let _ = ws.close(Some(CloseCode::echo(code)), Some(reason));
     }
 
     pub fn websocket_error(&self, ws: &WebSocket, error: worker::Error) {
-        console_warn!("websocket error: {error}");
-        self.forget(ws);
+        telemetry::error("socket.error", &error);
+        self.forget(ws, 1006, ClosedBy::Runtime);
     }
 
     /// Acks are the hot frames; the others' handlers are `#[inline(never)]`
@@ -129,11 +130,17 @@ impl HopeFlowRealtime {
             return;
         };
         if message.len() > self.max_frame_bytes() {
+            self.frame_rejected(
+                &socket_id,
+                CloseCode::MessageTooBig.name(),
+                js_sys::Date::now(),
+            );
             self.close_socket(ws, CloseCode::MessageTooBig);
             return;
         }
         // The static `Date.now()`: `worker::Date::now()` allocates a Date.
         let now_ms = js_sys::Date::now();
+        let bytes = message.len();
         let frame = match message {
             IncomingFrame::Text(text) => ClientFrame::parse(&text)
                 .map_err(|err| ServerFrame::error(err.code(), err.to_string())),
@@ -142,6 +149,9 @@ impl HopeFlowRealtime {
                 "binary frames are not supported; send JSON text frames",
             )),
         };
+        if self.telemetry().is_some_and(|t| t.enabled(Level::Debug)) {
+            self.frame_received(&socket_id, &frame, bytes);
+        }
         match frame {
             Ok(frame) => self.client_frame(ws, &socket_id, frame, now_ms),
             Err(refusal) => self.reject(ws, &socket_id, refusal, now_ms),
@@ -198,16 +208,20 @@ impl HopeFlowRealtime {
         let attachment = SocketAttachment::new(socket_id, user_id, now_ms as u64, expires_at);
         self.state.accept_web_socket(&pair.server);
         store_attachment(&pair.server, &attachment.to_json()).map_err(|err| {
-            console_error!("storing a socket attachment failed: {err:?}");
+            telemetry::error("socket.attachment", &format_args!("{err:?}"));
             ApiError::Internal
         })?;
         // A notice already due goes right after, by the alarm.
         if let Some(at) = self.lifetime().next_ms(&attachment) {
             self.alarm.wake_by(at);
         }
-        let user_id = attachment.user_id.clone();
+        let (user_id, socket_id) = (attachment.user_id.clone(), attachment.id.clone());
         self.sockets.add(pair.server, attachment);
-        self.webhooks.opened(&user_id, self.sockets.count(), now_ms);
+        let sockets = self.sockets.count();
+        self.webhooks.opened(&user_id, sockets, now_ms);
+        if let Some(telemetry) = self.telemetry() {
+            telemetry.socket_opened(&user_id, &socket_id, sockets);
+        }
         Response::from_websocket(pair.client).map_err(http::failed("answering an upgrade"))
     }
 
@@ -218,14 +232,28 @@ impl HopeFlowRealtime {
     /// asks for per-socket detail and names an `Idempotency-Key`; a keyed
     /// publish answers a `Receipt`. A refusal rejects with its error code,
     /// which the worker answers with that code's status.
-    pub fn deliver(&self, envelope_text: JsValue, options: JsValue) -> JsValue {
-        match self.try_deliver(envelope_text, options) {
+    /// `user_id` and `received_ms` (when the worker received the request)
+    /// are for the `publish` log line and the answer's `ms`.
+    pub fn deliver(
+        &self,
+        envelope_text: JsValue,
+        options: JsValue,
+        user_id: JsValue,
+        received_ms: JsValue,
+    ) -> JsValue {
+        match self.try_deliver(envelope_text, options, user_id, received_ms) {
             Ok(answer) => answer,
             Err(err) => js_sys::Promise::reject(&JsValue::from_str(err.code())).into(),
         }
     }
 
-    fn try_deliver(&self, envelope_text: JsValue, options: JsValue) -> Result<JsValue, ApiError> {
+    fn try_deliver(
+        &self,
+        envelope_text: JsValue,
+        options: JsValue,
+        user_id: JsValue,
+        received_ms: JsValue,
+    ) -> Result<JsValue, ApiError> {
         let settings = self.settings.as_ref().map_err(Clone::clone)?;
         let options = match options.as_string() {
             Some(text) => DeliverOptions::parse(&text).ok_or(ApiError::Internal)?,
@@ -237,11 +265,14 @@ impl HopeFlowRealtime {
         let text = envelope_text.as_string().ok_or(ApiError::Internal)?;
         let envelope = Envelope::parse(&text).ok_or(ApiError::Internal)?;
         let now_ms = js_sys::Date::now();
-        if let Some(keyed) = &options.key {
-            if let Some(answer) = self.publishes.replay_or_wait(keyed, now_ms) {
-                return Ok(answer);
-            }
-        }
+        let context = publish_context(settings, &envelope, &options, user_id, received_ms, now_ms);
+        let context = match &options.key {
+            Some(keyed) => match self.publishes.replay_or_wait(keyed, context, now_ms) {
+                Ok(answer) => return Ok(answer),
+                Err(context) => context,
+            },
+            None => context,
+        };
         // Kept before it is sent, also when no socket is there to get it.
         let envelope_text = self.history.record(&text, now_ms)?.unwrap_or(envelope_text);
         let lifetime = settings.config.lifetime();
@@ -253,12 +284,13 @@ impl HopeFlowRealtime {
         }
         if delivered.is_empty() && options.key.is_none() {
             // Nobody to wait for: the answer itself, no Promise to settle.
-            let settled = Settled::nobody(options.detail);
-            let text = outcome(0, settled).to_text().ok_or(ApiError::Internal)?;
+            let outcome = context.answer_nobody(&envelope.envelope_id, now_ms);
+            let text = outcome.to_text().ok_or(ApiError::Internal)?;
             return Ok(JsValue::from_str(&text));
         }
         let sent = Sent {
             envelope_id: envelope.envelope_id,
+            context,
             delivered,
             keyed: options.key,
             tracking: Tracking {
@@ -282,7 +314,7 @@ impl HopeFlowRealtime {
         let replay = match self.history.replay(since, epoch, js_sys::Date::now()) {
             None => return send_frame(ws, &ServerFrame::history_disabled()),
             Some(Err(err)) => {
-                console_error!("reading history for a resume: {err}");
+                telemetry::error("history.resume", &err);
                 return send_frame(ws, &ServerFrame::resume_failed(since, epoch));
             }
             Some(Ok(replay)) => replay,
@@ -339,7 +371,10 @@ impl HopeFlowRealtime {
         let request = match DisconnectRequest::parse(request.as_bytes()) {
             Ok(request) => request,
             Err(err) => {
-                console_error!("disconnect: a request the worker sent did not parse: {err}");
+                telemetry::error(
+                    "operator.disconnect",
+                    &format_args!("a request the worker sent did not parse: {err}"),
+                );
                 let code = JsValue::from_str(ApiError::Internal.code());
                 return js_sys::Promise::reject(&code).into();
             }
@@ -349,7 +384,7 @@ impl HopeFlowRealtime {
         let chosen = self.sockets.chosen(request.socket_id.as_deref());
         for ws in &chosen {
             let _ = ws.close(Some(close.code()), Some(reason));
-            self.forget(ws);
+            self.forget(ws, close.code(), ClosedBy::Server);
         }
         JsValue::from_str(&disconnected_text(chosen.len()))
     }
@@ -432,6 +467,13 @@ impl HopeFlowRealtime {
             return send_frame(ws, &frame);
         }
         send_frame(ws, &ServerFrame::Refreshed { expires_at });
+        if let Some(telemetry) = self.telemetry() {
+            telemetry.log(&Event::TokenRefreshed {
+                user_id: &socket.user_id,
+                socket_id,
+                expires_at,
+            });
+        }
         // A notice already due goes right after the answer.
         self.tend_token(socket_id, now_ms);
     }
@@ -519,7 +561,9 @@ impl HopeFlowRealtime {
         let ServerFrame::Error { code, .. } = frame else {
             return;
         };
+        self.frame_rejected(socket_id, code.as_str(), now_ms);
         if code.is_violation() && self.sockets.violation(socket_id, now_ms) == Verdict::Close {
+            self.frame_rejected(socket_id, CloseCode::PolicyViolation.name(), now_ms);
             self.close_socket(ws, CloseCode::PolicyViolation);
         }
     }
@@ -528,18 +572,104 @@ impl HopeFlowRealtime {
     /// publish waits for it.
     fn close_socket(&self, ws: &WebSocket, close: CloseCode) {
         let _ = ws.close(Some(close.code()), Some(close.reason()));
-        self.forget(ws);
+        let gone = self.forget(ws, close.code(), ClosedBy::Server);
+        if let (Some(socket), Some(telemetry)) = (gone, self.telemetry()) {
+            if close == CloseCode::TokenExpired {
+                telemetry.log(&Event::TokenExpired {
+                    user_id: &socket.user_id,
+                    socket_id: &socket.id,
+                });
+            }
+        }
     }
 
-    /// Drops a closed socket from the index and stops waiting for its acks.
-    /// Out of line: every way a socket ends calls it.
+    /// Drops a closed socket from the index, stops waiting for its acks
+    /// and logs its end (once: a socket the server closed is gone when the
+    /// client's close comes). Out of line: every way a socket ends calls it.
     #[inline(never)]
-    fn forget(&self, ws: &WebSocket) {
-        if let Some(socket_id) = self.sockets.remove(ws) {
-            self.publishes.socket_gone(&socket_id);
-            self.webhooks
-                .closed(self.sockets.count(), js_sys::Date::now());
+    fn forget(&self, ws: &WebSocket, code: u16, by: ClosedBy) -> Option<SocketAttachment> {
+        let socket = self.sockets.remove(ws)?;
+        self.publishes.socket_gone(&socket.id);
+        let now_ms = js_sys::Date::now();
+        self.webhooks.closed(self.sockets.count(), now_ms);
+        if let Some(telemetry) = self.telemetry() {
+            let duration_ms = (now_ms as u64).saturating_sub(socket.connected_at);
+            telemetry.socket_closed(&socket.user_id, &socket.id, code, by, duration_ms);
         }
+        Some(socket)
+    }
+
+    fn telemetry(&self) -> Option<&Telemetry> {
+        self.settings.as_ref().ok().map(|s| &s.telemetry)
+    }
+
+    /// A frame answered with an error frame or a close: a `frame.rejected`
+    /// line, folded (at most one per second per code in this isolate).
+    #[inline(never)]
+    fn frame_rejected(&self, socket_id: &str, code: &str, now_ms: f64) {
+        let (Some(telemetry), Some(socket)) =
+            (self.telemetry(), self.sockets.attachment(socket_id))
+        else {
+            return;
+        };
+        telemetry.folded("frame.rejected", code, Level::Warn, now_ms, |count| {
+            Event::FrameRejected {
+                user_id: &socket.user_id,
+                socket_id,
+                code,
+                count,
+            }
+        });
+    }
+
+    /// `debug`: one line per frame received, its type and size.
+    #[inline(never)]
+    fn frame_received(
+        &self,
+        socket_id: &str,
+        frame: &Result<ClientFrame, ServerFrame>,
+        bytes: usize,
+    ) {
+        let (Some(telemetry), Some(socket)) =
+            (self.telemetry(), self.sockets.attachment(socket_id))
+        else {
+            return;
+        };
+        let frame_type = match frame {
+            Ok(frame) => frame.kind(),
+            Err(_) => "invalid",
+        };
+        telemetry.log(&Event::Frame {
+            user_id: &socket.user_id,
+            socket_id,
+            frame_type,
+            bytes,
+        });
+    }
+}
+
+/// What a publish's answer and line need: when the worker received it,
+/// and the line's facts when a line or a data point is wanted.
+fn publish_context(
+    settings: &Settings,
+    envelope: &Envelope,
+    options: &DeliverOptions,
+    user_id: JsValue,
+    received_ms: JsValue,
+    now_ms: f64,
+) -> Context {
+    let log = settings.telemetry.wants_publishes().then(|| PublishLog {
+        user_id: user_id.as_string().unwrap_or_default(),
+        envelope_type: envelope.envelope_type.clone(),
+        bytes: json_len(&envelope.payload),
+        keyed: options.key.is_some(),
+        batch: options.batch,
+    });
+    Context {
+        // Never after now: the worker's clock may run ahead of this one.
+        received_ms: received_ms.as_f64().map_or(now_ms, |t| t.min(now_ms)),
+        detail: options.detail,
+        log,
     }
 }
 

@@ -4,12 +4,14 @@
 
 use std::collections::HashMap;
 
+use worker::js_sys;
 use worker::worker_sys::DurableObjectState;
-use worker::{console_error, console_warn, js_sys};
 
 use crate::domain::config::WebhookConfig;
+use crate::domain::logs::Event;
 use crate::domain::webhook::{self, backoff_ms, Presence, MAX_BATCH};
 use crate::runtime::js::storage::{Bind, Sql, SqlRow};
+use crate::runtime::telemetry;
 
 /// The outbox's tables and the state kept beside them.
 pub struct Outbox {
@@ -27,6 +29,10 @@ pub struct Outbox {
 pub struct Batch {
     pub body: String,
     pub last_seq: u64,
+    /// How many events it carries.
+    pub events: usize,
+    /// Which try this is (1: the first).
+    pub attempt: u32,
 }
 
 impl Outbox {
@@ -64,7 +70,7 @@ impl Outbox {
 
     pub fn exec(&self, what: &str, statement: &str, binds: &[Bind]) -> Vec<SqlRow> {
         self.sql.exec(statement, binds).unwrap_or_else(|err| {
-            console_error!("{what}: {err}");
+            telemetry::error(what, &err);
             Vec::new()
         })
     }
@@ -124,9 +130,10 @@ impl Outbox {
         );
         let dropped = before.saturating_sub(self.pending());
         if dropped > 0 {
-            console_warn!(
-                "webhooks: {dropped} event(s) dropped past their age or the outbox's cap"
-            );
+            telemetry::log(&Event::WebhookDropped {
+                events: dropped as usize,
+                reason: "past their age or the outbox's cap",
+            });
             self.dropped += dropped;
             self.save("dropped", &self.dropped.to_string());
         }
@@ -144,6 +151,8 @@ impl Outbox {
         Some(Batch {
             body: webhook::body(&texts),
             last_seq,
+            events: texts.len(),
+            attempt: self.attempt.saturating_add(1),
         })
     }
 
@@ -164,7 +173,6 @@ impl Outbox {
 
     /// Anything else: the same events again after the backoff.
     pub fn failed(&mut self, why: String, now_ms: f64) {
-        console_warn!("webhook request failed: {why}");
         self.attempt = self.attempt.saturating_add(1);
         let jitter = 0.5 + js_sys::Math::random() * 0.5;
         let at = (now_ms + backoff_ms(self.attempt, jitter)).ceil();

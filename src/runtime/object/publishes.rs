@@ -10,7 +10,6 @@ use std::rc::Rc;
 
 use serde_json::Value;
 use wasm_bindgen::JsValue;
-use worker::console_error;
 use worker::js_sys;
 use worker::worker_sys::DurableObjectState;
 
@@ -20,9 +19,12 @@ use super::webhooks::Webhooks;
 use crate::domain::acks::{AckBook, AckOutcome, DeadlineQueue, Settled, Tracking};
 use crate::domain::error::ApiError;
 use crate::domain::idempotency::{self, KeyBook, KeyedRequest, Receipt};
+use crate::domain::logs::PublishFacts;
 use crate::domain::protocol::PublishOutcome;
 use crate::runtime::js::promise::{pending_answer, Settle, Timer};
 use crate::runtime::js::storage::another_handle;
+use crate::runtime::settings::shared as shared_settings;
+use crate::runtime::telemetry;
 
 /// A publish waiting for acks: what its answer needs once it is settled.
 struct Waiter {
@@ -31,6 +33,43 @@ struct Waiter {
     /// Its `Idempotency-Key`, whose answer is kept and shared with repeats.
     keyed: Option<KeyedRequest>,
     settle: Settle,
+    context: Context,
+}
+
+/// A repeat of a keyed publish in flight, answered with the first's answer.
+struct Repeat {
+    settle: Settle,
+    context: Context,
+}
+
+/// What a publish's answer and its `publish` line need besides the acks.
+pub struct Context {
+    /// When the worker received the request (its clock).
+    pub received_ms: f64,
+    /// `?detail=true`.
+    pub detail: bool,
+    /// `None` when neither a line nor a data point is wanted.
+    pub log: Option<PublishLog>,
+}
+
+/// The `publish` line's facts that the worker and the envelope give.
+pub struct PublishLog {
+    pub user_id: String,
+    pub envelope_type: String,
+    /// The payload's JSON length.
+    pub bytes: usize,
+    pub keyed: bool,
+    /// `/publish/batch`: how many users it named.
+    pub batch: Option<usize>,
+}
+
+/// The counts a `publish` line reports; a replay of a stored answer knows
+/// only the first two.
+struct Counts {
+    client_count: usize,
+    acked: usize,
+    timed_out: Option<usize>,
+    closed: Option<usize>,
 }
 
 /// What is shared with the timer.
@@ -38,7 +77,7 @@ struct InFlight {
     book: AckBook<Waiter>,
     deadlines: DeadlineQueue,
     /// Keyed publishes in flight and the repeats waiting for them.
-    keys: KeyBook<Settle>,
+    keys: KeyBook<Repeat>,
     /// Where keyed answers are kept; opened by the first keyed publish.
     store: Option<KeyStore>,
     state: DurableObjectState,
@@ -60,6 +99,7 @@ pub struct Publishes {
 /// A publish just sent: what its tracking needs.
 pub struct Sent {
     pub envelope_id: String,
+    pub context: Context,
     /// The sockets it went to.
     pub delivered: Vec<String>,
     pub keyed: Option<KeyedRequest>,
@@ -139,29 +179,35 @@ impl Publishes {
     /// Promise of the answer of the same publish still in flight. `None`:
     /// a new key, to deliver.
     #[inline(never)]
-    pub fn replay_or_wait(&self, keyed: &KeyedRequest, now_ms: f64) -> Option<JsValue> {
+    pub fn replay_or_wait(
+        &self,
+        keyed: &KeyedRequest,
+        context: Context,
+        now_ms: f64,
+    ) -> Result<JsValue, Context> {
         let mut shared = self.shared.borrow_mut();
         let stored = shared
             .store()
             .and_then(|store| store.find(&keyed.key, now_ms));
         let first = shared.keys.in_flight(&keyed.key);
         match idempotency::decide(stored, first, &keyed.fingerprint) {
-            idempotency::Decision::Deliver => None,
+            idempotency::Decision::Deliver => Err(context),
             idempotency::Decision::Replay {
                 envelope_id,
                 answer,
             } => {
-                let answer = serde_json::from_str(&answer).unwrap_or_default();
-                Some(JsValue::from_str(&receipt(true, &envelope_id, answer)))
+                let answer: Value = serde_json::from_str(&answer).unwrap_or_default();
+                context.report(&envelope_id, &Counts::stored(&answer), true, now_ms);
+                Ok(JsValue::from_str(&receipt(true, &envelope_id, answer)))
             }
             idempotency::Decision::Conflict => {
-                Some(JsValue::from_str(&Receipt::conflict().to_text()))
+                Ok(JsValue::from_str(&Receipt::conflict().to_text()))
             }
             idempotency::Decision::Wait => {
                 let (answer, settle) = pending_answer();
                 // `in_flight` said the key is there.
-                let _ = shared.keys.wait(&keyed.key, settle);
-                Some(answer)
+                let _ = shared.keys.wait(&keyed.key, Repeat { settle, context });
+                Ok(answer)
             }
         }
     }
@@ -175,6 +221,7 @@ impl Publishes {
             client_count: sent.delivered.len(),
             keyed: sent.keyed,
             settle,
+            context: sent.context,
         };
         if let Some(keyed) = &waiter.keyed {
             self.shared.borrow_mut().keys.start(
@@ -252,26 +299,35 @@ impl Waiter {
     /// Answers the publish with what arrived; a keyed one also stores its
     /// answer and answers the repeats that waited for it.
     fn answer(self, shared: &Shared, settled: Settled) {
-        let outcome = outcome(self.client_count, settled);
+        let now_ms = js_sys::Date::now();
+        let counts = Counts::settled(self.client_count, &settled);
+        let outcome = self.context.outcome(self.client_count, settled, now_ms);
         let Some(text) = outcome.to_text() else {
-            console_error!("serializing a publish outcome failed");
+            telemetry::error("publish.answer", &"serializing the outcome failed");
             return;
         };
         match self.keyed {
             None => self.settle.answer(&text),
-            Some(keyed) => Waiter::answer_keyed(
-                shared,
-                keyed,
-                &self.envelope_id,
-                self.settle,
-                &outcome,
-                &text,
-            ),
+            Some(keyed) => {
+                let repeats = Waiter::answer_keyed(
+                    shared,
+                    keyed,
+                    &self.envelope_id,
+                    self.settle,
+                    &outcome,
+                    &text,
+                );
+                for repeat in repeats {
+                    repeat.report(&self.envelope_id, &counts, true, now_ms);
+                }
+            }
         }
+        self.context
+            .report(&self.envelope_id, &counts, false, now_ms);
     }
 
     /// A keyed publish's answer: stored, and given to the repeats that
-    /// waited for it. Out of line, so that V8's optimizing tier does not
+    /// waited for it; the repeats' contexts. Out of line, so that V8's optimizing tier does not
     /// compile it with every plain publish's answer (bench/README.md, row 22).
     #[inline(never)]
     fn answer_keyed(
@@ -281,7 +337,7 @@ impl Waiter {
         settle: Settle,
         outcome: &PublishOutcome,
         text: &str,
-    ) {
+    ) -> Vec<Context> {
         let repeats = {
             let mut in_flight = shared.borrow_mut();
             let now_ms = js_sys::Date::now();
@@ -300,19 +356,92 @@ impl Waiter {
         };
         let answer = serde_json::to_value(outcome).unwrap_or_default();
         settle.answer(&receipt(false, envelope_id, answer.clone()));
-        for repeat in repeats {
-            repeat.answer(&receipt(true, envelope_id, answer.clone()));
-        }
+        repeats
+            .into_iter()
+            .map(|repeat| {
+                repeat
+                    .settle
+                    .answer(&receipt(true, envelope_id, answer.clone()));
+                repeat.context
+            })
+            .collect()
     }
 }
 
-/// The answer of a publish sent to `client_count` sockets.
-pub fn outcome(client_count: usize, settled: Settled) -> PublishOutcome {
-    PublishOutcome {
-        client_count,
-        results: settled.results,
-        deliveries: settled.deliveries,
-        truncated: settled.truncated,
+impl Context {
+    /// The answer of a publish sent to `client_count` sockets; with
+    /// detail, the counts and time of its `publish` line too.
+    pub fn outcome(&self, client_count: usize, settled: Settled, now_ms: f64) -> PublishOutcome {
+        let summary = |n| self.detail.then_some(n);
+        PublishOutcome {
+            client_count,
+            acked: summary(settled.results.len()),
+            timed_out: summary(settled.timed_out),
+            closed: summary(settled.closed),
+            ms: self.detail.then(|| self.ms(now_ms)),
+            results: settled.results,
+            deliveries: settled.deliveries,
+            truncated: settled.truncated,
+        }
+    }
+
+    /// The answer of a publish that reached nobody, and its line.
+    pub fn answer_nobody(&self, envelope_id: &str, now_ms: f64) -> PublishOutcome {
+        let settled = Settled::nobody(self.detail);
+        let counts = Counts::settled(0, &settled);
+        self.report(envelope_id, &counts, false, now_ms);
+        self.outcome(0, settled, now_ms)
+    }
+
+    fn ms(&self, now_ms: f64) -> u64 {
+        (now_ms - self.received_ms).max(0.0) as u64
+    }
+
+    /// Writes the publish's line and data point, when they are wanted.
+    fn report(&self, envelope_id: &str, counts: &Counts, replayed: bool, now_ms: f64) {
+        let (Some(log), Some(settings)) = (&self.log, shared_settings()) else {
+            return;
+        };
+        settings.telemetry.published(&PublishFacts {
+            user_id: &log.user_id,
+            envelope_id,
+            envelope_type: &log.envelope_type,
+            client_count: counts.client_count,
+            acked: counts.acked,
+            timed_out: counts.timed_out,
+            closed: counts.closed,
+            ms: self.ms(now_ms),
+            bytes: log.bytes,
+            keyed: log.keyed,
+            replayed,
+            batch: log.batch,
+        });
+    }
+}
+
+impl Counts {
+    fn settled(client_count: usize, settled: &Settled) -> Counts {
+        Counts {
+            client_count,
+            acked: settled.results.len(),
+            timed_out: Some(settled.timed_out),
+            closed: Some(settled.closed),
+        }
+    }
+
+    /// A stored answer's counts: the first answer's detail, when it had
+    /// it; otherwise only the sockets and the acks.
+    fn stored(answer: &Value) -> Counts {
+        let count = |name| answer.get(name).and_then(Value::as_u64).map(|n| n as usize);
+        Counts {
+            client_count: count("clientCount").unwrap_or(0),
+            acked: answer
+                .get("results")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len),
+            timed_out: count("timedOut"),
+            closed: count("closed"),
+        }
     }
 }
 

@@ -8,17 +8,19 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use wasm_bindgen::JsValue;
-use worker::{console_error, console_log, js_sys, State, WebSocket};
+use worker::{js_sys, State, WebSocket};
 
 use crate::domain::filter::{
     add_filters, any_matches, remove_filters, Filter, TooManyFilters, MAX_FILTERS_PER_SOCKET,
 };
 use crate::domain::limits::{SocketLimits, Verdict};
+use crate::domain::logs::Event;
 use crate::domain::operator::SocketInfo;
 use crate::domain::protocol::{CloseCode, Envelope, ErrorCode, ServerFrame};
 use crate::domain::schedule;
 use crate::domain::session::{Lifetime, SocketAttachment, TokenDuty, MAX_ATTACHMENT_JSON_BYTES};
 use crate::runtime::js::socket::{js_key, load_attachment, send_value, store_attachment};
+use crate::runtime::telemetry;
 
 /// A live socket, its decoded attachment and its abuse limits.
 struct Socket {
@@ -60,7 +62,7 @@ impl Socket {
     /// runtime refused it, and nothing changed.
     fn store(&mut self, next: SocketAttachment) -> bool {
         if let Err(err) = store_attachment(&self.ws, &next.to_json()) {
-            console_error!("storing a socket attachment failed: {err:?}");
+            telemetry::error("socket.attachment", &format_args!("{err:?}"));
             return false;
         }
         self.attachment = next;
@@ -140,12 +142,12 @@ impl Sockets {
         self.with(|sockets| sockets.len())
     }
 
-    /// Drops a closed socket; its id, if it was in the index.
-    pub fn remove(&self, ws: &WebSocket) -> Option<String> {
+    /// Drops a closed socket; its attachment, if it was in the index.
+    pub fn remove(&self, ws: &WebSocket) -> Option<SocketAttachment> {
         let socket_id = self.id_of(ws)?;
-        self.with(|sockets| sockets.remove(&socket_id));
+        let socket = self.with(|sockets| sockets.remove(&socket_id));
         self.ids.delete(js_key(ws));
-        Some(socket_id)
+        socket.map(|socket| socket.attachment)
     }
 
     /// Sends the envelope's text to every socket whose filters match it:
@@ -307,7 +309,7 @@ impl Sockets {
                 }
                 other => {
                     if let Err(err) = other {
-                        console_error!("unreadable socket attachment: {err}");
+                        telemetry::error("socket.attachment", &format_args!("unreadable: {err}"));
                     }
                     let close = CloseCode::Reconnect;
                     let _ = ws.close(Some(close.code()), Some(close.reason()));
@@ -317,7 +319,9 @@ impl Sockets {
         // Only after a wake-up: a new object has none, and a log line per
         // new object was a measurable part of creating one.
         if !sockets.is_empty() {
-            console_log!("socket index rebuilt from {} attachment(s)", sockets.len());
+            telemetry::log(&Event::ObjectWoke {
+                sockets: sockets.len(),
+            });
         }
         sockets
     }

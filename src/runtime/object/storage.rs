@@ -4,13 +4,13 @@
 //! stores a row says when that is due, and its owner asks the alarm.
 
 use wasm_bindgen::JsValue;
-use worker::console_error;
 use worker::worker_sys::DurableObjectState;
 
 use crate::domain::history::{self, Position, Retention};
 use crate::domain::idempotency::{self, KeyedRequest, Stored};
 use crate::domain::operator::HistoryView;
 use crate::runtime::js::storage::{Bind, Sql};
+use crate::runtime::telemetry;
 
 /// The table of keyed answers (`idempotency`).
 pub struct KeyStore {
@@ -23,7 +23,7 @@ impl KeyStore {
         let sql = Sql::of(state)?;
         for statement in [idempotency::CREATE_TABLE, idempotency::CREATE_INDEX] {
             if let Err(err) = sql.exec(statement, &[]) {
-                console_error!("idempotency table: {err}");
+                telemetry::error("idempotency.open", &err);
                 return None;
             }
         }
@@ -36,7 +36,7 @@ impl KeyStore {
         let rows = match self.sql.exec(idempotency::SELECT, &binds) {
             Ok(rows) => rows,
             Err(err) => {
-                console_error!("idempotency lookup: {err}");
+                telemetry::error("idempotency.find", &err);
                 return None;
             }
         };
@@ -59,7 +59,7 @@ impl KeyStore {
             Bind::Number(expires_at as f64),
         ];
         if let Err(err) = self.sql.exec(idempotency::INSERT, &binds) {
-            console_error!("storing an idempotent answer: {err}");
+            telemetry::error("idempotency.save", &err);
         }
         expires_at as f64
     }
@@ -73,7 +73,7 @@ pub fn cleanup(state: &DurableObjectState, retention: Retention, now_ms: f64) ->
     if has_table(&sql, idempotency::TABLE) {
         let binds = [Bind::Number(now_ms.floor())];
         if let Err(err) = sql.exec(idempotency::DELETE_EXPIRED, &binds) {
-            console_error!("deleting expired idempotency keys: {err}");
+            telemetry::error("idempotency.cleanup", &err);
         }
     }
     if has_table(&sql, history::TABLE) {
@@ -142,7 +142,7 @@ fn purge_history(sql: &Sql, retention: Retention, now_ms: f64) {
         .exec(history::PURGE, &[Bind::Number(keep as f64), cutoff.clone()])
         .and_then(|_| sql.exec(history::BLANK_EXPIRED, &[cutoff]));
     if let Err(err) = purged {
-        console_error!("deleting expired history: {err}");
+        telemetry::error("history.cleanup", &err);
     }
 }
 

@@ -9,12 +9,13 @@ use std::rc::Rc;
 use serde_json::Value;
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::future_to_promise;
+use worker::js_sys;
 use worker::worker_sys::DurableObjectState;
-use worker::{console_error, console_warn, js_sys};
 
 use super::alarm::Alarm;
 use super::outbox::{Batch, Outbox};
 use crate::domain::config::WebhookConfig;
+use crate::domain::logs;
 use crate::domain::operator::WebhookView;
 use crate::domain::webhook::{
     self, signature_header, Event, EventKind, REQUEST_TIMEOUT_MS, SIGNATURE_HEADER,
@@ -22,6 +23,7 @@ use crate::domain::webhook::{
 use crate::runtime::ids;
 use crate::runtime::js::fetch::{post_json, Posted};
 use crate::runtime::js::storage::{another_handle, Bind};
+use crate::runtime::telemetry;
 
 /// The object's webhooks; every method is a no-op when they are off.
 #[derive(Clone)]
@@ -218,7 +220,7 @@ impl Hooks {
             match Outbox::open(&self.state) {
                 Ok(outbox) => *guard = Some(outbox),
                 Err(err) => {
-                    console_error!("opening the webhook outbox: {err}");
+                    telemetry::error("webhook.outbox", &err);
                     return None;
                 }
             }
@@ -233,7 +235,10 @@ impl Hooks {
             return;
         }
         let Some(user_id) = outbox.user_id.clone() else {
-            console_warn!("a webhook event with no user to name was not recorded");
+            telemetry::error(
+                "webhook.record",
+                &"an event with no user to name was not recorded",
+            );
             return;
         };
         outbox.seq += 1;
@@ -277,10 +282,22 @@ impl Hooks {
             let t = (js_sys::Date::now() / 1000.0) as u64;
             let signature = signature_header(hooks.config.secret.as_bytes(), t, &batch.body);
             let headers = [(SIGNATURE_HEADER, signature.as_str())];
+            let sent_ms = js_sys::Date::now();
             let posted =
                 post_json(&hooks.config.url, &batch.body, &headers, REQUEST_TIMEOUT_MS).await;
             hooks.sending.set(false);
             let now_ms = js_sys::Date::now();
+            let status = match &posted {
+                Posted::Status(status) => Some(*status),
+                Posted::Failed(_) => None,
+            };
+            telemetry::log(&logs::Event::WebhookDelivery {
+                events: batch.events,
+                status,
+                ok: status.is_some_and(|s| (200..300).contains(&s)),
+                attempt: batch.attempt,
+                ms: (now_ms - sent_ms).max(0.0) as u64,
+            });
             let next = hooks.with(|outbox| {
                 match posted {
                     Posted::Status(status) if (200..300).contains(&status) => {

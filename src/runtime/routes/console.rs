@@ -1,12 +1,13 @@
 //! The debug console (`/console` and the browser client it imports), off
 //! unless `CONSOLE_ENABLED`.
 
-use worker::{console_error, web_sys, Env, Response};
+use worker::{web_sys, Env, Response};
 
 use crate::domain::error::ApiError;
 use crate::runtime::http::{Incoming, Reply};
 use crate::runtime::js::response::console_asset;
 use crate::runtime::settings::settings;
+use crate::runtime::telemetry;
 
 /// `GET /console` and the module it imports; 404 unless enabled. Their
 /// text comes from the JavaScript entry (`js::response::console_asset`), not from
@@ -34,7 +35,7 @@ pub(super) fn console(req: &Incoming, env: &Env) -> Result<Reply, ApiError> {
     set("X-Content-Type-Options", "nosniff")?;
     set("Cache-Control", "no-store")?;
     let response = console_asset(page, &headers).ok_or_else(|| {
-        console_error!("the console's assets were not handed over by the entry");
+        telemetry::error("console.assets", &"not handed over by the entry");
         ApiError::Internal
     })?;
     Ok(Response::from(response).into())

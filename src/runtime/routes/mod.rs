@@ -12,16 +12,45 @@ use wasm_bindgen::JsValue;
 use worker::{Env, Method};
 
 use crate::domain::error::ApiError;
+use crate::domain::logs::{Event, Level};
 use crate::domain::operator::{self as operator_paths, BadUserPath};
 use crate::runtime::http::{self, Incoming, Reply};
 
 /// Answers one request: a `Response`, or a Promise of one; every error
 /// becomes its JSON error response.
 pub fn handle(req: Incoming, env: &Env) -> JsValue {
+    let label = operator_paths::route_label(req.path());
     match route(req, env) {
         Ok(reply) => reply.into_js(),
-        Err(err) => http::error_js(&err),
+        Err(err) => {
+            if err.is_auth_refusal() {
+                auth_refused(label, &err);
+            }
+            http::error_js(&err)
+        }
     }
+}
+
+/// An `auth.refused` line, folded: at most one per second per code in
+/// this isolate (a flood of bad tokens is not a flood of lines).
+#[cold]
+#[inline(never)]
+fn auth_refused(route: &'static str, err: &ApiError) {
+    let Some(settings) = crate::runtime::settings::shared() else {
+        return;
+    };
+    let (status, code) = (err.status(), err.code());
+    let now_ms = worker::js_sys::Date::now();
+    settings
+        .telemetry
+        .folded("auth.refused", code, Level::Info, now_ms, |count| {
+            Event::AuthRefused {
+                route,
+                status,
+                code,
+                count,
+            }
+        });
 }
 
 /// Every route but `/publish` is `#[inline(never)]`, here and in

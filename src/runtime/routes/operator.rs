@@ -10,7 +10,7 @@ use futures::future::join_all;
 use serde_json::Value;
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
-use worker::{console_error, js_sys, web_sys, Env, Method};
+use worker::{js_sys, web_sys, Env, Method};
 
 use super::request::{
     authenticate, body_within, namespace, object_failure, publish_checks, publish_options,
@@ -29,6 +29,7 @@ use crate::runtime::js::env::read_body;
 use crate::runtime::js::response::json_200;
 use crate::runtime::js::{Namespace, Thenable};
 use crate::runtime::settings::{settings, Settings};
+use crate::runtime::telemetry;
 
 /// A route of `/users/{userId}/...`.
 #[inline(never)]
@@ -114,6 +115,7 @@ pub fn publish_with_options(
     env: &Env,
     key: Option<IdempotencyKey>,
     detail: bool,
+    received_ms: f64,
 ) -> Result<Reply, ApiError> {
     let pending = PendingBody::of(&req, env)?;
     Ok(later(async move {
@@ -129,8 +131,16 @@ pub fn publish_with_options(
         let user_id = request.user_id.clone();
         let envelope = request.into_envelope(ids::envelope_id());
         let envelope_text = envelope.to_text().ok_or(ApiError::Internal)?;
-        let options = DeliverOptions { key: keyed, detail };
-        let answer = deliver_to(&namespace, &user_id, &envelope_text, &options).await?;
+        let options = DeliverOptions {
+            key: keyed,
+            detail,
+            batch: None,
+        };
+        let to = Recipient {
+            user_id: &user_id,
+            received_ms,
+        };
+        let answer = deliver_to(&namespace, to, &envelope_text, &options).await?;
         match answer {
             // Through `respond`, so every answer of this path exposes
             // `Idempotent-Replayed` the same way.
@@ -148,6 +158,7 @@ pub fn publish_with_options(
 /// `POST /publish/batch`: one envelope to up to 100 users, all at once.
 #[inline(never)]
 pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
+    let received_ms = js_sys::Date::now();
     let settings = settings(env)?;
     publish_checks(&req, &settings)?;
     let (key, detail) = publish_options(&req)?;
@@ -167,15 +178,20 @@ pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
             .envelope(envelope_id.clone())
             .to_text()
             .ok_or(ApiError::Internal)?;
-        let options = DeliverOptions { key: keyed, detail };
+        let options = DeliverOptions {
+            key: keyed,
+            detail,
+            batch: Some(request.user_ids.len()),
+        };
         // Every user at once (at most MAX_BATCH_USERS), so the answer comes
         // within one ack timeout however many users there are.
-        let answers = join_all(
-            request
-                .user_ids
-                .iter()
-                .map(|user| deliver_to(&namespace, user, &envelope_text, &options)),
-        )
+        let answers = join_all(request.user_ids.iter().map(|user_id| {
+            let to = Recipient {
+                user_id,
+                received_ms,
+            };
+            deliver_to(&namespace, to, &envelope_text, &options)
+        }))
         .await;
         batch_answer(&request.user_ids, answers, envelope_id)
     }))
@@ -243,16 +259,28 @@ enum Delivered {
     },
 }
 
-/// Hands the envelope to `user_id`'s object and waits for its answer.
+/// Whose object gets a publish, and when the worker received it.
+#[derive(Clone, Copy)]
+struct Recipient<'a> {
+    user_id: &'a str,
+    received_ms: f64,
+}
+
+/// Hands the envelope to the recipient's object and waits for its answer.
 async fn deliver_to(
     namespace: &Namespace,
-    user_id: &str,
+    to: Recipient<'_>,
     envelope_text: &str,
     options: &DeliverOptions,
 ) -> Result<Delivered, ApiError> {
-    let stub = namespace.get_by_name(user_id).map_err(object_failure)?;
+    let stub = namespace.get_by_name(to.user_id).map_err(object_failure)?;
     let answer = stub
-        .deliver_with(&JsValue::from_str(envelope_text), &options.to_text())
+        .deliver(
+            &JsValue::from_str(envelope_text),
+            &JsValue::from_str(&options.to_text()),
+            to.user_id,
+            to.received_ms,
+        )
         .map_err(object_failure)?;
     let text = settle(&answer)
         .await?
@@ -273,7 +301,10 @@ async fn deliver_to(
         }),
         Some(Receipt::Conflict { .. }) => Err(ApiError::IdempotencyConflict),
         None => {
-            console_error!("a keyed publish's receipt did not parse");
+            telemetry::error(
+                "publish.receipt",
+                &"a keyed publish's receipt did not parse",
+            );
             Err(ApiError::Internal)
         }
     }
@@ -302,7 +333,7 @@ async fn json_answer(answer: &Thenable) -> Result<web_sys::Response, ApiError> {
 /// The request body, within `limit` bytes.
 async fn body_bytes(body: &Thenable, limit: usize) -> Result<Vec<u8>, ApiError> {
     let buffer = JsFuture::from(promise_of(body)).await.map_err(|err| {
-        console_error!("reading a request body failed: {err:?}");
+        telemetry::error("request.body", &format_args!("{err:?}"));
         ApiError::Internal
     })?;
     body_within(&buffer, limit)

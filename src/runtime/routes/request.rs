@@ -2,7 +2,7 @@
 //! before a body, the user's object, and an unreachable object as 503.
 
 use wasm_bindgen::JsValue;
-use worker::{console_error, js_sys, Env};
+use worker::{js_sys, Env};
 
 use crate::domain::auth::{bearer_token, extract_token, AuthError, Claims};
 use crate::domain::error::ApiError;
@@ -13,6 +13,7 @@ use crate::runtime::js::env as js_env;
 use crate::runtime::js::promise::Continuation;
 use crate::runtime::js::{Namespace, ObjectStub};
 use crate::runtime::settings::Settings;
+use crate::runtime::telemetry;
 
 /// The Durable Object namespace binding (see wrangler.toml).
 const BINDING: &str = "HOPEFLOW_REALTIME";
@@ -44,7 +45,10 @@ pub(crate) fn authenticate(
 /// The objects' namespace binding.
 pub(crate) fn namespace(env: &Env) -> std::result::Result<Namespace, ApiError> {
     js_env::namespace(env, BINDING).ok_or_else(|| {
-        console_error!("the {BINDING} binding is missing");
+        telemetry::error(
+            "configuration",
+            &format_args!("the {BINDING} binding is missing"),
+        );
         ApiError::Misconfigured
     })
 }
@@ -52,7 +56,7 @@ pub(crate) fn namespace(env: &Env) -> std::result::Result<Namespace, ApiError> {
 /// The stub of `user_id`'s object.
 pub(crate) fn user_stub(env: &Env, user_id: &str) -> std::result::Result<ObjectStub, ApiError> {
     namespace(env)?.get_by_name(user_id).map_err(|err| {
-        console_error!("durable object stub: {err:?}");
+        telemetry::error("object.stub", &format_args!("{err:?}"));
         ApiError::Unavailable
     })
 }
@@ -80,7 +84,7 @@ pub(crate) fn object_failure(err: JsValue) -> ApiError {
     if let Some(refusal) = code.as_deref().and_then(ApiError::from_object_code) {
         return refusal;
     }
-    console_error!("durable object unreachable: {err:?}");
+    telemetry::error("object.call", &format_args!("unreachable: {err:?}"));
     ApiError::Unavailable
 }
 

@@ -1,0 +1,148 @@
+//! Writes what `domain::logs` and `domain::metrics` make: lines to
+//! `console.log` (Workers Logs, `wrangler tail`, `make dev`'s output) and
+//! data points to Analytics Engine. Nothing here decides what a line holds.
+
+use std::cell::RefCell;
+use std::fmt::Display;
+
+use wasm_bindgen::JsValue;
+use worker::{web_sys, Env};
+
+use crate::domain::logs::{ClosedBy, Event, Fold, Level, LogConfig, Logs, PublishFacts};
+use crate::domain::metrics::{self, DataPoint};
+use crate::runtime::js::metrics::Dataset;
+
+/// The optional Analytics Engine binding (wrangler.toml).
+pub const METRICS_BINDING: &str = "HOPEFLOW_METRICS";
+
+/// The isolate's lines and points, as the settings chose them.
+pub struct Telemetry {
+    logs: Logs,
+    /// `None` without the binding: a point then costs nothing.
+    dataset: Option<Dataset>,
+    metrics_log: bool,
+}
+
+thread_local! {
+    /// The isolate's folds of lines a stranger can cause.
+    static FOLD: RefCell<Fold> = RefCell::new(Fold::default());
+}
+
+impl Telemetry {
+    pub fn new(config: &LogConfig, env: &Env) -> Telemetry {
+        Telemetry {
+            logs: Logs::new(config),
+            dataset: Dataset::from_env(env, METRICS_BINDING),
+            metrics_log: config.metrics_log,
+        }
+    }
+
+    pub fn enabled(&self, level: Level) -> bool {
+        self.logs.enabled(level)
+    }
+
+    /// Writes the event's line, if its level is on.
+    pub fn log(&self, event: &Event) {
+        if let Some(line) = self.logs.line(event) {
+            write_line(&line);
+        }
+    }
+
+    /// An event a stranger can cause: at most one line per second per
+    /// event and code in this isolate, counting the ones folded in.
+    pub fn folded<'a>(
+        &self,
+        name: &'static str,
+        code: &str,
+        level: Level,
+        now_ms: f64,
+        event: impl FnOnce(u64) -> Event<'a>,
+    ) {
+        if !self.enabled(level) {
+            return;
+        }
+        let count = FOLD.with(|fold| fold.borrow_mut().admit(name, code, now_ms));
+        if let Some(count) = count {
+            self.log(&event(count));
+        }
+    }
+
+    /// An answered publish: its line and its data point.
+    pub fn published(&self, facts: &PublishFacts) {
+        self.log(&Event::Publish(facts.clone()));
+        self.point(facts.user_id, |user| metrics::publish(user, facts));
+    }
+
+    pub fn socket_opened(&self, user_id: &str, socket_id: &str, sockets: usize) {
+        self.log(&Event::SocketOpen {
+            user_id,
+            socket_id,
+            sockets,
+        });
+        self.point(user_id, |user| metrics::socket_open(user, sockets));
+    }
+
+    pub fn socket_closed(
+        &self,
+        user_id: &str,
+        socket_id: &str,
+        code: u16,
+        by: ClosedBy,
+        duration_ms: u64,
+    ) {
+        self.log(&Event::SocketClose {
+            user_id,
+            socket_id,
+            code,
+            by,
+            duration_ms,
+        });
+        self.point(user_id, |user| {
+            metrics::socket_close(user, code, by, duration_ms)
+        });
+    }
+
+    /// Whether a publish's facts are wanted at all (a line or a point).
+    pub fn wants_publishes(&self) -> bool {
+        self.enabled(Level::Info) || self.dataset.is_some() || self.metrics_log
+    }
+
+    fn point(&self, user_id: &str, make: impl FnOnce(String) -> DataPoint) {
+        if self.dataset.is_none() && !self.metrics_log {
+            return;
+        }
+        let point = make(metrics::user_key(self.logs.user(user_id).as_deref()));
+        if let Some(dataset) = &self.dataset {
+            if let Err(err) = dataset.write(&point) {
+                error("metrics.write", &format_args!("{err:?}"));
+            }
+        }
+        if self.metrics_log {
+            write_line(&point.log_line());
+        }
+    }
+}
+
+/// An event of a part that holds no settings of its own, by the
+/// isolate's settings (none yet: nothing is written).
+pub fn log(event: &Event) {
+    if let Some(settings) = crate::runtime::settings::shared() {
+        settings.telemetry.log(event);
+    }
+}
+
+/// A runtime failure: an `error` line, whatever the settings (there may be
+/// none: the settings' own failure is one).
+pub fn error(at: &str, message: &dyn Display) {
+    let message = message.to_string();
+    if let Some(line) = Logs::default().line(&Event::Error {
+        at,
+        message: &message,
+    }) {
+        write_line(&line);
+    }
+}
+
+fn write_line(line: &str) {
+    web_sys::console::log_1(&JsValue::from_str(line));
+}
