@@ -425,10 +425,10 @@ fn the_workers_frames_match_server_frame() {
         results: vec![json!({"ok": true})],
         deliveries: None,
         truncated: true,
-        acked: None,
-        timed_out: None,
-        closed: None,
-        ms: None,
+        acked: Some(1),
+        timed_out: Some(0),
+        closed: Some(0),
+        ms: Some(12),
     };
     let answer: Value = serde_json::from_str(&outcome.to_text().expect("text")).expect("JSON");
     assert_matches(

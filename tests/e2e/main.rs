@@ -12,6 +12,7 @@ mod delivery;
 mod frames;
 mod history;
 mod hostile;
+mod logs;
 mod operator;
 mod operator_client;
 mod routes;
@@ -45,6 +46,11 @@ pub struct Ctx {
     /// Default settings, serving `https://` and `wss://` with a certificate
     /// of [`Ctx::ca`] for `localhost`.
     pub tls: Server,
+    /// `WORKER_LOG_LEVEL=error` and `METRICS_LOG=true`.
+    pub quiet: Server,
+    /// `LOG_USER_IDS=hash` (key [`OBSERVED_HASH_KEY`]),
+    /// `WORKER_LOG_LEVEL=debug` and `METRICS_LOG=true`.
+    pub observed: Server,
     /// Made for this run; after `tls`, so the server stops before its
     /// certificate files go.
     pub ca: TestCa,
@@ -69,6 +75,9 @@ pub const STRICT: &[(&str, &str)] = &[
     ("HISTORY_SIZE", "3"),
     ("HISTORY_TTL_SECS", "2"),
 ];
+
+/// The `observed` server's `LOG_HASH_KEY`.
+pub const OBSERVED_HASH_KEY: &str = "e2e-log-hash-key-of-at-least-32-chars";
 
 /// The `tokens` server's `TOKEN_REFRESH_NOTICE_SECS`.
 pub const TOKENS_NOTICE_SECS: u64 = 2;
@@ -113,6 +122,7 @@ fn main() {
     all.extend(tls::tests());
     all.extend(tokens::tests());
     all.extend(webhooks::tests());
+    all.extend(logs::tests());
     let selected: Vec<Test> = all
         .into_iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
@@ -127,7 +137,7 @@ fn main() {
     let mut strict_vars = vec![("JWT_SECRET", secret.as_str())];
     strict_vars.extend_from_slice(STRICT);
     let ca = TestCa::generate("e2e");
-    // Start all seven at once; each takes a few seconds to be ready.
+    // Start all nine at once; each takes a few seconds to be ready.
     let server = Server::spawn(
         "main",
         &[("JWT_SECRET", &secret), ("CONSOLE_ENABLED", "true")],
@@ -152,6 +162,24 @@ fn main() {
             ("TOKEN_REFRESH_NOTICE_SECS", &notice),
         ],
     );
+    let quiet = Server::spawn(
+        "quiet",
+        &[
+            ("JWT_SECRET", &secret),
+            ("WORKER_LOG_LEVEL", "error"),
+            ("METRICS_LOG", "true"),
+        ],
+    );
+    let observed = Server::spawn(
+        "observed",
+        &[
+            ("JWT_SECRET", &secret),
+            ("LOG_USER_IDS", "hash"),
+            ("LOG_HASH_KEY", OBSERVED_HASH_KEY),
+            ("WORKER_LOG_LEVEL", "debug"),
+            ("METRICS_LOG", "true"),
+        ],
+    );
     let ctx = Arc::new(Ctx {
         server: server.wait_ready(),
         unconfigured: unconfigured.wait_ready(),
@@ -160,6 +188,8 @@ fn main() {
         tls: tls.wait_ready(),
         nohistory: nohistory.wait_ready(),
         tokens: tokens.wait_ready(),
+        quiet: quiet.wait_ready(),
+        observed: observed.wait_ready(),
         ca,
     });
     println!(
@@ -170,13 +200,27 @@ fn main() {
 
     let mut failures = run(selected, ctx.clone());
 
+    support::never_logged(secret.clone());
+    support::never_logged(OBSERVED_HASH_KEY);
     for (name, server) in [
         ("main", &ctx.server),
+        ("unconfigured", &ctx.unconfigured),
         ("strict", &ctx.strict),
+        ("misconfigured", &ctx.misconfigured),
+        ("nohistory", &ctx.nohistory),
         ("tls", &ctx.tls),
         ("tokens", &ctx.tokens),
+        ("quiet", &ctx.quiet),
+        ("observed", &ctx.observed),
     ] {
         let log = server.log();
+        // Secrets, payloads, ack results and filter values the tests
+        // registered must never reach a log either.
+        let leaked = support::leaked_in(&log);
+        if !leaked.is_empty() {
+            println!("FAIL nothing_secret_logged: the {name} server's log holds {leaked:?}");
+            failures.push("nothing_secret_logged");
+        }
         // Tokens (all start with `eyJ`, base64 of `{"`) must never reach a
         // log, whether sent in a header or in `?token=`.
         if log.contains("eyJ") {

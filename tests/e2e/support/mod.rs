@@ -7,6 +7,8 @@
 //! - [`tls`]: a CA and server certificate per run, the TLS readiness probe;
 //! - [`clients`]: the WebSocket test client;
 //! - [`http`]: reqwest requests, [`Reply`], the publish helpers;
+//! - [`logs`]: the servers' structured log lines, and the strings no log
+//!   may hold;
 //! - [`contract`]: every answer and frame checked against docs/openapi.yaml
 //!   and docs/asyncapi.yaml, every webhook body against
 //!   docs/webhooks.schema.json.
@@ -23,11 +25,13 @@ use serde_json::Value;
 mod clients;
 pub mod contract;
 mod http;
+mod logs;
 mod server;
 mod tls;
 
 pub use clients::{without_position, Client};
 pub use http::{http, publish, publish_as, refused_upgrade, send, sockets_of, Reply};
+pub use logs::{leaked_in, lines_of, log_lines, never_logged, wait_for_line};
 pub use server::{Restartable, Server};
 pub use tls::TestCa;
 
