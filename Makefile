@@ -161,6 +161,7 @@ test: build | node-tools $(CHROMIUM) contract-tools
 	cargo build -p hopeflow-realtime --no-default-features
 	cargo test --workspace --lib --bins
 	cargo test -p hopeflow-realtime --test layout
+	cargo test -p hopeflow-realtime --test observing_queries
 	cargo test --workspace --doc
 	@# The e2e suite runs the CLI as a real process.
 	cargo build -p hopeflow-client --bin hopeflow

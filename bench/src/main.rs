@@ -70,7 +70,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
                 let name = it.next().unwrap_or_default();
                 let which = Impl::RUN_ORDER.into_iter().find(|i| i.name() == name);
                 args.only.push(which.ok_or(
-                    "--only needs hopeflow, hopeflow-history-off, reference-js, reference-js-history-off or floor",
+                    "--only needs hopeflow, hopeflow-log-error, hopeflow-history-off, reference-js, reference-js-history-off or floor",
                 )?);
             }
             "--scenarios" => {
@@ -82,7 +82,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
                 let name = it.next().unwrap_or_default();
                 let which = Impl::RUN_ORDER.into_iter().find(|i| i.name() == name);
                 args.profile = Some(which.ok_or(
-                    "--profile needs hopeflow, hopeflow-history-off, reference-js, reference-js-history-off or floor",
+                    "--profile needs hopeflow, hopeflow-log-error, hopeflow-history-off, reference-js, reference-js-history-off or floor",
                 )?);
             }
             "-h" | "--help" => {

@@ -355,8 +355,9 @@ pub fn json(run: &Run, header: Value) -> Value {
         &mut ratios,
         Impl::HopeflowHistoryOff,
         Impl::ReferenceJsHistoryOff,
-        history,
+        history.clone(),
     );
+    run.insert_paired(&mut ratios, Impl::Hopeflow, Impl::HopeflowLogError, history);
     let mut out = header;
     out["results"] = Value::Object(results);
     out["ratios"] = Value::Object(ratios);
@@ -510,6 +511,28 @@ pub fn markdown(run: &Run, header: &Value) -> String {
                 run.paired_ratio_of(Impl::ReferenceJs, Impl::ReferenceJsHistoryOff, m.key),
                 Better::Neither
             ),
+        );
+    }
+    let _ = writeln!(md, "\n## What logging costs\n");
+    let _ = writeln!(
+        md,
+        "hopeflow as deployed (`WORKER_LOG_LEVEL=info`: a `publish` line per publish) against itself with `WORKER_LOG_LEVEL=error`, in the same rounds. The budget (issue 23): at most 5 % more runtime CPU per publish.\n"
+    );
+    let _ = writeln!(md, "| figure | info | error | info ÷ error, paired |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for m in METRICS.iter().filter(|m| HISTORY_METRICS.contains(&m.key)) {
+        let cell = |which: Impl| {
+            medians[&which]
+                .get(m.key)
+                .map_or("–".to_string(), |v| number(*v, m.unit))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            m.label,
+            cell(Impl::Hopeflow),
+            cell(Impl::HopeflowLogError),
+            ratio_cell(run.paired_ratio(Impl::HopeflowLogError, m.key), m.better),
         );
     }
     let _ = writeln!(md, "\n## Bundle\n");

@@ -23,6 +23,9 @@ pub enum Impl {
     Hopeflow,
     /// hopeflow with `HISTORY_SIZE=0`: what history costs a publish.
     HopeflowHistoryOff,
+    /// hopeflow with `WORKER_LOG_LEVEL=error`: what its `info` log lines
+    /// (a `publish` line per publish) cost.
+    HopeflowLogError,
     /// The reference keeps the same history (same tables, one insert per
     /// publish), on by default as in hopeflow.
     ReferenceJs,
@@ -35,8 +38,9 @@ impl Impl {
     /// The three servers compared on every figure.
     pub const ALL: [Impl; 3] = [Impl::Hopeflow, Impl::ReferenceJs, Impl::Floor];
     /// Every server of a round, in the order they run.
-    pub const RUN_ORDER: [Impl; 5] = [
+    pub const RUN_ORDER: [Impl; 6] = [
         Impl::Hopeflow,
+        Impl::HopeflowLogError,
         Impl::HopeflowHistoryOff,
         Impl::ReferenceJs,
         Impl::ReferenceJsHistoryOff,
@@ -47,6 +51,7 @@ impl Impl {
         match self {
             Impl::Hopeflow => "hopeflow",
             Impl::HopeflowHistoryOff => "hopeflow-history-off",
+            Impl::HopeflowLogError => "hopeflow-log-error",
             Impl::ReferenceJs => "reference-js",
             Impl::ReferenceJsHistoryOff => "reference-js-history-off",
             Impl::Floor => "floor",
@@ -59,6 +64,7 @@ impl Impl {
             Impl::HopeflowHistoryOff | Impl::ReferenceJsHistoryOff => {
                 Some(&["rt", "tp", "nobody", "start"])
             }
+            Impl::HopeflowLogError => Some(&["rt", "tp", "nobody"]),
             _ => None,
         }
     }
@@ -67,6 +73,7 @@ impl Impl {
     fn vars(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Impl::HopeflowHistoryOff | Impl::ReferenceJsHistoryOff => &[("HISTORY_SIZE", "0")],
+            Impl::HopeflowLogError => &[("WORKER_LOG_LEVEL", "error")],
             _ => &[],
         }
     }
@@ -74,7 +81,9 @@ impl Impl {
     /// The wrangler config this implementation is served from.
     pub fn config(self, root: &Path) -> PathBuf {
         match self {
-            Impl::Hopeflow | Impl::HopeflowHistoryOff => root.join("build/wrangler.toml"),
+            Impl::Hopeflow | Impl::HopeflowHistoryOff | Impl::HopeflowLogError => {
+                root.join("build/wrangler.toml")
+            }
             Impl::ReferenceJs | Impl::ReferenceJsHistoryOff => {
                 root.join("bench/servers/reference-js/wrangler.toml")
             }

@@ -314,6 +314,14 @@ export interface components {
              * @constant
              */
             truncated?: true;
+            /** @description With `?detail=true`, the acks counted (the `publish` log line's `acked`). */
+            acked?: number;
+            /** @description With `?detail=true`, the sockets still unacked at the ack timeout. */
+            timedOut?: number;
+            /** @description With `?detail=true`, the sockets that closed before acking. */
+            closed?: number;
+            /** @description With `?detail=true`, milliseconds from the worker receiving the request to this answer (the `publish` log line's `ms`). */
+            ms?: number;
         };
         /** @description One user's `/publish` answer, or its error. */
         BatchUser: {
@@ -322,6 +330,10 @@ export interface components {
             results: components["schemas"]["PublishResult"]["results"];
             deliveries?: components["schemas"]["PublishResult"]["deliveries"];
             truncated?: components["schemas"]["PublishResult"]["truncated"];
+            acked?: components["schemas"]["PublishResult"]["acked"];
+            timedOut?: components["schemas"]["PublishResult"]["timedOut"];
+            closed?: components["schemas"]["PublishResult"]["closed"];
+            ms?: components["schemas"]["PublishResult"]["ms"];
         } | {
             userId: string;
             error: components["schemas"]["Error"];

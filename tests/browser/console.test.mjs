@@ -166,6 +166,12 @@ test(
       assert.equal(answer.deliveries[0].status, "acked");
       assert.deepEqual(answer.deliveries[0].result, ackResult);
       assert.match(await text(page, "#publish-status"), /^200 in \d+ ms — 1 socket reached/);
+      // The server's own account of it: the publish log line's fields.
+      assert.equal(answer.acked, 1, JSON.stringify(answer));
+      assert.match(
+        await text(page, "#server-says"),
+        new RegExp(`^server says: acked 1, timed out 0, closed 0, ${answer.ms} ms from request to answer$`),
+      );
       assert.equal(await text(page, "#publish-detail [data-testid=delivery-detail] .status"), "acked");
       assert.equal(await text(page, "#publish-detail [data-testid=delivery-detail] .id"), answer.deliveries[0].socketId);
 
@@ -206,6 +212,7 @@ test(
       assert.equal(unacked.clientCount, 1);
       assert.deepEqual(unacked.results, []);
       assert.equal(await text(page, "#publish-detail [data-testid=delivery-detail] .status"), "timed_out");
+      assert.match(await text(page, "#server-says"), /^server says: acked 0, timed out 1, closed 0, \d+ ms/);
       assert.match(await page.locator("#deliveries [data-testid=delivery] .delivery-ack").first().innerText(), /not acked: acks are off/);
       await page.check("#ack-enabled");
 
