@@ -42,7 +42,11 @@ fn secrets(test: &str) -> (Value, Value, String) {
     for text in [&payload, &result, &filter] {
         never_logged(text.clone());
     }
-    (json!({ "secret": payload }), json!({ "secret": result }), filter)
+    (
+        json!({ "secret": payload }),
+        json!({ "secret": result }),
+        filter,
+    )
 }
 
 /// A socket of `user` subscribed to type `t` and the marker filter value.
@@ -100,7 +104,10 @@ async fn a_publish_gives_one_line_with_its_counts(ctx: Arc<Ctx>) {
     assert_eq!(line["bytes"], payload.to_string().len(), "{line}");
     let ms = line["ms"].as_u64().expect("ms");
     // It waited for the 5 s ack timeout, and not longer than the client did.
-    assert!((4900..=waited + 50).contains(&ms), "ms {ms}, waited {waited}");
+    assert!(
+        (4900..=waited + 50).contains(&ms),
+        "ms {ms}, waited {waited}"
+    );
     assert!(line["envelopeId"].is_string());
     // The answer says the same as the line.
     for field in ["acked", "timedOut", "closed", "ms"] {
@@ -177,7 +184,12 @@ async fn a_refused_token_gives_a_folded_auth_refused(ctx: Arc<Ctx>) {
         .await;
         reply.assert_error(401, "invalid_token");
     }
-    let reply = send(server.request(Method::GET, "/").header("Upgrade", "websocket")).await;
+    let reply = send(
+        server
+            .request(Method::GET, "/")
+            .header("Upgrade", "websocket"),
+    )
+    .await;
     assert_eq!(reply.status, 401, "{}", reply.body);
     let missing = wait_for_line(server, "auth.refused", |l| l["code"] == "missing_token").await;
     assert_eq!(missing["route"], "/");
@@ -194,7 +206,10 @@ async fn a_refused_token_gives_a_folded_auth_refused(ctx: Arc<Ctx>) {
         "{} lines in {elapsed_secs} s: not folded",
         lines.len()
     );
-    assert!((1..=burst).contains(&counted), "counts {counted} of {burst}");
+    assert!(
+        (1..=burst).contains(&counted),
+        "counts {counted} of {burst}"
+    );
     // The refused value never reaches the log.
     assert!(!server.log().contains("not-a-token"));
 }
@@ -238,9 +253,13 @@ async fn level_error_silences_the_info_lines(ctx: Arc<Ctx>) {
     });
     socket.ack_next(json!(null)).await;
     assert_eq!(publish.await.expect("publish").status, 200);
-    send(http().post(format!("{}/publish", server.http())).bearer_auth("bad"))
-        .await
-        .assert_error(401, "invalid_token");
+    send(
+        http()
+            .post(format!("{}/publish", server.http()))
+            .bearer_auth("bad"),
+    )
+    .await
+    .assert_error(401, "invalid_token");
     socket.close().await;
     wait_for_line(server, "metrics", |l| {
         l["blobs"][0] == "socket.close" && l["blobs"][1] == user.as_str()

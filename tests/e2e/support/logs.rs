@@ -59,9 +59,49 @@ pub fn never_logged(text: impl Into<String>) {
 }
 
 /// The registered strings that appear in `log`.
-pub fn leaked_in(log: &str) -> Vec<String> {
+fn leaked_in(log: &str) -> Vec<String> {
     NEVER_LOGGED
         .lock()
-        .map(|list| list.iter().filter(|s| log.contains(s.as_str())).cloned().collect())
+        .map(|list| {
+            list.iter()
+                .filter(|s| log.contains(s.as_str()))
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default()
+}
+
+/// What the audits of stopped servers found.
+static FINDINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Audits a server's whole output as it stops: no token (all start with
+/// `eyJ`, base64 of `{"`, whether sent in a header, in `?token=` or in a
+/// refresh), none of the registered strings, and no panic (a panic can
+/// leave an object half-updated even when the runtime keeps the instance).
+pub fn audit(server: &str, log: &str) {
+    let mut found = Vec::new();
+    if log.contains("eyJ") {
+        found.push(format!(
+            "tokens_never_logged: a token appears in the {server} server's log"
+        ));
+    }
+    let leaked = leaked_in(log);
+    if !leaked.is_empty() {
+        found.push(format!(
+            "nothing_secret_logged: the {server} server's log holds {leaked:?}"
+        ));
+    }
+    if log.contains("panicked at") {
+        found.push(format!(
+            "no_panics: the worker panicked on the {server} server"
+        ));
+    }
+    if let Ok(mut findings) = FINDINGS.lock() {
+        findings.extend(found);
+    }
+}
+
+/// The audits' findings so far.
+pub fn audit_findings() -> Vec<String> {
+    FINDINGS.lock().map(|f| f.clone()).unwrap_or_default()
 }

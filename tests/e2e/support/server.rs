@@ -13,6 +13,8 @@ use super::{http, sign, unique_user};
 
 /// A running `wrangler dev` serving the prebuilt worker.
 pub struct Server {
+    /// Names it in the log audit's findings.
+    name: String,
     process: DevServer,
     pub port: u16,
     /// The `JWT_SECRET` the server was started with, if any.
@@ -77,6 +79,7 @@ impl Server {
         })
         .expect("spawn wrangler dev");
         Server {
+            name: name.to_owned(),
             process,
             port,
             tls: ca.map(|ca| ca.ca_cert.clone()),
@@ -160,6 +163,14 @@ impl Server {
     pub fn token_with(&self, claims: Value) -> String {
         let secret = self.secret.as_deref().expect("server has a secret");
         sign(secret, &claims)
+    }
+}
+
+/// Every server's output is audited as it stops (`support::logs`): no
+/// token, secret, payload, result or filter value, no panic.
+impl Drop for Server {
+    fn drop(&mut self) {
+        super::logs::audit(&self.name, &self.log());
     }
 }
 
