@@ -58,7 +58,9 @@ pub fn warm_up() -> usize {
         }
         crossed += js_sys::Uint8Array::new(&body).to_vec().len();
         let (_, settle) = promise::pending_answer();
-        settle.answer("{}");
+        // Both forms of a `deliver` answer: text, and text with its line.
+        settle.answer("{}", Some(String::new()));
+        crossed += promise::deliver_answer("{}", None).is_string() as usize;
     }
     crate::domain::warmup::exercise(WARM_UP_ROUNDS) + (crossed & 1)
 }

@@ -67,10 +67,12 @@ impl Telemetry {
         }
     }
 
-    /// An answered publish: its line and its data point.
-    pub fn published(&self, facts: &PublishFacts) {
-        self.log(&Event::Publish(facts.clone()));
+    /// An answered publish: writes its data point; its line, for the
+    /// worker to write in the request's own invocation
+    /// (`js::promise::deliver_answer`).
+    pub fn published(&self, facts: &PublishFacts) -> Option<String> {
         self.point(facts.user_id, |user| metrics::publish(user, facts));
+        self.logs.line(&Event::Publish(facts.clone()))
     }
 
     pub fn socket_opened(&self, user_id: &str, socket_id: &str, sockets: usize) {

@@ -90,12 +90,38 @@ pub struct Settle {
 }
 
 impl Settle {
-    /// Resolves the `deliver` Promise with `answer`.
-    pub fn answer(self, answer: &str) {
+    /// Resolves the `deliver` Promise with `answer` and its log line (see
+    /// [`deliver_answer`]).
+    pub fn answer(self, answer: &str, line: Option<String>) {
         let _ = self
             .resolve
-            .call1(&JsValue::NULL, &JsValue::from_str(answer));
+            .call1(&JsValue::NULL, &deliver_answer(answer, line));
     }
+}
+
+/// What `deliver` answers the worker: the answer's JSON text, or, when the
+/// publish has a log line, `[answer, line]`. The worker writes the line in
+/// the request's own invocation: written here, in the ack's event, a line
+/// cost the runtime about 100 µs per publish (bench/README.md, "What
+/// logging costs"), and Workers Logs would file it under the ack.
+pub fn deliver_answer(answer: &str, line: Option<String>) -> JsValue {
+    let answer = JsValue::from_str(answer);
+    match line {
+        None => answer,
+        Some(line) => js_sys::Array::of2(&answer, &JsValue::from_str(&line)).into(),
+    }
+}
+
+/// The worker's side of [`deliver_answer`]: writes the line, if there is
+/// one, and gives the answer's JSON text.
+pub fn take_line(answer: JsValue) -> JsValue {
+    if !js_sys::Array::is_array(&answer) {
+        return answer;
+    }
+    let pair: js_sys::Array = answer.unchecked_into();
+    // Handed to `console.log` as the JS string it is: no copy into wasm.
+    worker::web_sys::console::log_1(&pair.get(1));
+    pair.get(0)
 }
 
 /// A Promise for a publish's answer, and what settles it.

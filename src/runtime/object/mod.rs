@@ -284,9 +284,7 @@ impl HopeFlowRealtime {
         }
         if delivered.is_empty() && options.key.is_none() {
             // Nobody to wait for: the answer itself, no Promise to settle.
-            let outcome = context.answer_nobody(&envelope.envelope_id, now_ms);
-            let text = outcome.to_text().ok_or(ApiError::Internal)?;
-            return Ok(JsValue::from_str(&text));
+            return context.answer_nobody(&envelope.envelope_id, now_ms);
         }
         let sent = Sent {
             envelope_id: envelope.envelope_id,

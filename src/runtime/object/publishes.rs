@@ -21,7 +21,7 @@ use crate::domain::error::ApiError;
 use crate::domain::idempotency::{self, KeyBook, KeyedRequest, Receipt};
 use crate::domain::logs::PublishFacts;
 use crate::domain::protocol::PublishOutcome;
-use crate::runtime::js::promise::{pending_answer, Settle, Timer};
+use crate::runtime::js::promise::{deliver_answer, pending_answer, Settle, Timer};
 use crate::runtime::js::storage::another_handle;
 use crate::runtime::settings::shared as shared_settings;
 use crate::runtime::telemetry;
@@ -197,8 +197,8 @@ impl Publishes {
                 answer,
             } => {
                 let answer: Value = serde_json::from_str(&answer).unwrap_or_default();
-                context.report(&envelope_id, &Counts::stored(&answer), true, now_ms);
-                Ok(JsValue::from_str(&receipt(true, &envelope_id, answer)))
+                let line = context.report(&envelope_id, &Counts::stored(&answer), true, now_ms);
+                Ok(deliver_answer(&receipt(true, &envelope_id, answer), line))
             }
             idempotency::Decision::Conflict => {
                 Ok(JsValue::from_str(&Receipt::conflict().to_text()))
@@ -306,41 +306,45 @@ impl Waiter {
             telemetry::error("publish.answer", &"serializing the outcome failed");
             return;
         };
+        let line = self
+            .context
+            .report(&self.envelope_id, &counts, false, now_ms);
         match self.keyed {
-            None => self.settle.answer(&text),
+            None => self.settle.answer(&text, line),
             Some(keyed) => {
-                let repeats = Waiter::answer_keyed(
-                    shared,
-                    keyed,
-                    &self.envelope_id,
-                    self.settle,
-                    &outcome,
-                    &text,
-                );
-                for repeat in repeats {
-                    repeat.report(&self.envelope_id, &counts, true, now_ms);
-                }
+                let first = Answered {
+                    envelope_id: &self.envelope_id,
+                    outcome: &outcome,
+                    text: &text,
+                    counts: &counts,
+                    now_ms,
+                };
+                Waiter::answer_keyed(shared, keyed, self.settle, line, first);
             }
         }
-        self.context
-            .report(&self.envelope_id, &counts, false, now_ms);
     }
 
     /// A keyed publish's answer: stored, and given to the repeats that
-    /// waited for it; the repeats' contexts. Out of line, so that V8's optimizing tier does not
-    /// compile it with every plain publish's answer (bench/README.md, row 22).
+    /// waited for it, each with its own line. Out of line, so that V8's
+    /// optimizing tier does not compile it with every plain publish's
+    /// answer (bench/README.md, row 22).
     #[inline(never)]
     fn answer_keyed(
         shared: &Shared,
         keyed: KeyedRequest,
-        envelope_id: &str,
         settle: Settle,
-        outcome: &PublishOutcome,
-        text: &str,
-    ) -> Vec<Context> {
+        line: Option<String>,
+        first: Answered,
+    ) {
+        let Answered {
+            envelope_id,
+            outcome,
+            text,
+            counts,
+            now_ms,
+        } = first;
         let repeats = {
             let mut in_flight = shared.borrow_mut();
-            let now_ms = js_sys::Date::now();
             let expiry = in_flight
                 .store
                 .as_ref()
@@ -355,17 +359,22 @@ impl Waiter {
                 .unwrap_or_default()
         };
         let answer = serde_json::to_value(outcome).unwrap_or_default();
-        settle.answer(&receipt(false, envelope_id, answer.clone()));
-        repeats
-            .into_iter()
-            .map(|repeat| {
-                repeat
-                    .settle
-                    .answer(&receipt(true, envelope_id, answer.clone()));
-                repeat.context
-            })
-            .collect()
+        settle.answer(&receipt(false, envelope_id, answer.clone()), line);
+        for repeat in repeats {
+            let line = repeat.context.report(envelope_id, counts, true, now_ms);
+            let text = receipt(true, envelope_id, answer.clone());
+            repeat.settle.answer(&text, line);
+        }
     }
+}
+
+/// A keyed publish's first answer, as its repeats get it.
+struct Answered<'a> {
+    envelope_id: &'a str,
+    outcome: &'a PublishOutcome,
+    text: &'a str,
+    counts: &'a Counts,
+    now_ms: f64,
 }
 
 impl Context {
@@ -385,22 +394,33 @@ impl Context {
         }
     }
 
-    /// The answer of a publish that reached nobody, and its line.
-    pub fn answer_nobody(&self, envelope_id: &str, now_ms: f64) -> PublishOutcome {
+    /// What `deliver` answers for a publish that reached nobody.
+    pub fn answer_nobody(&self, envelope_id: &str, now_ms: f64) -> Result<JsValue, ApiError> {
         let settled = Settled::nobody(self.detail);
         let counts = Counts::settled(0, &settled);
-        self.report(envelope_id, &counts, false, now_ms);
-        self.outcome(0, settled, now_ms)
+        let line = self.report(envelope_id, &counts, false, now_ms);
+        let text = self
+            .outcome(0, settled, now_ms)
+            .to_text()
+            .ok_or(ApiError::Internal)?;
+        Ok(deliver_answer(&text, line))
     }
 
     fn ms(&self, now_ms: f64) -> u64 {
         (now_ms - self.received_ms).max(0.0) as u64
     }
 
-    /// Writes the publish's line and data point, when they are wanted.
-    fn report(&self, envelope_id: &str, counts: &Counts, replayed: bool, now_ms: f64) {
+    /// Writes the publish's data point and makes its line (which the
+    /// worker writes), when they are wanted.
+    fn report(
+        &self,
+        envelope_id: &str,
+        counts: &Counts,
+        replayed: bool,
+        now_ms: f64,
+    ) -> Option<String> {
         let (Some(log), Some(settings)) = (&self.log, shared_settings()) else {
-            return;
+            return None;
         };
         settings.telemetry.published(&PublishFacts {
             user_id: &log.user_id,
@@ -415,7 +435,7 @@ impl Context {
             keyed: log.keyed,
             replayed,
             batch: log.batch,
-        });
+        })
     }
 }
 

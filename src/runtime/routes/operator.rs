@@ -26,6 +26,7 @@ use crate::domain::protocol::{BatchRequest, PublishRequest};
 use crate::runtime::http::{self, Incoming, Reply};
 use crate::runtime::ids;
 use crate::runtime::js::env::read_body;
+use crate::runtime::js::promise::take_line;
 use crate::runtime::js::response::json_200;
 use crate::runtime::js::{Namespace, Thenable};
 use crate::runtime::settings::{settings, Settings};
@@ -282,8 +283,7 @@ async fn deliver_to(
             to.received_ms,
         )
         .map_err(object_failure)?;
-    let text = settle(&answer)
-        .await?
+    let text = take_line(settle(&answer).await?)
         .as_string()
         .ok_or(ApiError::Internal)?;
     if options.key.is_none() {

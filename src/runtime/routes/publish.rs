@@ -15,7 +15,7 @@ use crate::domain::protocol::PublishRequest;
 use crate::runtime::http::{self, Incoming, Reply};
 use crate::runtime::ids;
 use crate::runtime::js::env as js_env;
-use crate::runtime::js::promise::Continuation;
+use crate::runtime::js::promise::{take_line, Continuation};
 use crate::runtime::js::response::json_200;
 use crate::runtime::js::Namespace;
 use crate::runtime::settings::{settings, shared};
@@ -65,9 +65,10 @@ fn body_unreadable(err: JsValue) -> JsValue {
     http::error_js(&ApiError::Internal)
 }
 
-/// The object's answer, `{clientCount, results}` as JSON text.
+/// The object's answer, `{clientCount, results}` as JSON text (and the
+/// publish's log line, written here).
 fn published(answer: JsValue) -> JsValue {
-    json_200(&answer).into()
+    json_200(&take_line(answer)).into()
 }
 
 /// Validates the body and hands the envelope to the user's object (its
