@@ -27,6 +27,7 @@ use self::publishes::{outcome, Publishes, Sent};
 use self::sockets::{Charge, Sockets};
 use self::webhooks::Webhooks;
 use crate::domain::acks::{Settled, Tracking};
+use crate::domain::auth::PROTOCOL;
 use crate::domain::config::DEFAULT_MAX_FRAME_BYTES;
 use crate::domain::error::ApiError;
 use crate::domain::filter::{any_matches, Filter};
@@ -36,7 +37,7 @@ use crate::domain::limits::Verdict;
 use crate::domain::operator::{disconnected_text, DisconnectRequest, SocketsView};
 use crate::domain::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, ServerFrame};
 use crate::domain::session::{
-    Lifetime, SocketAttachment, TokenDuty, TOKEN_EXP_HEADER, USER_ID_HEADER,
+    Lifetime, SocketAttachment, TokenDuty, PROTOCOL_HEADER, TOKEN_EXP_HEADER, USER_ID_HEADER,
 };
 use crate::runtime::js::socket::{store_attachment, IncomingFrame};
 use crate::runtime::js::storage::another_handle;
@@ -208,7 +209,16 @@ impl HopeFlowRealtime {
         let user_id = attachment.user_id.clone();
         self.sockets.add(pair.server, attachment);
         self.webhooks.opened(&user_id, self.sockets.count(), now_ms);
-        Response::from_websocket(pair.client).map_err(http::failed("answering an upgrade"))
+        let mut response =
+            Response::from_websocket(pair.client).map_err(http::failed("answering an upgrade"))?;
+        // The worker leaves only `hopeflow` here, when the client offered it.
+        if header(PROTOCOL_HEADER)?.as_deref() == Some(PROTOCOL) {
+            response
+                .headers_mut()
+                .set(PROTOCOL_HEADER, PROTOCOL)
+                .map_err(http::failed("naming the protocol"))?;
+        }
+        Ok(response)
     }
 
     /// `deliver` (RPC from the worker): sends the envelope to every matching

@@ -27,7 +27,9 @@ mod server;
 mod tls;
 
 pub use clients::{without_position, Client};
-pub use http::{http, publish, publish_as, refused_upgrade, send, sockets_of, Reply};
+pub use http::{
+    http, publish, publish_as, refused_upgrade, refused_upgrade_offering, send, sockets_of, Reply,
+};
 pub use server::{Restartable, Server};
 pub use tls::TestCa;
 
