@@ -72,7 +72,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub enum TokenPlacement {
     /// `Authorization: Bearer` (server clients).
     Header,
-    /// `?token=` (what browsers must use).
+    /// `?token=` (for clients that cannot set headers; a URL's query may
+    /// end up in access logs, docs/SECURITY.md "Tokens in URLs").
     Query,
 }
 

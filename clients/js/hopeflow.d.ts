@@ -132,18 +132,28 @@ export interface HopeFlowError extends Error {
 }
 
 export interface HopeFlowOptions {
-  /** The JWT, sent as `?token=`. Give this or getToken. */
+  /** The JWT, offered as the protocol `hopeflow.token.<jwt>` (see tokenInUrl). Give this or getToken. */
   token?: string;
   /**
-   * Called before every connect and reconnect (its token is sent as
-   * `?token=`), and when the server says the socket's token is expiring (its
-   * token is sent in a `refresh`, see onRefresh).
+   * Called before every connect and reconnect (its token is offered as a
+   * protocol, see tokenInUrl), and when the server says the socket's token
+   * is expiring (its token is sent in a `refresh`, see onRefresh).
    */
   getToken?: () => string | Promise<string>;
+  /**
+   * `true`: the token goes in `?token=` of the socket URL (and of the probe
+   * of a failed handshake), as before the protocol token. Default `false`:
+   * the socket offers `["hopeflow", "hopeflow.token.<jwt>"]` and the probe
+   * sends `Authorization: Bearer`, so the token is in no URL.
+   */
+  tokenInUrl?: boolean;
   /** The WebSocket class; default `globalThis.WebSocket` (Node 20: pass one, e.g. the `ws` package's). */
-  WebSocket?: new (url: string) => { send(data: string): void; close(code?: number): void };
+  WebSocket?: new (url: string, protocols?: string[]) => { send(data: string): void; close(code?: number): void };
   /** Used to ask why a handshake failed; default `globalThis.fetch`. Without one, failures are retried. */
-  fetch?: (url: string) => Promise<{ status: number; json(): Promise<any> }>;
+  fetch?: (
+    url: string,
+    init?: { headers: Record<string, string> },
+  ) => Promise<{ status: number; json(): Promise<any> }>;
   /** First reconnect delay in ms, doubled per failed attempt (default 500). */
   backoffInitial?: number;
   /** Longest reconnect delay in ms (default 30000). Each delay is 50–100 % of its step. */
@@ -218,5 +228,8 @@ export class HopeFlowClient {
 /** Delay before reconnect attempt `attempt` (1-based): min(initial·2^(attempt−1), max) × (0.5 + random/2). */
 export function backoffDelay(attempt: number, initial: number, max: number, random?: number): number;
 
-/** The socket URL: `url` with a "/" path when it has none and `token=<URL-encoded token>` in its query. */
+/** The socket URL with `tokenInUrl`: `url` with a "/" path when it has none and `token=<URL-encoded token>` in its query. */
 export function connectUrl(url: string, token: string): string;
+
+/** The protocols a socket offers by default: `["hopeflow", "hopeflow.token." + token]`. */
+export function socketProtocols(token: string): string[];

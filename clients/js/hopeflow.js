@@ -14,15 +14,22 @@ const PER_MESSAGE = 50;
 export const backoffDelay = (attempt, initial, max, random = Math.random()) =>
   Math.min(initial * 2 ** Math.min(attempt - 1, 40), max) * (0.5 + random / 2);
 
+/** The service root gets its "/". */
+const rooted = (url) => url.replace(/^(\w+:\/\/[^/?]+)(?=\?|$)/, "$1/");
+
 /**
- * The socket URL: the service root gets its "/", the token goes in `?token=`
- * because browsers cannot set headers on a WebSocket.
+ * The socket URL with the token in `?token=` (the `tokenInUrl` option):
+ * browsers cannot set headers on a WebSocket.
  */
 export const connectUrl = (url, token) =>
-  url.replace(/^(\w+:\/\/[^/?]+)(?=\?|$)/, "$1/") +
-  (url.includes("?") ? "&" : "?") +
-  "token=" +
-  encodeURIComponent(token);
+  rooted(url) + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+
+/**
+ * The protocols a socket offers by default: the token rides in
+ * Sec-WebSocket-Protocol, not in the URL that access logs keep; the server
+ * answers "hopeflow".
+ */
+export const socketProtocols = (token) => ["hopeflow", "hopeflow.token." + token];
 
 const failure = (code, message, extra) =>
   Object.assign(new Error(message), { code }, extra);
@@ -295,7 +302,9 @@ export class HopeFlowClient {
       };
       this.#end = end;
       try {
-        socket = new WebSocket(connectUrl(url, token));
+        socket = this.#options.tokenInUrl
+          ? new WebSocket(connectUrl(url, token))
+          : new WebSocket(rooted(url), socketProtocols(token));
       } catch (error) {
         return end({ reason: String(error) });
       }
@@ -352,9 +361,12 @@ export class HopeFlowClient {
 
   /** Whether the server refused the token (401) or the origin (403). */
   async #probe(token) {
-    const { fetch, url } = this.#options;
+    const { fetch, url, tokenInUrl } = this.#options;
+    const http = url.replace(/^ws/i, "http");
     try {
-      const response = await fetch(connectUrl(url.replace(/^ws/i, "http"), token));
+      const response = await (tokenInUrl
+        ? fetch(connectUrl(http, token))
+        : fetch(rooted(http), { headers: { authorization: "Bearer " + token } }));
       if (response.status == 401 || response.status == 403) {
         return { status: response.status, ...(await response.json()) };
       }

@@ -36,15 +36,29 @@ export interface paths {
          *     of docs/asyncapi.yaml. The origin (`ALLOWED_ORIGINS`) and the token
          *     are checked first. A plain `GET /` runs the same checks and answers
          *     `426 upgrade_required` when they pass, so a browser, which cannot read
-         *     why a handshake failed, can ask this way whether its token is good.
-         *     Browsers pass the token as `?token=` (they cannot set headers on a
-         *     WebSocket).
+         *     why a handshake failed, can ask this way whether its token is good
+         *     (with the token in `Authorization`; from another origin after the
+         *     preflight `OPTIONS /`).
+         *
+         *     Browsers cannot set headers on a WebSocket. They offer two
+         *     protocols instead, `Sec-WebSocket-Protocol: hopeflow,
+         *     hopeflow.token.<jwt>` (`new WebSocket(url, ["hopeflow",
+         *     "hopeflow.token." + jwt])`), so the token is not in the URL, where
+         *     access logs keep it (docs/SECURITY.md, "Tokens in URLs"). The 101
+         *     then answers `Sec-WebSocket-Protocol: hopeflow`, never the token.
+         *     `?token=` still works. Rules: the `Authorization` header wins over
+         *     `?token=` as before; a token protocol with a different token in the
+         *     header or the query, two token protocols, or a token protocol
+         *     without `hopeflow` are `401 invalid_token`; the same token twice
+         *     is one token. Other offered protocols are ignored (a client that
+         *     offers only those gets a 101 naming none).
          */
         get: operations["connect"];
         put?: never;
         post?: never;
         delete?: never;
-        options?: never;
+        /** CORS preflight of the plain `GET /` with a token header; no token needed. */
+        options: operations["connectPreflight"];
         head?: never;
         patch?: never;
         trace?: never;
@@ -435,7 +449,7 @@ export interface components {
             };
         };
         /**
-         * @description `missing_token`: no Bearer header and no `?token=`.
+         * @description `missing_token`: no Bearer header, no `?token=` and (on an upgrade) no `hopeflow.token.<jwt>` protocol.
          *     `invalid_token`: bad signature or encoding, not HS256, no usable
          *     `userId`, wrongly typed `exp`/`nbf`, `nbf` in the future, or a
          *     failed `REQUIRE_EXP` / `JWT_AUDIENCE` / `JWT_ISSUER` requirement.
@@ -600,6 +614,17 @@ export interface components {
             headers: {
                 "Access-Control-Allow-Origin": components["headers"]["AccessControlAllowOrigin"];
                 "Access-Control-Allow-Methods": "POST, OPTIONS";
+                "Access-Control-Allow-Headers": components["headers"]["AccessControlAllowHeaders"];
+                "Access-Control-Max-Age": components["headers"]["AccessControlMaxAge"];
+                [name: string]: unknown;
+            };
+            content?: never;
+        };
+        /** @description CORS preflight of `GET /`. */
+        ConnectPreflight: {
+            headers: {
+                "Access-Control-Allow-Origin": components["headers"]["AccessControlAllowOrigin"];
+                "Access-Control-Allow-Methods": "GET, OPTIONS";
                 "Access-Control-Allow-Headers": components["headers"]["AccessControlAllowHeaders"];
                 "Access-Control-Max-Age": components["headers"]["AccessControlMaxAge"];
                 [name: string]: unknown;
@@ -775,6 +800,8 @@ export interface operations {
                 headers: {
                     Upgrade: "websocket";
                     "Sec-WebSocket-Accept": string;
+                    /** @description `hopeflow`, when the client offered it; absent otherwise. */
+                    "Sec-WebSocket-Protocol"?: "hopeflow";
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -784,6 +811,18 @@ export interface operations {
             426: components["responses"]["UpgradeRequired"];
             500: components["responses"]["ServerError"];
             503: components["responses"]["Unavailable"];
+        };
+    };
+    connectPreflight: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: components["responses"]["ConnectPreflight"];
         };
     };
     publish: {

@@ -85,7 +85,8 @@ impl fmt::Display for AuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AuthError::MissingToken => f.write_str(
-                "a token is required: send \"Authorization: Bearer <jwt>\" or ?token=<jwt>",
+                "a token is required: send \"Authorization: Bearer <jwt>\", offer the WebSocket \
+                 protocols \"hopeflow, hopeflow.token.<jwt>\", or send ?token=<jwt>",
             ),
             AuthError::InvalidToken(why) => write!(f, "invalid token: {why}"),
             AuthError::Expired => f.write_str("token has expired"),
@@ -159,6 +160,71 @@ pub fn extract_token<'a>(
     bearer_token(authorization)
         .or(query)
         .filter(|token| !token.is_empty())
+}
+
+/// The subprotocol every socket speaks: the 101 names it when the client
+/// offered it, so a browser that offered protocols accepts the handshake.
+pub const PROTOCOL: &str = "hopeflow";
+
+/// An offered protocol `hopeflow.token.<jwt>` carries a token: browsers
+/// cannot set headers on a WebSocket, and a `?token=` URL ends up in
+/// access logs (docs/SECURITY.md). A JWT's base64url segments and dots are
+/// all characters an HTTP token (so a protocol name) may have. Never
+/// answered: the 101 names [`PROTOCOL`].
+pub const TOKEN_PROTOCOL_PREFIX: &str = "hopeflow.token.";
+
+/// What a handshake's `Sec-WebSocket-Protocol` offers this service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProtocolOffer<'a> {
+    /// The token of the one `hopeflow.token.<jwt>` offered (never empty).
+    pub token: Option<&'a str>,
+    /// Whether [`PROTOCOL`] is offered: the 101 answers it then.
+    pub speaks: bool,
+}
+
+/// Reads a `Sec-WebSocket-Protocol` value (its offers, comma-separated).
+/// Protocols this service does not know are left for no one (the 101
+/// names none of them). Refused: two token protocols (which one would be
+/// meant?), and a token without [`PROTOCOL`] (the 101 could only name the
+/// token, and must never echo it).
+pub fn protocol_offer(header: Option<&str>) -> Result<ProtocolOffer<'_>, AuthError> {
+    let mut offer = ProtocolOffer::default();
+    for protocol in header.unwrap_or_default().split(',').map(str::trim) {
+        if protocol == PROTOCOL {
+            offer.speaks = true;
+        } else if let Some(token) = protocol.strip_prefix(TOKEN_PROTOCOL_PREFIX) {
+            if offer.token.is_some() {
+                return Err(AuthError::InvalidToken(
+                    "more than one hopeflow.token.<jwt> protocol was offered",
+                ));
+            }
+            offer.token = Some(token).filter(|token| !token.is_empty());
+        }
+    }
+    if offer.token.is_some() && !offer.speaks {
+        return Err(AuthError::InvalidToken(
+            "offer the protocol \"hopeflow\" along with \"hopeflow.token.<jwt>\"",
+        ));
+    }
+    Ok(offer)
+}
+
+/// The token of a handshake: [`extract_token`]'s (the header's, else the
+/// query's, as before), or the one of the offered protocols. Two places
+/// that carry different tokens are refused rather than one silently
+/// chosen; the same token twice is fine.
+pub fn handshake_token<'a>(
+    authorization: Option<&'a str>,
+    protocol: Option<&'a str>,
+    query: Option<&'a str>,
+) -> Result<&'a str, AuthError> {
+    match (extract_token(authorization, query), protocol) {
+        (Some(token), Some(other)) if token != other => Err(AuthError::InvalidToken(
+            "two different tokens were sent (Authorization, the hopeflow.token protocol, \
+             ?token=); send one",
+        )),
+        (token, other) => token.or(other).ok_or(AuthError::MissingToken),
+    }
 }
 
 /// The token of a Bearer `Authorization` header. When this is
@@ -774,6 +840,99 @@ mod tests {
         assert_eq!(bearer_token(Some("BEARER x")), Some("x"));
         assert_eq!(bearer_token(Some("Bearer ")), None);
         assert_eq!(bearer_token(Some("Basic abc")), None);
+    }
+
+    #[test]
+    fn protocol_offer_finds_the_token() {
+        let offer = |header| protocol_offer(Some(header));
+        assert_eq!(protocol_offer(None), Ok(ProtocolOffer::default()));
+        assert_eq!(offer(""), Ok(ProtocolOffer::default()));
+        assert_eq!(
+            offer("hopeflow, hopeflow.token.a.b.c"),
+            Ok(ProtocolOffer {
+                token: Some("a.b.c"),
+                speaks: true
+            })
+        );
+        // Any order, no spaces, unknown protocols beside.
+        assert_eq!(
+            offer("chat,hopeflow.token.t,hopeflow"),
+            Ok(ProtocolOffer {
+                token: Some("t"),
+                speaks: true
+            })
+        );
+        assert_eq!(
+            offer("hopeflow"),
+            Ok(ProtocolOffer {
+                token: None,
+                speaks: true
+            })
+        );
+        assert_eq!(offer("chat, v2"), Ok(ProtocolOffer::default()));
+        // An empty token is none (like an empty ?token=).
+        assert_eq!(
+            offer("hopeflow, hopeflow.token."),
+            Ok(ProtocolOffer {
+                token: None,
+                speaks: true
+            })
+        );
+        // Protocol names are case-sensitive: these are not ours.
+        assert_eq!(
+            offer("HopeFlow, HOPEFLOW.TOKEN.t"),
+            Ok(ProtocolOffer::default())
+        );
+        for refused in [
+            "hopeflow.token.t",
+            "chat, hopeflow.token.t",
+            "hopeflow, hopeflow.token.a, hopeflow.token.b",
+            "hopeflow, hopeflow.token.a, hopeflow.token.a",
+        ] {
+            assert!(
+                matches!(offer(refused), Err(AuthError::InvalidToken(_))),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn handshake_token_refuses_two_different_tokens() {
+        let pick = handshake_token;
+        // One place each, as before.
+        assert_eq!(pick(Some("Bearer h"), None, None), Ok("h"));
+        assert_eq!(pick(None, None, Some("q")), Ok("q"));
+        assert_eq!(pick(None, Some("p"), None), Ok("p"));
+        // The header still wins over the query, different or not.
+        assert_eq!(pick(Some("Bearer h"), None, Some("q")), Ok("h"));
+        // The same token in two places is one token.
+        assert_eq!(pick(Some("Bearer t"), Some("t"), None), Ok("t"));
+        assert_eq!(pick(None, Some("t"), Some("t")), Ok("t"));
+        for (header, query) in [(Some("Bearer h"), None), (None, Some("q"))] {
+            assert!(matches!(
+                pick(header, Some("p"), query),
+                Err(AuthError::InvalidToken(_))
+            ));
+        }
+        assert_eq!(pick(None, None, None), Err(AuthError::MissingToken));
+        assert_eq!(
+            pick(Some("Basic x"), None, Some("")),
+            Err(AuthError::MissingToken)
+        );
+    }
+
+    #[test]
+    fn a_jwt_is_a_valid_protocol_name() {
+        // RFC 6455 4.1: each protocol is an RFC 2616 token (tchar, no
+        // separators); browsers throw a SyntaxError on anything else.
+        let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        let jwt = token(json!({"userId": "ü \"x\"/?", "exp": NOW + 60, "scope": "a b"}));
+        let protocol = format!("{TOKEN_PROTOCOL_PREFIX}{jwt}");
+        assert!(protocol.chars().all(tchar), "{protocol}");
+        assert_eq!(
+            protocol_offer(Some(&format!("{PROTOCOL}, {protocol}"))).map(|o| o.token),
+            Ok(Some(jwt.as_str()))
+        );
     }
 
     /// Minimal base64url (no padding) so the test can build a raw token.

@@ -6,7 +6,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
-use crate::domain::auth::{extract_token, AuthPolicy, TokenVerifier};
+use crate::domain::auth::{extract_token, protocol_offer, AuthPolicy, TokenVerifier};
 use crate::domain::filter::{Filter, MAX_FILTERS_PER_MESSAGE};
 use crate::domain::operator::DisconnectRequest;
 use crate::domain::protocol::{ClientFrame, PublishRequest};
@@ -151,6 +151,19 @@ proptest! {
         let verifier = TokenVerifier::new(&["secret".to_string()], &AuthPolicy::default());
         let _ = verifier.verify(&token, 1_700_000_000);
         let _ = extract_token(header.as_deref(), Some(&token));
+    }
+
+    /// Any offered protocols: never a panic; a token found is one offered
+    /// whole, beside `hopeflow`, and never empty.
+    #[test]
+    fn protocol_offers_from_any_text(header in "(hopeflow|hopeflow\\.token\\.|[ ,a-z.]){0,60}") {
+        if let Ok(offer) = protocol_offer(Some(&header)) {
+            if let Some(token) = offer.token {
+                prop_assert!(offer.speaks && !token.is_empty());
+                let offered = header.split(',').map(str::trim).any(|p| p == format!("hopeflow.token.{token}"));
+                prop_assert!(offered, "{}", header);
+            }
+        }
     }
 
 }

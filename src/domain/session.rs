@@ -13,6 +13,10 @@ pub const USER_ID_HEADER: &str = "X-User-ID";
 /// absent for a token without one. Like [`USER_ID_HEADER`], never the
 /// client's own.
 pub const TOKEN_EXP_HEADER: &str = "X-Token-Exp";
+/// The handshake's offered protocols. From the worker to the Durable
+/// Object it is only ever `hopeflow` (the one the 101 answers) or absent:
+/// a token among them stays with the worker.
+pub const PROTOCOL_HEADER: &str = "Sec-WebSocket-Protocol";
 
 /// Bumped when the attachment layout changes; sockets with another version are
 /// asked to reconnect instead of being misread.

@@ -91,7 +91,12 @@ test("a page of another origin subscribes, acks, and survives a server restart",
   assert.equal(typeof epoch, "string");
   assert.deepEqual(first.states, ["connecting", "open"]);
   assert.equal(first.sockets.length, 1);
-  assert.ok(new URL(first.sockets[0].url).searchParams.get("token"), "the token is in ?token=");
+  // The token is an offered protocol, not in the URL; the 101 named "hopeflow".
+  const token = new URL(page.url()).searchParams.get("token");
+  assert.equal(first.sockets[0].url, `ws://127.0.0.1:${workerPort}/`);
+  assert.deepEqual(first.sockets[0].protocols, ["hopeflow", `hopeflow.token.${token}`]);
+  assert.equal(first.sockets[0].protocol, "hopeflow");
+  assert.ok(!worker.log().includes(token), "the server logged the token");
 
   assert.deepEqual(await publish(userId, 1), {
     clientCount: 1,
@@ -142,6 +147,19 @@ test("a refused token ends in 'closed' with the server's reason, without retryin
   assert.equal(log.details.at(-1).status, 401);
   assert.equal(log.details.at(-1).error, "invalid_token");
   assert.equal(log.sockets.length, 1, "it tried again with the same token");
+  await page.close();
+});
+
+test("tokenInUrl: the token goes in ?token= and the socket works as before", { timeout: 2 * WAIT_MS }, async () => {
+  const userId = `browser-${randomUUID()}`;
+  const token = worker.mint(userId);
+  const page = await openPage({ token, subscribe: "1", tokenInUrl: "1" });
+  await until(page, () => window.hopeflow.subscribed, "the subscription was not confirmed");
+  const [socket] = (await readLog(page)).sockets;
+  assert.equal(new URL(socket.url).searchParams.get("token"), token);
+  assert.equal(socket.protocols, null);
+  assert.equal(socket.protocol, "");
+  assert.deepEqual((await publish(userId, 1)).clientCount, 1);
   await page.close();
 });
 

@@ -112,6 +112,9 @@ test(
         window.reportViolation(`${event.violatedDirective} ${event.blockedURI}`),
       ),
     );
+    // The URLs of the console's sockets: its token is an offered protocol.
+    const socketUrls = [];
+    page.on("websocket", (socket) => socketUrls.push(socket.url()));
     try {
       await page.goto(worker.url("/console"), { timeout: WAIT_MS });
       await waitFor(page, "body[data-ready=true]", "the page's module did not run", "attached");
@@ -138,6 +141,7 @@ test(
       await page.click("#connect");
       await waitFor(page, "#state[data-state=open]", "the console did not connect");
       assert.match(await text(page, "#who"), new RegExp(userId));
+      assert.deepEqual(socketUrls, [worker.url("/").replace(/^http/, "ws")], "the socket's URL has a token");
       assert.equal(await page.inputValue("#pub-users"), userId);
       assert.equal(await page.inputValue("#sockets-user"), userId);
 

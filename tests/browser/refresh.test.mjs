@@ -139,8 +139,8 @@ const NODE_CLIENT = `
   const report = (event) => console.log(JSON.stringify(event));
   const { TOKEN, TOKEN_URL } = process.env;
   class CountingWebSocket extends WebSocket {
-    constructor(url) {
-      super(url);
+    constructor(url, protocols) {
+      super(url, protocols);
       report({ kind: "socket", url });
     }
   }

@@ -2,7 +2,7 @@
 // nothing here waits on the wall clock.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { HopeFlowClient, backoffDelay, connectUrl } from "../hopeflow.js";
+import { HopeFlowClient, backoffDelay, connectUrl, socketProtocols } from "../hopeflow.js";
 
 /** Lets every pending promise chain run (setImmediate is not mocked). */
 const flush = () => new Promise((resolve) => setImmediate(resolve));
@@ -11,8 +11,9 @@ const flush = () => new Promise((resolve) => setImmediate(resolve));
 function fakeSocketClass() {
   const sockets = [];
   class FakeSocket {
-    constructor(url) {
+    constructor(url, protocols) {
       this.url = url;
+      this.protocols = protocols;
       this.sent = [];
       this.closedWith = undefined;
       sockets.push(this);
@@ -24,6 +25,11 @@ function fakeSocketClass() {
       this.closedWith ??= code;
     }
     // Test side.
+    /** The token it was opened with: its offered protocol's, else its URL's. */
+    get token() {
+      const offered = this.protocols?.find((p) => p.startsWith("hopeflow.token."));
+      return offered ? offered.slice("hopeflow.token.".length) : new URL(this.url).searchParams.get("token");
+    }
     open() {
       this.onopen?.({});
     }
@@ -106,9 +112,17 @@ test("connectUrl adds the root path and a URL-encoded ?token=", () => {
   assert.equal(new URL(connectUrl("ws://h", odd)).searchParams.get("token"), odd);
 });
 
-test("the socket URL carries the token in ?token=", async (t) => {
-  const { socket } = await setup(t, { token: "x y/z" });
+test("by default the token is an offered protocol, not in the URL", async (t) => {
+  const { socket } = await setup(t, { token: "a.b.c" });
+  assert.equal(socket().url, "ws://realtime.test/");
+  assert.deepEqual(socket().protocols, ["hopeflow", "hopeflow.token.a.b.c"]);
+  assert.deepEqual(socketProtocols("t"), ["hopeflow", "hopeflow.token.t"]);
+});
+
+test("tokenInUrl: the token goes in ?token=, the socket offers no protocol", async (t) => {
+  const { socket } = await setup(t, { token: "x y/z", tokenInUrl: true });
   assert.equal(socket().url, "ws://realtime.test/?token=x%20y%2Fz");
+  assert.equal(socket().protocols, undefined);
 });
 
 test("constructor refuses a missing WebSocket, a non-ws URL and a missing token", () => {
@@ -293,16 +307,16 @@ test("getToken is called before every connect, and its token is used", async (t)
     token: undefined,
     getToken: async () => `token-${++calls}`,
   });
-  assert.equal(socket().url, "ws://realtime.test/?token=token-1");
+  assert.equal(socket().token, "token-1");
   await reopen();
   socket().drop();
   await flush();
   await elapse(500);
-  assert.equal(socket().url, "ws://realtime.test/?token=token-2");
+  assert.equal(socket().token, "token-2");
   socket().drop(); // before open: the probe says the token is fine
   await flush();
   await elapse(1000);
-  assert.equal(socket().url, "ws://realtime.test/?token=token-3");
+  assert.equal(socket().token, "token-3");
   assert.equal(calls, sockets.length);
 });
 
@@ -318,7 +332,7 @@ test("after 4000 (an operator asks for a fresh token) it reconnects with getToke
   assert.equal(client.state, "reconnecting");
   await elapse(500);
   assert.equal(sockets.length, 2);
-  assert.equal(socket().url, "ws://realtime.test/?token=token-2");
+  assert.equal(socket().token, "token-2");
 });
 
 test("a failing getToken is retried with backoff and reported", async (t) => {
@@ -334,7 +348,7 @@ test("a failing getToken is retried with backoff and reported", async (t) => {
   assert.equal(states.at(-1), "reconnecting");
   assert.equal(errors[0].code, "token_failed");
   await elapse(500);
-  assert.equal(sockets.at(-1).url, "ws://realtime.test/?token=fresh");
+  assert.equal(sockets.at(-1).token, "fresh");
 });
 
 for (const code of [1008, 1009, 4001]) {
@@ -382,8 +396,8 @@ test("close() while waiting to reconnect stops the loop", async (t) => {
 
 test("a 401 stops only when getToken gives the same token again", async (t) => {
   const probed = [];
-  const refused = async (url) => {
-    probed.push(url);
+  const refused = async (url, init) => {
+    probed.push([url, init]);
     return { status: 401, json: async () => ({ error: "token_expired", message: "expired" }) };
   };
 
@@ -393,10 +407,19 @@ test("a 401 stops only when getToken gives the same token again", async (t) => {
     await flush();
     assert.equal(client.state, "closed");
     assert.deepEqual(details.at(-1), { status: 401, error: "token_expired", message: "expired" });
-    assert.deepEqual(probed, ["http://realtime.test/?token=old"]);
+    // The probe's token is a header too, not in the URL.
+    assert.deepEqual(probed.splice(0), [["http://realtime.test/", { headers: { authorization: "Bearer old" } }]]);
     t.mock.timers.tick(10 * 60 * 1000);
     await flush();
     assert.equal(sockets.length, 1);
+  });
+
+  await t.test("tokenInUrl: the probe sends ?token=", async (t) => {
+    const { client, socket } = await setup(t, { token: "old", fetch: refused, tokenInUrl: true });
+    socket().drop(1006);
+    await flush();
+    assert.equal(client.state, "closed");
+    assert.deepEqual(probed.splice(0), [["http://realtime.test/?token=old", undefined]]);
   });
 
   await t.test("a new token: reconnects with it", async (t) => {
@@ -412,7 +435,7 @@ test("a 401 stops only when getToken gives the same token again", async (t) => {
     assert.equal(client.state, "reconnecting");
     assert.equal(details.at(-1).status, 401);
     await elapse(500);
-    assert.equal(socket().url, "ws://realtime.test/?token=new");
+    assert.equal(socket().token, "new");
     assert.equal(calls, sockets.length);
     await reopen();
     assert.equal(client.state, "open");
@@ -775,7 +798,7 @@ const refreshFrames = (socket) => socket.frames().filter((f) => f.type == "refre
 
 test("token_expiring: getToken's next token is sent as a refresh; refreshed is reported, same socket", async (t) => {
   const { client, socket, sockets, refreshes, errors, calls } = await refreshing(t);
-  assert.equal(socket().url, "ws://realtime.test/?token=token-1");
+  assert.equal(socket().token, "token-1");
   socket().receive({ type: "token_expiring", expiresAt: 1000 });
   await flush();
   assert.equal(calls(), 2);
@@ -889,7 +912,7 @@ test("after 4002 (token expired) it reconnects with getToken's next token", asyn
   await elapse(500);
   assert.equal(sockets.length, 2);
   assert.equal(calls(), 2);
-  assert.equal(socket().url, "ws://realtime.test/?token=token-2");
+  assert.equal(socket().token, "token-2");
   await reopen();
   assert.equal(client.state, "open");
 });

@@ -24,6 +24,7 @@ use self::publishes::{Context, PublishLog, Publishes, Sent};
 use self::sockets::{Charge, Sockets};
 use self::webhooks::Webhooks;
 use crate::domain::acks::{json_len, Tracking};
+use crate::domain::auth::PROTOCOL;
 use crate::domain::config::DEFAULT_MAX_FRAME_BYTES;
 use crate::domain::error::ApiError;
 use crate::domain::filter::{any_matches, Filter};
@@ -34,7 +35,7 @@ use crate::domain::logs::{ClosedBy, Event, Level};
 use crate::domain::operator::{disconnected_text, DisconnectRequest, SocketsView};
 use crate::domain::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, ServerFrame};
 use crate::domain::session::{
-    Lifetime, SocketAttachment, TokenDuty, TOKEN_EXP_HEADER, USER_ID_HEADER,
+    Lifetime, SocketAttachment, TokenDuty, PROTOCOL_HEADER, TOKEN_EXP_HEADER, USER_ID_HEADER,
 };
 use crate::runtime::js::socket::{store_attachment, IncomingFrame};
 use crate::runtime::js::storage::another_handle;
@@ -222,7 +223,16 @@ impl HopeFlowRealtime {
         if let Some(telemetry) = self.telemetry() {
             telemetry.socket_opened(&user_id, &socket_id, sockets);
         }
-        Response::from_websocket(pair.client).map_err(http::failed("answering an upgrade"))
+        let mut response =
+            Response::from_websocket(pair.client).map_err(http::failed("answering an upgrade"))?;
+        // The worker leaves only `hopeflow` here, when the client offered it.
+        if header(PROTOCOL_HEADER)?.as_deref() == Some(PROTOCOL) {
+            response
+                .headers_mut()
+                .set(PROTOCOL_HEADER, PROTOCOL)
+                .map_err(http::failed("naming the protocol"))?;
+        }
+        Ok(response)
     }
 
     /// `deliver` (RPC from the worker): sends the envelope to every matching

@@ -73,7 +73,12 @@ fn route(req: Incoming, env: &Env) -> std::result::Result<Reply, ApiError> {
         ("/", Method::Get) => {
             connect::handshake_checks(&req, env).and(Err(ApiError::UpgradeRequired))
         }
-        ("/", _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        // A browser's client asks `GET /` with its token in a header, which
+        // a page of another origin must ask for first.
+        ("/", Method::Options) => Ok(http::preflight("GET, OPTIONS")?.into()),
+        ("/", _) => Err(ApiError::MethodNotAllowed {
+            allow: "GET, OPTIONS",
+        }),
         ("/console" | "/console/hopeflow.js", Method::Get | Method::Head) => {
             console::console(&req, env)
         }

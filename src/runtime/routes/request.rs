@@ -4,7 +4,7 @@
 use wasm_bindgen::JsValue;
 use worker::{js_sys, Env};
 
-use crate::domain::auth::{bearer_token, extract_token, AuthError, Claims};
+use crate::domain::auth::{bearer_token, extract_token, handshake_token, AuthError, Claims};
 use crate::domain::error::ApiError;
 use crate::domain::idempotency::{IdempotencyKey, HEADER as IDEMPOTENCY_HEADER};
 use crate::domain::protocol::is_json_content_type;
@@ -23,19 +23,41 @@ pub(crate) fn query_param(req: &Incoming, name: &str) -> Option<String> {
     crate::domain::query::query_param(req.url(), name)
 }
 
-/// Verifies the request's token.
+/// Verifies the request's token (`Authorization: Bearer`, else `?token=`).
 pub(crate) fn authenticate(
     req: &Incoming,
     settings: &Settings,
 ) -> std::result::Result<Claims, ApiError> {
     let authorization = req.header("Authorization")?;
-    // Parsing the URL costs; skip it when the header decides anyway.
-    let query_token = match bearer_token(authorization.as_deref()) {
-        Some(_) => None,
-        None => query_param(req, "token"),
-    };
+    let query_token = query_token(req, authorization.as_deref());
     let token = extract_token(authorization.as_deref(), query_token.as_deref())
         .ok_or(ApiError::Unauthorized(AuthError::MissingToken))?;
+    verify(token, settings)
+}
+
+/// Verifies a handshake's token, which may also come as an offered
+/// protocol (`protocol`, read by `protocol_offer`): see `handshake_token`.
+pub(crate) fn authenticate_handshake(
+    req: &Incoming,
+    settings: &Settings,
+    protocol: Option<&str>,
+) -> std::result::Result<Claims, ApiError> {
+    let authorization = req.header("Authorization")?;
+    let query_token = query_token(req, authorization.as_deref());
+    let token = handshake_token(authorization.as_deref(), protocol, query_token.as_deref())
+        .map_err(ApiError::Unauthorized)?;
+    verify(token, settings)
+}
+
+/// `?token=`, unless a Bearer header decides anyway: parsing the URL costs.
+fn query_token(req: &Incoming, authorization: Option<&str>) -> Option<String> {
+    match bearer_token(authorization) {
+        Some(_) => None,
+        None => query_param(req, "token"),
+    }
+}
+
+fn verify(token: &str, settings: &Settings) -> std::result::Result<Claims, ApiError> {
     let now_secs = (js_sys::Date::now() / 1000.0) as u64;
     settings
         .verify(token, now_secs)

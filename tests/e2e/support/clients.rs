@@ -42,6 +42,11 @@ impl Client {
         Client { ws }
     }
 
+    /// A socket the test connected itself.
+    pub fn from_ws(ws: Ws) -> Client {
+        Client { ws }
+    }
+
     /// Connects with a Bearer token and an `Origin` header, as a browser would.
     pub async fn connect_from_origin(server: &Server, token: &str, origin: &str) -> Client {
         let mut request = server.ws().into_client_request().expect("request");

@@ -114,6 +114,26 @@ pub async fn refused_upgrade(server: &Server, query: &str, bearer: Option<&str>)
     send(request).await
 }
 
+/// [`refused_upgrade`] offering `protocols` in `Sec-WebSocket-Protocol`.
+pub async fn refused_upgrade_offering(
+    server: &Server,
+    protocols: &str,
+    query: &str,
+    bearer: Option<&str>,
+) -> Reply {
+    let mut request = http()
+        .get(format!("{}/{query}", server.http()))
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Sec-WebSocket-Protocol", protocols);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    send(request).await
+}
+
 /// A user's sockets, as an operator sees them.
 pub async fn sockets_of(server: &Server, user: &str) -> Reply {
     send(

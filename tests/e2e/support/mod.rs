@@ -30,7 +30,9 @@ mod server;
 mod tls;
 
 pub use clients::{without_position, Client};
-pub use http::{http, publish, publish_as, refused_upgrade, send, sockets_of, Reply};
+pub use http::{
+    http, publish, publish_as, refused_upgrade, refused_upgrade_offering, send, sockets_of, Reply,
+};
 pub use logs::{audit_findings, lines_of, log_lines, never_logged, wait_for_line};
 pub use server::{Restartable, Server};
 pub use tls::TestCa;

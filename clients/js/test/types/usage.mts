@@ -5,6 +5,7 @@ import {
   HopeFlowClient,
   backoffDelay,
   connectUrl,
+  socketProtocols,
   type ConnectionState,
   type Envelope,
   type Gap,
@@ -57,6 +58,8 @@ export function everyOption(): HopeFlowClient {
   void [stop(), position?.seq, client.state];
   const delay: number = backoffDelay(1, 500, 30_000, 0.5);
   const url: string = connectUrl("wss://x.example", "t");
-  void [delay, url];
+  const protocols: string[] = socketProtocols("t");
+  const inUrl = new HopeFlowClient("wss://x.example", { token: "t", tokenInUrl: true });
+  void [delay, url, protocols, inUrl];
   return client;
 }
