@@ -15,6 +15,7 @@ mod hostile;
 mod operator;
 mod operator_client;
 mod routes;
+mod socket_cap;
 mod support;
 mod tls;
 mod tokens;
@@ -100,6 +101,8 @@ fn main() {
     let mut all: Vec<Test> = Vec::new();
     // The longest first (about 35 s), so it runs beside the others.
     all.extend(chaos::tests());
+    // Its own servers, and one waits for hibernation (about 30 s).
+    all.extend(socket_cap::tests());
     all.extend(routes::tests());
     all.extend(auth::tests());
     all.extend(frames::tests());
