@@ -93,6 +93,19 @@ async fn wait_for_count(server: &Server, user: &str, count: usize) {
     }
 }
 
+/// Waits until the server's log (written as it comes) has `line`.
+async fn wait_for_log(server: &Server, line: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !server.log().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "the log does not say {line:?}:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn socket_cap_refuses_past_it_and_admits_after_a_close(_ctx: Arc<Ctx>) {
     let server = capped("cap").await;
     let user = unique_user("capped");
@@ -154,12 +167,8 @@ async fn socket_cap_holds_after_hibernation(_ctx: Arc<Ctx>) {
     // The refusal came from a new instance, which counted the sockets in
     // the index it rebuilt from both attachments (the first instance built
     // it at the first connect, from none, and says nothing then).
-    let log = server.log();
-    assert!(
-        log.contains("socket index rebuilt from 2 attachment(s)"),
-        "no sign of hibernation in the log:\n{log}"
-    );
-    // A close while the object sleeps still makes room.
+    wait_for_log(&server, "socket index rebuilt from 2 attachment(s)").await;
+    // The rebuilt count goes down with a close, as before.
     second.close().await;
     wait_for_count(&server, &user, CAP - 1).await;
     let mut third = Client::for_user(&server, &user).await;
@@ -180,14 +189,10 @@ async fn socket_cap_out_of_range_is_a_configuration_error(_ctx: Arc<Ctx>) {
         let user = unique_user("cap-misconfigured");
         let r = refused_upgrade(server, "", Some(&server.token(&user))).await;
         r.assert_error(500, "server_misconfigured");
-        let log = server.log();
         let named = format!(
             "MAX_SOCKETS_PER_USER must be a whole number in its documented range, got {value}"
         );
-        assert!(
-            log.contains(&named),
-            "the log does not say {named:?}:\n{log}"
-        );
+        wait_for_log(server, &named).await;
     }
     stop(none).await;
     stop(too_many).await;
