@@ -14,6 +14,7 @@ use std::path::Path;
 use hopeflow_realtime::auth::AuthError;
 use hopeflow_realtime::error::ApiError;
 use hopeflow_realtime::idempotency::InvalidKey;
+use hopeflow_realtime::limits::TooManySockets;
 use hopeflow_realtime::operator::InvalidDisconnect;
 use hopeflow_realtime::protocol::{
     CloseCode, Envelope, ErrorCode, PublishError, PublishOutcome, ServerFrame,
@@ -57,6 +58,7 @@ fn every_api_error() -> Vec<ApiError> {
         ApiError::InvalidIdempotencyKey(InvalidKey),
         ApiError::IdempotencyConflict,
         ApiError::PayloadTooLarge { limit: 1 },
+        ApiError::TooManySockets(TooManySockets { max: 1 }),
         ApiError::Unavailable,
         ApiError::Internal,
     ];
@@ -81,6 +83,7 @@ fn every_api_error() -> Vec<ApiError> {
             | ApiError::InvalidIdempotencyKey(_)
             | ApiError::IdempotencyConflict
             | ApiError::PayloadTooLarge { .. }
+            | ApiError::TooManySockets(_)
             | ApiError::Unavailable
             | ApiError::Internal => {}
         }

@@ -37,7 +37,9 @@
 //! client reconnects with a token from the provider. Without a provider (a
 //! fixed token) the 4002 ends the client with [`Event::TokenExpired`], and a
 //! reconnect the server refuses for its token (401, 403) ends it with
-//! [`Event::Rejected`].
+//! [`Event::Rejected`]. Any other refusal, such as 429 `too_many_sockets`
+//! (the user has `MAX_SOCKETS_PER_USER` sockets open until one closes), is
+//! one failed attempt: the client goes on reconnecting with backoff.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -285,7 +287,9 @@ pub enum Event {
     /// [`ClientError::Rejected`] with the server's reason) and the client
     /// has no [`TokenProvider`] to ask for another: retrying the same token
     /// cannot succeed, so the client ends ([`Client::next_event`] returns
-    /// `None`). With a provider it keeps trying with fresh tokens.
+    /// `None`). With a provider it keeps trying with fresh tokens. Other
+    /// refusals (429 `too_many_sockets`, 5xx) never end the client: it
+    /// keeps trying with backoff.
     Rejected { error: ClientError },
 }
 
@@ -337,6 +341,13 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Rejected { status, body } => match refusal_reason(body) {
                 Some(error) => write!(f, "upgrade refused ({status}): {error}"),
+                // The one 429 of an upgrade; its body is rarely read, and a
+                // plain GET (which opens no socket) cannot say.
+                None if *status == 429 => write!(
+                    f,
+                    "upgrade refused (429): too_many_sockets: the user has as many sockets \
+                     open as the server allows (MAX_SOCKETS_PER_USER); one must close first"
+                ),
                 None if body.trim().is_empty() => write!(f, "upgrade refused ({status})"),
                 None => write!(f, "upgrade refused ({status}): {}", body.trim()),
             },
@@ -1116,7 +1127,9 @@ impl Connection {
             let mut ws = match open(&self.options).await {
                 Ok(ws) => ws,
                 // The server refuses this token, and no provider can give
-                // another: trying it again cannot succeed.
+                // another: trying it again cannot succeed. Any other
+                // refusal (429 past the user's socket cap, 5xx) may pass
+                // later: one failed attempt.
                 Err(
                     error @ ClientError::Rejected {
                         status: 401 | 403, ..
@@ -2171,6 +2184,108 @@ mod tests {
         .await;
         assert!(asked.load(SeqCst) >= 3);
         assert!(client.events.try_recv().is_err(), "still trying, no event");
+    }
+
+    const TOO_MANY_SOCKETS: &str =
+        r#"{"error":"too_many_sockets","message":"this user already has 2 open sockets"}"#;
+
+    /// A fake server whose user is at the socket cap for a while: its first
+    /// upgrade is accepted and dropped, the next `refusals` are refused
+    /// with 429 as the runtime does (the head first, the JSON body a moment
+    /// later), the ones after are accepted and served. A plain `GET` is
+    /// answered 426, as the server answers a token that is fine. Counts
+    /// the upgrades.
+    async fn capped_server(refusals: usize) -> (String, Arc<AtomicUsize>) {
+        use tokio::io::AsyncWriteExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}", listener.local_addr().expect("address"));
+        let upgrades = Arc::new(AtomicUsize::new(0));
+        let count = upgrades.clone();
+        let (report, _) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                // Peeked, not read: an accepted upgrade's handshake reads it.
+                let mut buf = [0u8; 4096];
+                let head = loop {
+                    match tcp.peek(&mut buf).await {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") => {
+                            break Some(String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase())
+                        }
+                        Ok(_) => tokio::task::yield_now().await,
+                    }
+                };
+                let Some(head) = head else { continue };
+                let (status, body) = if !head.contains("upgrade: websocket") {
+                    (426, r#"{"error":"upgrade_required","message":"m"}"#)
+                } else {
+                    match count.fetch_add(1, SeqCst) {
+                        0 => {
+                            // Accepted, then dropped without a close frame.
+                            let _ = tokio_tungstenite::accept_async(tcp).await;
+                            continue;
+                        }
+                        n if n <= refusals => (429, TOO_MANY_SOCKETS),
+                        _ => {
+                            tokio::spawn(serve_one(tcp, None, report.clone()));
+                            continue;
+                        }
+                    }
+                };
+                tokio::spawn(async move {
+                    let response = format!(
+                        "HTTP/1.1 {status} No\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(response.as_bytes()).await;
+                    let _ = tcp.flush().await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let _ = tcp.write_all(body.as_bytes()).await;
+                    let _ = tcp.flush().await;
+                });
+            }
+        });
+        (url, upgrades)
+    }
+
+    #[tokio::test]
+    async fn a_fixed_token_past_the_socket_cap_keeps_reconnecting() {
+        let (url, upgrades) = capped_server(3).await;
+        let mut options = ClientOptions::new(&url, "fixed");
+        options.backoff_initial = Duration::from_millis(10);
+        let mut client = Client::connect(options).await.expect("connect");
+        assert!(matches!(
+            within(client.next_event()).await,
+            Some(Event::Disconnected { code: None, .. })
+        ));
+        // Unlike a 401, each 429 is one failed attempt: no Rejected, and
+        // the fourth attempt gets a socket.
+        assert_eq!(
+            within(client.next_event()).await,
+            Some(Event::Reconnected { attempt: 4 })
+        );
+        assert_eq!(upgrades.load(SeqCst), 5, "the first, 3 refused, the last");
+        within(client.ping()).await.expect("the new socket answers");
+        // The refusal says why, whether or not its body was read.
+        let read = ClientError::Rejected {
+            status: 429,
+            body: TOO_MANY_SOCKETS.into(),
+        };
+        assert_eq!(
+            read.to_string(),
+            "upgrade refused (429): too_many_sockets: this user already has 2 open sockets"
+        );
+        let unread = ClientError::Rejected {
+            status: 429,
+            body: String::new(),
+        };
+        assert!(unread
+            .to_string()
+            .starts_with("upgrade refused (429): too_many_sockets: "));
     }
 
     #[test]

@@ -52,6 +52,11 @@ export interface paths {
          *     without `hopeflow` are `401 invalid_token`; the same token twice
          *     is one token. Other offered protocols are ignored (a client that
          *     offers only those gets a 101 naming none).
+         *     An upgrade of a user who already has `MAX_SOCKETS_PER_USER`
+         *     sockets open (1000 by default) is refused with `429
+         *     too_many_sockets` before any socket is accepted; once one of them
+         *     closes, the next is accepted. A plain `GET /` does not count
+         *     sockets (it never reaches the user's object).
          */
         get: operations["connect"];
         put?: never;
@@ -235,7 +240,7 @@ export interface components {
          *     checks it is exactly the worker's set). Clients switch on these.
          * @enum {string}
          */
-        HttpErrorCode: "invalid_body" | "invalid_idempotency_key" | "invalid_user_id" | "missing_token" | "invalid_token" | "token_expired" | "forbidden" | "origin_not_allowed" | "not_found" | "method_not_allowed" | "idempotency_conflict" | "payload_too_large" | "unsupported_media_type" | "upgrade_required" | "server_misconfigured" | "internal_error" | "unavailable";
+        HttpErrorCode: "invalid_body" | "invalid_idempotency_key" | "invalid_user_id" | "missing_token" | "invalid_token" | "token_expired" | "forbidden" | "origin_not_allowed" | "not_found" | "method_not_allowed" | "idempotency_conflict" | "payload_too_large" | "unsupported_media_type" | "upgrade_required" | "too_many_sockets" | "server_misconfigured" | "internal_error" | "unavailable";
         Error: {
             error: components["schemas"]["HttpErrorCode"];
             /** @description For humans; do not parse. */
@@ -595,6 +600,26 @@ export interface components {
                 };
             };
         };
+        /**
+         * @description `too_many_sockets`: the token's user already has
+         *     `MAX_SOCKETS_PER_USER` sockets open; nothing was accepted. A socket
+         *     of the user closing makes room: retry with backoff, no sooner than
+         *     `Retry-After` seconds (a hint: the server cannot know when one
+         *     closes).
+         */
+        TooManySockets: {
+            headers: {
+                "Access-Control-Allow-Origin": components["headers"]["AccessControlAllowOrigin"];
+                "Retry-After": components["headers"]["RetryAfter"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    /** @constant */
+                    error?: "too_many_sockets";
+                };
+            };
+        };
         /** @description `unavailable`: the user's Durable Object could not be reached; retry after `Retry-After` seconds. */
         Unavailable: {
             headers: {
@@ -809,6 +834,7 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["OriginNotAllowed"];
             426: components["responses"]["UpgradeRequired"];
+            429: components["responses"]["TooManySockets"];
             500: components["responses"]["ServerError"];
             503: components["responses"]["Unavailable"];
         };

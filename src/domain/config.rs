@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::domain::acks::{AckTimeout, DEFAULT_MAX_RESULTS_BYTES};
 use crate::domain::auth::AuthPolicy;
 use crate::domain::history::Retention;
+use crate::domain::limits::SocketCap;
 use crate::domain::logs::{Level, LogConfig, UserIdMode};
 use crate::domain::session::Lifetime;
 use crate::domain::webhook::{EventSet, MIN_SECRET_LEN};
@@ -28,6 +29,8 @@ pub struct Config {
     pub max_publish_bytes: usize,
     /// `MAX_FRAME_BYTES`: largest WebSocket frame a client may send.
     pub max_frame_bytes: usize,
+    /// `MAX_SOCKETS_PER_USER`: sockets one user may have open at once.
+    pub max_sockets_per_user: SocketCap,
     /// `ACK_TIMEOUT_MS`: how long a publish waits for acks.
     pub ack_timeout: AckTimeout,
     /// `OPERATOR_SCOPE`: the `scope` value the operator routes require.
@@ -154,6 +157,12 @@ impl Config {
                 DEFAULT_MAX_FRAME_BYTES as u64,
                 1024..=1024 * 1024,
             )? as usize,
+            max_sockets_per_user: SocketCap(number(
+                &get,
+                "MAX_SOCKETS_PER_USER",
+                SocketCap::DEFAULT,
+                1..=SocketCap::PLATFORM_MAX,
+            )? as usize),
             ack_timeout: ack_timeout(&get)?,
             operator_scope: get("OPERATOR_SCOPE").unwrap_or_else(|| DEFAULT_OPERATOR_SCOPE.into()),
             idempotency_ttl_secs: number(
@@ -403,6 +412,7 @@ mod tests {
         assert_eq!(config.publish_scope, None);
         assert_eq!(config.max_publish_bytes, 1024 * 1024);
         assert_eq!(config.max_frame_bytes, 64 * 1024);
+        assert_eq!(config.max_sockets_per_user, SocketCap(1000));
         assert_eq!(config.ack_timeout(), Duration::from_secs(5));
         assert!(config.origin_allowed(Some("https://anything.example")));
         assert_eq!(config.operator_scope, "operator");
@@ -477,6 +487,7 @@ mod tests {
             ("ALLOWED_ORIGINS", "https://a.example, https://b.example/"),
             ("MAX_PUBLISH_BYTES", "2048"),
             ("MAX_FRAME_BYTES", "4096"),
+            ("MAX_SOCKETS_PER_USER", "1"),
             ("ACK_TIMEOUT_MS", "250"),
             ("OPERATOR_SCOPE", "ops"),
             ("IDEMPOTENCY_TTL_SECS", "60"),
@@ -500,6 +511,7 @@ mod tests {
         assert!(config.origin_allowed(None));
         assert_eq!(config.max_publish_bytes, 2048);
         assert_eq!(config.max_frame_bytes, 4096);
+        assert_eq!(config.max_sockets_per_user, SocketCap(1));
         assert_eq!(config.ack_timeout(), Duration::from_millis(250));
         assert_eq!(config.operator_scope, "ops");
         assert_eq!(config.idempotency_ttl_secs, 60);
@@ -511,6 +523,9 @@ mod tests {
         assert_eq!(config.lifetime().leeway_secs, 0);
         let most = load(&[("JWT_SECRET", "s"), ("TOKEN_REFRESH_NOTICE_SECS", "3600")]);
         assert_eq!(most.map(|c| c.token_notice_secs), Ok(3600));
+        // The platform's cap on hibernatable sockets per object.
+        let most = load(&[("JWT_SECRET", "s"), ("MAX_SOCKETS_PER_USER", "32768")]);
+        assert_eq!(most.map(|c| c.max_sockets_per_user), Ok(SocketCap(32_768)));
     }
 
     #[test]
@@ -602,6 +617,10 @@ mod tests {
             ("HISTORY_TTL_SECS", "0"),
             ("TOKEN_REFRESH_NOTICE_SECS", "3601"),
             ("TOKEN_REFRESH_NOTICE_SECS", "soon"),
+            ("MAX_SOCKETS_PER_USER", "0"),
+            ("MAX_SOCKETS_PER_USER", "32769"),
+            ("MAX_SOCKETS_PER_USER", "-1"),
+            ("MAX_SOCKETS_PER_USER", "many"),
         ] {
             let err = load(&[("JWT_SECRET", "s"), (name, value)]).expect_err(name);
             assert!(err.to_string().contains(name), "{err}");

@@ -7,8 +7,12 @@ use std::fmt;
 
 use crate::domain::auth::AuthError;
 use crate::domain::idempotency::InvalidKey;
+use crate::domain::limits::TooManySockets;
 use crate::domain::operator::InvalidDisconnect;
 use crate::domain::protocol::PublishError;
+
+/// `Retry-After` of a `too_many_sockets` refusal.
+pub const TOO_MANY_SOCKETS_RETRY_SECS: u32 = 10;
 
 /// Everything an HTTP request can fail with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +45,9 @@ pub enum ApiError {
     PayloadTooLarge {
         limit: usize,
     },
+    /// An upgrade past `MAX_SOCKETS_PER_USER`; refused before the socket
+    /// is accepted.
+    TooManySockets(TooManySockets),
     /// The user's Durable Object could not be reached or failed.
     Unavailable,
     /// A runtime call failed unexpectedly; details are only logged.
@@ -63,6 +70,7 @@ impl ApiError {
             | ApiError::InvalidIdempotencyKey(_) => 400,
             ApiError::IdempotencyConflict => 409,
             ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::TooManySockets(_) => 429,
             ApiError::Unavailable => 503,
         }
     }
@@ -95,6 +103,7 @@ impl ApiError {
             ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::TooManySockets(_) => "too_many_sockets",
             ApiError::Unavailable => "unavailable",
             ApiError::Internal => "internal_error",
         }
@@ -114,8 +123,15 @@ impl ApiError {
     }
 
     /// Seconds a client should wait before retrying, when retrying makes sense.
+    /// Past the socket cap the wait is a guess (the object cannot know when
+    /// one of the user's sockets closes): long enough that a client in a
+    /// reconnect loop that honours it stops hammering the user's object.
     pub fn retry_after_secs(&self) -> Option<u32> {
-        matches!(self, ApiError::Unavailable).then_some(1)
+        match self {
+            ApiError::Unavailable => Some(1),
+            ApiError::TooManySockets(_) => Some(TOO_MANY_SOCKETS_RETRY_SECS),
+            _ => None,
+        }
     }
 }
 
@@ -149,6 +165,7 @@ impl fmt::Display for ApiError {
             ApiError::PayloadTooLarge { limit } => {
                 write!(f, "request body is larger than {limit} bytes")
             }
+            ApiError::TooManySockets(why) => why.fmt(f),
             ApiError::Unavailable => {
                 f.write_str("the user's delivery object is unavailable; retry shortly")
             }
@@ -165,7 +182,9 @@ mod tests {
 
     #[test]
     fn every_public_error_is_a_std_error() {
-        use crate::domain::{acks, auth, config, filter, idempotency, operator, protocol, session};
+        use crate::domain::{
+            acks, auth, config, filter, idempotency, limits, operator, protocol, session,
+        };
         fn boxed<E: std::error::Error + Send + Sync + 'static>(
             err: E,
         ) -> Box<dyn std::error::Error + Send + Sync> {
@@ -181,6 +200,7 @@ mod tests {
             boxed(filter::TooManyFilters),
             boxed(filter::InvalidFilter::NotAnObject),
             boxed(idempotency::InvalidKey),
+            boxed(limits::TooManySockets { max: 2 }),
             boxed(operator::InvalidDisconnect("x".into())),
             boxed(operator::BadUserPath::InvalidUserId),
             boxed(protocol::FrameError::InvalidJson),
@@ -256,6 +276,11 @@ mod tests {
                 413,
                 "payload_too_large",
             ),
+            (
+                ApiError::TooManySockets(TooManySockets { max: 2 }),
+                429,
+                "too_many_sockets",
+            ),
             (ApiError::Unavailable, 503, "unavailable"),
             (ApiError::Internal, 500, "internal_error"),
         ];
@@ -266,5 +291,7 @@ mod tests {
         }
         assert_eq!(ApiError::Unavailable.retry_after_secs(), Some(1));
         assert_eq!(ApiError::NotFound.retry_after_secs(), None);
+        let capped = ApiError::TooManySockets(TooManySockets { max: 2 });
+        assert_eq!(capped.retry_after_secs(), Some(TOO_MANY_SOCKETS_RETRY_SECS));
     }
 }

@@ -1,5 +1,6 @@
-//! Per-socket abuse limits: a token bucket for unsolicited messages and a
-//! window counting protocol violations. Time is passed in (milliseconds).
+//! Abuse limits: per user, a cap on open sockets; per socket, a token
+//! bucket for unsolicited messages and a window counting protocol
+//! violations. Time is passed in (milliseconds).
 //!
 //! Acks that answer a pending delivery are never limited: they are replies to
 //! the server's own sends, and limiting them would fail legitimate publishes.
@@ -12,6 +13,55 @@ pub const MESSAGES_PER_SEC: f64 = 50.0;
 pub const MAX_VIOLATIONS: u32 = 20;
 /// ...of this many milliseconds; one more closes the socket with 1008.
 pub const VIOLATION_WINDOW_MS: f64 = 60_000.0;
+
+/// `MAX_SOCKETS_PER_USER`: the most sockets one user's object holds. One
+/// client in a reconnect loop, or one `userId` shared by a fleet, would
+/// otherwise open sockets up to the platform's cap on hibernatable sockets
+/// per object, which every other socket of the user then shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketCap(pub usize);
+
+impl SocketCap {
+    pub const DEFAULT: u64 = 1_000;
+    /// Cloudflare's limit of hibernatable WebSockets per Durable Object.
+    pub const PLATFORM_MAX: u64 = 32_768;
+
+    /// Whether a user with `open` sockets may open one more: refused when
+    /// that one would be past the cap. The count is the object's own
+    /// (its socket index), so it holds across hibernation.
+    pub fn admit(self, open: usize) -> Result<(), TooManySockets> {
+        if open < self.0 {
+            Ok(())
+        } else {
+            Err(TooManySockets { max: self.0 })
+        }
+    }
+}
+
+impl Default for SocketCap {
+    fn default() -> SocketCap {
+        SocketCap(SocketCap::DEFAULT as usize)
+    }
+}
+
+/// An upgrade refused: the user already has `max` sockets open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManySockets {
+    pub max: usize,
+}
+
+impl std::fmt::Display for TooManySockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this user already has {} open sockets, the most allowed (MAX_SOCKETS_PER_USER); \
+             retry once one of them has closed",
+            self.max
+        )
+    }
+}
+
+impl std::error::Error for TooManySockets {}
 
 /// What to do after a violation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +123,27 @@ impl SocketLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_socket_cap_refuses_the_one_past_it() {
+        let cap = SocketCap(2);
+        assert_eq!(cap.admit(0), Ok(()));
+        assert_eq!(cap.admit(1), Ok(()));
+        assert_eq!(cap.admit(2), Err(TooManySockets { max: 2 }));
+        // Past it (admitting never gets there): refused all the same.
+        assert_eq!(cap.admit(5), Err(TooManySockets { max: 2 }));
+        // One closed: the next is accepted again.
+        assert_eq!(cap.admit(1), Ok(()));
+        let one = SocketCap(1);
+        assert_eq!(one.admit(0), Ok(()));
+        assert!(one.admit(1).is_err());
+        let default = SocketCap::default();
+        assert_eq!(default.admit(999), Ok(()));
+        assert!(default.admit(1_000).is_err());
+        let refusal = TooManySockets { max: 2 }.to_string();
+        assert!(refusal.contains("2 open sockets"), "{refusal}");
+        assert!(refusal.contains("MAX_SOCKETS_PER_USER"), "{refusal}");
+    }
 
     #[test]
     fn burst_then_refill() {

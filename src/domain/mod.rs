@@ -19,7 +19,8 @@
 //!   object's stored answers (SQL) and the repeats waiting for the first.
 //! * [`error`]: the closed set of HTTP errors, their statuses and codes.
 //! * [`config`]: every setting, parsed and bounded in one place.
-//! * [`limits`]: per-socket rate limit and violation counting.
+//! * [`limits`]: the per-user socket cap; per-socket rate limit and
+//!   violation counting.
 //! * [`logs`]: structured log lines: events, levels, user ids as shown,
 //!   folding. [`metrics`]: the Analytics Engine data points' layout.
 //! * [`query`]: query-parameter lookup without a URL parser.

@@ -16,6 +16,7 @@ mod logs;
 mod operator;
 mod operator_client;
 mod routes;
+mod socket_cap;
 mod support;
 mod tls;
 mod tokens;
@@ -123,6 +124,9 @@ fn main() {
     all.extend(tokens::tests());
     all.extend(webhooks::tests());
     all.extend(logs::tests());
+    // Last: each starts its own servers, which must not starve the chaos
+    // test's reconnects of CPU (its history covers about 3 s).
+    all.extend(socket_cap::tests());
     let selected: Vec<Test> = all
         .into_iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))

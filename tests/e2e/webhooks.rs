@@ -966,7 +966,7 @@ async fn webhooks_ack_late_after_hibernation_with_each_sockets_result(_ctx: Arc<
     let deadline = Instant::now() + WAIT;
     while !server
         .log()
-        .contains("socket index rebuilt from 2 attachment(s)")
+        .contains(r#"{"event":"object.woke","sockets":2}"#)
     {
         assert!(
             Instant::now() < deadline,

@@ -466,6 +466,7 @@ test("a failed probe (no fetch, network error, 426, 5xx) keeps retrying", async 
       },
     ],
     ["426", answer(426)],
+    ["429", answer(429, { error: "too_many_sockets", message: "m" })],
     ["503", answer(503)],
   ]) {
     await t.test(name, async (t) => {
@@ -482,6 +483,27 @@ test("a failed probe (no fetch, network error, 426, 5xx) keeps retrying", async 
       assert.equal(sockets.length, 2);
     });
   }
+});
+
+test("past the user's socket cap (429, the probe says the token is fine) a fixed token keeps reconnecting with backoff", async (t) => {
+  // The server refuses the upgrade with 429 too_many_sockets; the browser
+  // sees 1006 before open, and the plain GET, which opens no socket, is 426.
+  const { client, sockets, socket, states, elapse, reopen } = await setup(t, { token: "fixed" });
+  for (const step of [500, 1000, 2000, 4000]) {
+    socket().drop(1006);
+    await flush();
+    assert.equal(client.state, "reconnecting");
+    const before = sockets.length;
+    await elapse(step / 2 - 1);
+    assert.equal(sockets.length, before, `no attempt before half of ${step} ms`);
+    await elapse(step / 2 + 1);
+    assert.equal(sockets.length, before + 1, `an attempt within ${step} ms`);
+  }
+  // A socket of the user closed: the next upgrade is accepted.
+  await reopen();
+  assert.equal(client.state, "open");
+  assert.ok(sockets.every((s) => s.url == "ws://realtime.test/?token=fixed"));
+  assert.ok(!states.includes("closed"));
 });
 
 test("ping on an interval; a missing pong ends the socket and reconnects", async (t) => {

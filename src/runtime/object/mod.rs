@@ -30,7 +30,7 @@ use crate::domain::error::ApiError;
 use crate::domain::filter::{any_matches, Filter};
 use crate::domain::history::Retention;
 use crate::domain::idempotency::DeliverOptions;
-use crate::domain::limits::Verdict;
+use crate::domain::limits::{SocketCap, Verdict};
 use crate::domain::logs::{ClosedBy, Event, Level};
 use crate::domain::operator::{disconnected_text, DisconnectRequest, SocketsView};
 use crate::domain::protocol::{ClientFrame, CloseCode, Envelope, ErrorCode, ServerFrame};
@@ -188,7 +188,8 @@ impl HopeFlowRealtime {
     }
 
     /// `GET /connect`: accept a hibernatable socket for the user in
-    /// `X-User-ID`, whose token expires at `X-Token-Exp` (if it does).
+    /// `X-User-ID`, whose token expires at `X-Token-Exp` (if it does);
+    /// 429 `too_many_sockets` when the user has `MAX_SOCKETS_PER_USER`.
     #[inline(never)]
     fn accept_socket(&self, req: &web_sys::Request) -> Result<Response, ApiError> {
         let header = |name| req.headers().get(name).map_err(|_| ApiError::Internal);
@@ -203,6 +204,14 @@ impl HopeFlowRealtime {
             Some(exp) => Some(exp.parse::<u64>().map_err(|_| ApiError::Internal)?),
             None => None,
         };
+        // Counted from the index (rebuilt from the attachments after a
+        // wake-up), before anything is accepted or announced.
+        let cap = self
+            .settings
+            .as_ref()
+            .map_or(SocketCap::default(), |s| s.config.max_sockets_per_user);
+        cap.admit(self.sockets.count())
+            .map_err(ApiError::TooManySockets)?;
         let pair = WebSocketPair::new().map_err(http::failed("making a socket pair"))?;
         let now_ms = js_sys::Date::now();
         let socket_id = ids::compact_id();
