@@ -16,9 +16,9 @@ use super::routes;
 /// The worker's `fetch` entry (exported as `fetch`, called by `src/shim.js`):
 /// a `Response`, or a Promise of one.
 #[wasm_bindgen(js_name = fetch)]
-pub fn worker_fetch(request: web_sys::Request, env: Env, _ctx: JsValue) -> JsValue {
+pub fn worker_fetch(request: web_sys::Request, env: Env, ctx: JsValue) -> JsValue {
     console_error_panic_hook::set_once();
-    routes::handle(Incoming::new(request), &env)
+    routes::handle(Incoming::new(request, ctx), &env)
 }
 
 /// How many times [`warm_up`] runs the hot path: enough for V8 to optimize
@@ -46,7 +46,7 @@ pub fn warm_up() -> usize {
         crossed += js_sys::Date::now() as usize & 1;
         if let Some(request) = &request {
             // `Clone::clone`: the handle, not the JS `Request.clone()`.
-            let incoming = Incoming::new(Clone::clone(request));
+            let incoming = Incoming::new(Clone::clone(request), JsValue::UNDEFINED);
             crossed += incoming.path().len();
             crossed += matches!(incoming.method(), worker::Method::Post) as usize;
             let headers = incoming.headers();

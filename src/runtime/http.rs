@@ -2,11 +2,12 @@
 //! one place an [`ApiError`] becomes a response.
 
 use serde::Serialize;
-use wasm_bindgen::JsValue;
+use wasm_bindgen::{JsCast, JsValue};
 use worker::{web_sys, Headers, Method, Response, Result};
 
 use crate::domain::error::ApiError;
 use crate::domain::protocol::{known_http_method, ErrorBody, ALLOW_ORIGIN, JSON_CONTENT_TYPE};
+use crate::runtime::js::ExecutionContext;
 use crate::runtime::telemetry;
 
 /// The worker's incoming request, read straight from the runtime's object.
@@ -21,17 +22,25 @@ pub struct Incoming {
     /// Fetched once: each `headers()` of the runtime's request is a call
     /// into JS, and a publish reads four of them.
     headers: Headers,
+    /// The invocation's `ctx`, for work that outlives the response.
+    ctx: JsValue,
 }
 
 impl Incoming {
-    pub fn new(inner: web_sys::Request) -> Incoming {
+    pub fn new(inner: web_sys::Request, ctx: JsValue) -> Incoming {
         let url = inner.url();
         let headers = Headers(inner.headers());
         Incoming {
             inner,
             url,
             headers,
+            ctx,
         }
+    }
+
+    /// The invocation's `ctx` (`waitUntil`).
+    pub fn ctx(&self) -> ExecutionContext {
+        self.ctx.clone().unchecked_into()
     }
 
     /// The method. `worker::Method` reads every method it does not name

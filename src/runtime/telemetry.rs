@@ -2,15 +2,20 @@
 //! `console.log` (Workers Logs, `wrangler tail`, `make dev`'s output) and
 //! data points to Analytics Engine. Nothing here decides what a line holds.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Display;
 
 use wasm_bindgen::JsValue;
-use worker::{web_sys, Env};
+use worker::{js_sys, web_sys, Env};
 
-use crate::domain::logs::{ClosedBy, Event, Fold, Level, LogConfig, Logs, PublishFacts};
+use crate::domain::logs::{
+    batch_step, BatchStep, ClosedBy, Event, Fold, Level, LogConfig, Logs, PublishFacts,
+    BATCH_WAIT_MS,
+};
 use crate::domain::metrics::{self, DataPoint};
 use crate::runtime::js::metrics::Dataset;
+use crate::runtime::js::promise::{after, Continuation};
+use crate::runtime::js::ExecutionContext;
 
 /// The optional Analytics Engine binding (wrangler.toml).
 pub const METRICS_BINDING: &str = "HOPEFLOW_METRICS";
@@ -26,6 +31,50 @@ pub struct Telemetry {
 thread_local! {
     /// The isolate's folds of lines a stranger can cause.
     static FOLD: RefCell<Fold> = RefCell::new(Fold::default());
+    /// `publish` lines waiting to be written together (JS strings).
+    static BATCH: js_sys::Array = js_sys::Array::new();
+    static WRITE_BATCH: Continuation = Continuation::new(|_| {
+        write_batch();
+        JsValue::UNDEFINED
+    });
+    /// A write of the batch is scheduled.
+    static SCHEDULED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A `publish` line (made by the user's object, `deliver_answer`), written
+/// with the isolate's other publish lines: when [`BATCH_LINES`] wait, or
+/// [`BATCH_WAIT_MS`] after the first, by a timer `ctx` waits for. Within
+/// an invocation a line costs a few µs; the invocation's first line about
+/// 100 (see `domain::logs::batch_step`).
+///
+/// [`BATCH_LINES`]: crate::domain::logs::BATCH_LINES
+pub fn write_publish_line(line: JsValue, ctx: &ExecutionContext) {
+    let buffered = BATCH.with(|batch| batch.push(&line)) as usize;
+    match batch_step(buffered) {
+        BatchStep::WriteNow => write_batch(),
+        BatchStep::WriteLater if !SCHEDULED.with(Cell::get) => {
+            let scheduled = WRITE_BATCH.with(|write| after(BATCH_WAIT_MS, write, ctx));
+            match scheduled {
+                Ok(()) => SCHEDULED.with(|s| s.set(true)),
+                // No timer: nothing may wait, so nothing does.
+                Err(_) => write_batch(),
+            }
+        }
+        BatchStep::WriteLater | BatchStep::Wait => {}
+    }
+}
+
+/// Writes the waiting `publish` lines, one `console.log` each.
+fn write_batch() {
+    SCHEDULED.with(|s| s.set(false));
+    let lines = BATCH.with(|batch| {
+        let lines = batch.slice(0, batch.length());
+        batch.set_length(0);
+        lines
+    });
+    for line in lines.iter() {
+        web_sys::console::log_1(&line);
+    }
 }
 
 impl Telemetry {

@@ -54,6 +54,12 @@ extern "C" {
     #[wasm_bindgen(method, catch)]
     pub fn disconnect(this: &ObjectStub, request: &str) -> Result<Thenable, JsValue>;
 
+    /// The worker's `ctx` (ExecutionContext).
+    pub type ExecutionContext;
+
+    #[wasm_bindgen(method, catch, js_name = waitUntil)]
+    pub fn wait_until(this: &ExecutionContext, promise: &JsValue) -> Result<(), JsValue>;
+
     /// An Analytics Engine dataset binding.
     pub type RawDataset;
 

@@ -21,4 +21,4 @@ pub mod response;
 pub mod socket;
 pub mod storage;
 
-pub use bindings::{Namespace, ObjectStub, Thenable};
+pub use bindings::{ExecutionContext, Namespace, ObjectStub, Thenable};

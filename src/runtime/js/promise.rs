@@ -8,7 +8,7 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use worker::js_sys;
 
-use super::bindings::{set_timeout, with_resolvers, Thenable};
+use super::bindings::{set_timeout, with_resolvers, ExecutionContext, Thenable};
 
 impl Thenable {
     /// `this.then(on_ok, on_err)`.
@@ -112,16 +112,40 @@ pub fn deliver_answer(answer: &str, line: Option<String>) -> JsValue {
     }
 }
 
-/// The worker's side of [`deliver_answer`]: writes the line, if there is
-/// one, and gives the answer's JSON text.
-pub fn take_line(answer: JsValue) -> JsValue {
+/// The worker's side of [`deliver_answer`]: the answer's JSON text, and
+/// the line, if there is one (JS strings both: no copy into wasm).
+pub fn split_answer(answer: JsValue) -> (JsValue, Option<JsValue>) {
     if !js_sys::Array::is_array(&answer) {
-        return answer;
+        return (answer, None);
     }
     let pair: js_sys::Array = answer.unchecked_into();
-    // Handed to `console.log` as the JS string it is: no copy into wasm.
-    worker::web_sys::console::log_1(&pair.get(1));
-    pair.get(0)
+    (pair.get(0), Some(pair.get(1)))
+}
+
+/// Runs `then` once `ms` have passed, keeping the request's invocation
+/// open until it has (`ctx.waitUntil`): a worker's timer dies with its
+/// request otherwise. `then` is called with no argument.
+pub fn after(ms: f64, then: &Continuation, ctx: &ExecutionContext) -> Result<(), JsValue> {
+    let resolvers = with_resolvers();
+    // `then`, then resolving the waited-for Promise.
+    let done = RUN_THEN_RESOLVE.with(|f| f.bind2(then.function(), &resolvers.resolve()));
+    set_timeout(&done, ms);
+    ctx.wait_until(&resolvers.promise())
+}
+
+thread_local! {
+    static RUN_THEN_RESOLVE: Continuation = Continuation::new2(run_then_resolve);
+}
+
+fn run_then_resolve(then: JsValue, resolve: JsValue) -> JsValue {
+    let call = |f: &JsValue| {
+        if let Some(f) = f.dyn_ref::<js_sys::Function>() {
+            let _ = f.call0(&JsValue::NULL);
+        }
+    };
+    call(&then);
+    call(&resolve);
+    JsValue::UNDEFINED
 }
 
 /// A Promise for a publish's answer, and what settles it.

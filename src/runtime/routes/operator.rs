@@ -26,9 +26,9 @@ use crate::domain::protocol::{BatchRequest, PublishRequest};
 use crate::runtime::http::{self, Incoming, Reply};
 use crate::runtime::ids;
 use crate::runtime::js::env::read_body;
-use crate::runtime::js::promise::take_line;
+use crate::runtime::js::promise::split_answer;
 use crate::runtime::js::response::json_200;
-use crate::runtime::js::{Namespace, Thenable};
+use crate::runtime::js::{ExecutionContext, Namespace, Thenable};
 use crate::runtime::settings::{settings, Settings};
 use crate::runtime::telemetry;
 
@@ -119,6 +119,7 @@ pub fn publish_with_options(
     received_ms: f64,
 ) -> Result<Reply, ApiError> {
     let pending = PendingBody::of(&req, env)?;
+    let ctx = req.ctx();
     Ok(later(async move {
         let (namespace, body) = pending.read().await?;
         let request = PublishRequest::parse(&body).map_err(ApiError::InvalidBody)?;
@@ -140,6 +141,7 @@ pub fn publish_with_options(
         let to = Recipient {
             user_id: &user_id,
             received_ms,
+            ctx: &ctx,
         };
         let answer = deliver_to(&namespace, to, &envelope_text, &options).await?;
         match answer {
@@ -164,6 +166,7 @@ pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
     publish_checks(&req, &settings)?;
     let (key, detail) = publish_options(&req)?;
     let pending = PendingBody::of(&req, env)?;
+    let ctx = req.ctx();
     Ok(later(async move {
         let (namespace, body) = pending.read().await?;
         let request = BatchRequest::parse(&body).map_err(ApiError::InvalidBody)?;
@@ -190,6 +193,7 @@ pub fn batch(req: Incoming, env: &Env) -> Result<Reply, ApiError> {
             let to = Recipient {
                 user_id,
                 received_ms,
+                ctx: &ctx,
             };
             deliver_to(&namespace, to, &envelope_text, &options)
         }))
@@ -260,11 +264,13 @@ enum Delivered {
     },
 }
 
-/// Whose object gets a publish, and when the worker received it.
+/// Whose object gets a publish, when the worker received it, and the
+/// invocation's ctx (its line is written with the isolate's others).
 #[derive(Clone, Copy)]
 struct Recipient<'a> {
     user_id: &'a str,
     received_ms: f64,
+    ctx: &'a ExecutionContext,
 }
 
 /// Hands the envelope to the recipient's object and waits for its answer.
@@ -283,9 +289,11 @@ async fn deliver_to(
             to.received_ms,
         )
         .map_err(object_failure)?;
-    let text = take_line(settle(&answer).await?)
-        .as_string()
-        .ok_or(ApiError::Internal)?;
+    let (text, line) = split_answer(settle(&answer).await?);
+    if let Some(line) = line {
+        telemetry::write_publish_line(line, to.ctx);
+    }
+    let text = text.as_string().ok_or(ApiError::Internal)?;
     if options.key.is_none() {
         return Ok(Delivered::Plain(text));
     }

@@ -15,7 +15,7 @@ use crate::domain::protocol::PublishRequest;
 use crate::runtime::http::{self, Incoming, Reply};
 use crate::runtime::ids;
 use crate::runtime::js::env as js_env;
-use crate::runtime::js::promise::{take_line, Continuation};
+use crate::runtime::js::promise::{split_answer, Continuation};
 use crate::runtime::js::response::json_200;
 use crate::runtime::js::Namespace;
 use crate::runtime::settings::{settings, shared};
@@ -25,7 +25,7 @@ thread_local! {
     /// The continuations of the publish, made once per isolate.
     static PUBLISH_BODY: Continuation = Continuation::new3(publish_body);
     static BODY_UNREADABLE: Continuation = Continuation::new(body_unreadable);
-    static PUBLISHED: Continuation = Continuation::new(published);
+    static PUBLISHED: Continuation = Continuation::new2(published);
 }
 
 /// `POST /publish`: validate, stamp an envelope id, and let the target user's
@@ -44,17 +44,20 @@ pub(super) fn publish(req: Incoming, env: &Env) -> std::result::Result<Reply, Ap
     }
     let namespace = namespace(env)?;
     let body = js_env::read_body(req.raw()).map_err(|_| ApiError::Internal)?;
-    let received = JsValue::from_f64(received_ms);
+    // What the line needs besides the body: when, and the invocation's ctx.
+    let request = js_sys::Array::of2(&JsValue::from_f64(received_ms), &req.ctx());
     let answer = PUBLISH_BODY.with(|on_body| {
-        BODY_UNREADABLE.with(|on_err| body.then_with2(on_body, &namespace, &received, on_err))
+        BODY_UNREADABLE.with(|on_err| body.then_with2(on_body, &namespace, &request, on_err))
     });
     Ok(Reply::Later(answer))
 }
 
 /// The publish body has arrived: the answer, or a Promise of it.
-fn publish_body(namespace: JsValue, received: JsValue, body: JsValue) -> JsValue {
-    let received_ms = received.as_f64().unwrap_or_else(js_sys::Date::now);
-    match hand_over(namespace.unchecked_into(), received_ms, &body) {
+fn publish_body(namespace: JsValue, request: JsValue, body: JsValue) -> JsValue {
+    let request: js_sys::Array = request.unchecked_into();
+    let received_ms = request.get(0).as_f64().unwrap_or_else(js_sys::Date::now);
+    let ctx = request.get(1);
+    match hand_over(namespace.unchecked_into(), received_ms, &ctx, &body) {
         Ok(answer) => answer,
         Err(err) => http::error_js(&err),
     }
@@ -65,10 +68,14 @@ fn body_unreadable(err: JsValue) -> JsValue {
     http::error_js(&ApiError::Internal)
 }
 
-/// The object's answer, `{clientCount, results}` as JSON text (and the
-/// publish's log line, written here).
-fn published(answer: JsValue) -> JsValue {
-    json_200(&take_line(answer)).into()
+/// The object's answer, `{clientCount, results}` as JSON text, and the
+/// publish's log line, written with the isolate's others.
+fn published(ctx: JsValue, answer: JsValue) -> JsValue {
+    let (answer, line) = split_answer(answer);
+    if let Some(line) = line {
+        telemetry::write_publish_line(line, ctx.unchecked_ref());
+    }
+    json_200(&answer).into()
 }
 
 /// Validates the body and hands the envelope to the user's object (its
@@ -76,6 +83,7 @@ fn published(answer: JsValue) -> JsValue {
 fn hand_over(
     namespace: Namespace,
     received_ms: f64,
+    ctx: &JsValue,
     body: &JsValue,
 ) -> std::result::Result<JsValue, ApiError> {
     // Built by `publish`, which comes first.
@@ -97,5 +105,5 @@ fn hand_over(
             received_ms,
         )
         .map_err(object_failure)?;
-    Ok(PUBLISHED.with(|on_ok| OBJECT_FAILED.with(|on_err| answer.then(on_ok, on_err))))
+    Ok(PUBLISHED.with(|on_ok| OBJECT_FAILED.with(|on_err| answer.then_with(on_ok, ctx, on_err))))
 }
