@@ -29,6 +29,7 @@ pub fn tests() -> Vec<Test> {
         hashed_user_ids_never_show_the_id,
         metrics_log_gives_the_data_points,
         debug_logs_each_frame,
+        batches_and_replays_say_so,
     ]
 }
 
@@ -385,4 +386,50 @@ async fn debug_logs_each_frame(ctx: Arc<Ctx>) {
     let line = wait_for_line(server, "frame", |l| l["userId"] == hashed.as_str()).await;
     assert_eq!(line["type"], "subscribe", "{line}");
     assert_eq!(line["bytes"], subscribe.to_string().len(), "{line}");
+}
+
+/// A batch's lines name its size, one per user; a repeated
+/// `Idempotency-Key` gets a `replayed` line of its own.
+async fn batches_and_replays_say_so(ctx: Arc<Ctx>) {
+    let server = &ctx.server;
+    let users = [unique_user("log-batch"), unique_user("log-batch")];
+    let token = server.token("backend");
+    let reply = send(
+        http()
+            .post(format!("{}/publish/batch", server.http()))
+            .bearer_auth(&token)
+            .json(&json!({"userIds": users, "type": "t", "payload": {}})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for user in &users {
+        let line = wait_for_line(server, "publish", |l| l["userId"] == user.as_str()).await;
+        assert_eq!(line["batch"], 2, "{line}");
+        assert_eq!(line["clientCount"], 0, "{line}");
+    }
+
+    let user = unique_user("log-keyed");
+    let key = unique_user("key");
+    for _ in 0..2 {
+        let reply = send(
+            http()
+                .post(format!("{}/publish", server.http()))
+                .bearer_auth(&token)
+                .header("Idempotency-Key", &key)
+                .json(&json!({"userId": user, "type": "t", "payload": {}})),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let first = wait_for_line(server, "publish", |l| {
+        l["userId"] == user.as_str() && l["replayed"] == false
+    })
+    .await;
+    assert_eq!(first["keyed"], true, "{first}");
+    let replay = wait_for_line(server, "publish", |l| {
+        l["userId"] == user.as_str() && l["replayed"] == true
+    })
+    .await;
+    assert_eq!(replay["envelopeId"], first["envelopeId"], "{replay}");
+    assert_eq!(replay["keyed"], true);
 }
