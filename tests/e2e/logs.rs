@@ -59,6 +59,31 @@ async fn subscribed(server: &Server, user: &str, filter: &str) -> Client {
     socket
 }
 
+/// Publishes `payload` of type `t` to `user` in a task of its own (the
+/// answer waits for acks the test sends meanwhile).
+fn publish_later(
+    server: &Server,
+    path: &str,
+    user: &str,
+    payload: &Value,
+) -> tokio::task::JoinHandle<crate::support::Reply> {
+    let request = http()
+        .post(format!("{}{path}", server.http()))
+        .bearer_auth(server.token("backend"))
+        .json(&json!({ "userId": user, "type": "t", "payload": payload }));
+    tokio::spawn(send(request))
+}
+
+/// How `LOG_USER_IDS=hash` shows `user` on the `observed` server.
+fn hashed(user: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(OBSERVED_HASH_KEY.as_bytes()).expect("key");
+    mac.update(user.as_bytes());
+    mac.finalize().into_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Three sockets: one acks, one closes before acking, one stays silent
 /// until the ack timeout. One `publish` line, with those counts; the
 /// `?detail=true` answer carries the same.
@@ -70,20 +95,7 @@ async fn a_publish_gives_one_line_with_its_counts(ctx: Arc<Ctx>) {
     let mut closing = subscribed(server, &user, &filter).await;
     let mut silent = subscribed(server, &user, &filter).await;
     let started = Instant::now();
-    let answer = tokio::spawn({
-        let server_http = server.http();
-        let token = server.token("backend");
-        let body = json!({ "userId": user, "type": "t", "payload": payload.clone() });
-        async move {
-            send(
-                http()
-                    .post(format!("{server_http}/publish?detail=true"))
-                    .bearer_auth(token)
-                    .json(&body),
-            )
-            .await
-        }
-    });
+    let answer = publish_later(server, "/publish?detail=true", &user, &payload);
     acking.ack_next(result).await;
     closing.recv_envelope().await;
     closing.close().await;
@@ -239,19 +251,7 @@ async fn level_error_silences_the_info_lines(ctx: Arc<Ctx>) {
     let user = unique_user("log-quiet");
     let mut socket = Client::for_user(server, &user).await;
     socket.subscribe(json!([{"type": "t"}])).await;
-    let publish = tokio::spawn({
-        let (server_http, token) = (server.http(), server.token("backend"));
-        let user = user.clone();
-        async move {
-            send(
-                http()
-                    .post(format!("{server_http}/publish"))
-                    .bearer_auth(token)
-                    .json(&json!({"userId": user, "type": "t", "payload": {}})),
-            )
-            .await
-        }
-    });
+    let publish = publish_later(server, "/publish", &user, &json!({}));
     socket.ack_next(json!(null)).await;
     assert_eq!(publish.await.expect("publish").status, 200);
     send(
@@ -278,30 +278,11 @@ async fn level_error_silences_the_info_lines(ctx: Arc<Ctx>) {
 async fn hashed_user_ids_never_show_the_id(ctx: Arc<Ctx>) {
     let server = &ctx.observed;
     let user = unique_user("log-hashed-user");
-    let mut mac = Hmac::<Sha256>::new_from_slice(OBSERVED_HASH_KEY.as_bytes()).expect("key");
-    mac.update(user.as_bytes());
-    let digest: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let hashed = &digest[..16];
+    let hashed = hashed(&user);
+    let hashed = hashed.as_str();
     let mut socket = Client::for_user(server, &user).await;
     socket.subscribe(json!([{"type": "t"}])).await;
-    let answer = tokio::spawn({
-        let (server_http, token) = (server.http(), server.token("backend"));
-        let user = user.clone();
-        async move {
-            send(
-                http()
-                    .post(format!("{server_http}/publish"))
-                    .bearer_auth(token)
-                    .json(&json!({"userId": user, "type": "t", "payload": {}})),
-            )
-            .await
-        }
-    });
+    let answer = publish_later(server, "/publish", &user, &json!({}));
     socket.ack_next(json!(null)).await;
     assert_eq!(answer.await.expect("publish").status, 200);
     let line = wait_for_line(server, "publish", |l| l["userId"] == hashed).await;
@@ -328,19 +309,7 @@ async fn metrics_log_gives_the_data_points(ctx: Arc<Ctx>) {
     .await;
     assert_eq!(opened["indexes"], json!([user]));
     assert_eq!(opened["doubles"], json!([1]));
-    let answer = tokio::spawn({
-        let (server_http, token) = (server.http(), server.token("backend"));
-        let body = json!({"userId": user, "type": "t", "payload": payload.clone()});
-        async move {
-            send(
-                http()
-                    .post(format!("{server_http}/publish"))
-                    .bearer_auth(token)
-                    .json(&body),
-            )
-            .await
-        }
-    });
+    let answer = publish_later(server, "/publish", &user, &payload);
     socket.ack_next(json!("done")).await;
     assert_eq!(answer.await.expect("publish").status, 200);
     let point = wait_for_line(server, "metrics", |l| {
@@ -377,12 +346,7 @@ async fn debug_logs_each_frame(ctx: Arc<Ctx>) {
     let subscribe = json!({"type": "subscribe", "filters": [{"type": "t", "tag": filter}]});
     socket.send_json(subscribe.clone()).await;
     socket.recv_json().await;
-    let mut mac = Hmac::<Sha256>::new_from_slice(OBSERVED_HASH_KEY.as_bytes()).expect("key");
-    mac.update(user.as_bytes());
-    let hashed: String = mac.finalize().into_bytes()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hashed = hashed(&user);
     let line = wait_for_line(server, "frame", |l| l["userId"] == hashed.as_str()).await;
     assert_eq!(line["type"], "subscribe", "{line}");
     assert_eq!(line["bytes"], subscribe.to_string().len(), "{line}");
