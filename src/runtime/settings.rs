@@ -52,6 +52,14 @@ pub fn settings(env: &Env) -> std::result::Result<Rc<Settings>, ApiError> {
     }
 }
 
+/// Logs `event` by the isolate's settings, for a part that holds none of
+/// its own (none built yet: nothing is written).
+pub fn log(event: &crate::domain::logs::Event) {
+    if let Some(settings) = shared() {
+        settings.telemetry.log(event);
+    }
+}
+
 /// The settings, once an earlier call of [`settings`] in this isolate
 /// built them.
 pub fn shared() -> Option<Rc<Settings>> {

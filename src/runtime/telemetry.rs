@@ -174,14 +174,6 @@ impl Telemetry {
     }
 }
 
-/// An event of a part that holds no settings of its own, by the
-/// isolate's settings (none yet: nothing is written).
-pub fn log(event: &Event) {
-    if let Some(settings) = crate::runtime::settings::shared() {
-        settings.telemetry.log(event);
-    }
-}
-
 /// A runtime failure: an `error` line, whatever the settings (there may be
 /// none: the settings' own failure is one).
 pub fn error(at: &str, message: &dyn Display) {

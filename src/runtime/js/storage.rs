@@ -64,11 +64,9 @@ impl SqlRow {
 
 /// Sets the object's alarm for `at_ms` (replacing any). The runtime keeps
 /// the write ordered with the object's output, so it is not awaited.
-pub fn set_alarm(storage: &worker_sys::DurableObjectStorage, at_ms: f64) {
+pub fn set_alarm(storage: &worker_sys::DurableObjectStorage, at_ms: f64) -> Result<(), JsValue> {
     let at = js_sys::Date::new(&JsValue::from_f64(at_ms));
-    if let Err(err) = storage.set_alarm(at, js_sys::Object::new()) {
-        crate::runtime::telemetry::error("alarm.set", &format_args!("{err:?}"));
-    }
+    storage.set_alarm(at, js_sys::Object::new()).map(drop)
 }
 
 /// A second handle to the object's state.

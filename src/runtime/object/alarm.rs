@@ -64,9 +64,12 @@ impl Alarm {
         // fires before what it is for is due.
         let at_ms = at_ms.map(f64::ceil);
         if let Some(at) = at_ms {
-            match self.state.storage() {
-                Ok(storage) => set_alarm(&storage, at),
-                Err(err) => telemetry::error("alarm.storage", &format_args!("{err:?}")),
+            let set = self
+                .state
+                .storage()
+                .and_then(|storage| set_alarm(&storage, at));
+            if let Err(err) = set {
+                telemetry::error("alarm.set", &format_args!("{err:?}"));
             }
         }
         self.known.set(AlarmState::after_setting(at_ms));

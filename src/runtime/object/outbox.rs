@@ -11,6 +11,7 @@ use crate::domain::config::WebhookConfig;
 use crate::domain::logs::Event;
 use crate::domain::webhook::{self, backoff_ms, Presence, MAX_BATCH};
 use crate::runtime::js::storage::{Bind, Sql, SqlRow};
+use crate::runtime::settings;
 use crate::runtime::telemetry;
 
 /// The outbox's tables and the state kept beside them.
@@ -130,7 +131,7 @@ impl Outbox {
         );
         let dropped = before.saturating_sub(self.pending());
         if dropped > 0 {
-            telemetry::log(&Event::WebhookDropped {
+            settings::log(&Event::WebhookDropped {
                 events: dropped as usize,
                 reason: "past their age or the outbox's cap",
             });

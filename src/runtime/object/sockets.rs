@@ -20,6 +20,7 @@ use crate::domain::protocol::{CloseCode, Envelope, ErrorCode, ServerFrame};
 use crate::domain::schedule;
 use crate::domain::session::{Lifetime, SocketAttachment, TokenDuty, MAX_ATTACHMENT_JSON_BYTES};
 use crate::runtime::js::socket::{js_key, load_attachment, send_value, store_attachment};
+use crate::runtime::settings;
 use crate::runtime::telemetry;
 
 /// A live socket, its decoded attachment and its abuse limits.
@@ -319,7 +320,7 @@ impl Sockets {
         // Only after a wake-up: a new object has none, and a log line per
         // new object was a measurable part of creating one.
         if !sockets.is_empty() {
-            telemetry::log(&Event::ObjectWoke {
+            settings::log(&Event::ObjectWoke {
                 sockets: sockets.len(),
             });
         }

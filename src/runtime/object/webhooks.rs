@@ -23,6 +23,7 @@ use crate::domain::webhook::{
 use crate::runtime::ids;
 use crate::runtime::js::fetch::{post_json, Posted};
 use crate::runtime::js::storage::{another_handle, Bind};
+use crate::runtime::settings;
 use crate::runtime::telemetry;
 
 /// The object's webhooks; every method is a no-op when they are off.
@@ -291,7 +292,7 @@ impl Hooks {
                 Posted::Status(status) => Some(*status),
                 Posted::Failed(_) => None,
             };
-            telemetry::log(&logs::Event::WebhookDelivery {
+            settings::log(&logs::Event::WebhookDelivery {
                 events: batch.events,
                 status,
                 ok: status.is_some_and(|s| (200..300).contains(&s)),
