@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::support::{publish, sign, sockets_of, unique_user, Client, Restartable, Server};
+use crate::support::{
+    publish, sign, sockets_of, unique_user, wait_for_line, Client, Restartable, Server,
+};
 use crate::{Ctx, TOKENS_NOTICE_SECS};
 
 pub fn tests() -> Vec<crate::Test> {
@@ -114,6 +116,19 @@ async fn closed_with_4002_at_expiry_and_not_counted_after(ctx: Arc<Ctx>) {
     let outcome = publish(server, &user, "after", json!({})).await;
     assert_eq!(outcome, json!({"clientCount": 0, "results": []}));
     assert!(expiries(server, &user).await.is_empty());
+    // The log says so too (issue 23): `token.expired`, and the close by
+    // the server with 4002.
+    let socket_id = &ids[0].0;
+    let expired = wait_for_line(server, "token.expired", |l| l["userId"] == user.as_str()).await;
+    assert_eq!(expired["socketId"], socket_id.as_str());
+    let closed = wait_for_line(server, "socket.close", |l| {
+        l["socketId"] == socket_id.as_str()
+    })
+    .await;
+    assert_eq!(
+        (closed["code"].as_u64(), closed["by"].as_str()),
+        (Some(4002), Some("server"))
+    );
 }
 
 /// Publishes sent back to back across the expiry: those answered with the
@@ -229,6 +244,10 @@ async fn refresh_extends_the_same_socket(ctx: Arc<Ctx>) {
     assert_eq!(answer, json!({"type": "refreshed", "expiresAt": new_exp}));
     let after = expiries(server, &user).await;
     assert_eq!(after, vec![(before[0].0.clone(), json!(new_exp))]);
+    let refreshed =
+        wait_for_line(server, "token.refreshed", |l| l["userId"] == user.as_str()).await;
+    assert_eq!(refreshed["expiresAt"], json!(new_exp));
+    assert_eq!(refreshed["socketId"], before[0].0.as_str());
     // Past the first token's end (leeway 0), the same socket still gets
     // envelopes, with its filters.
     let wait_ms = (exp * 1000 + 500).saturating_sub(now_ms());

@@ -20,7 +20,9 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::support::contract;
-use crate::support::{publish, sockets_of, unique_user, Client, Restartable, Server};
+use crate::support::{
+    lines_of, publish, sockets_of, unique_user, wait_for_line, Client, Restartable, Server,
+};
 use crate::Ctx;
 
 pub fn tests() -> Vec<crate::Test> {
@@ -566,6 +568,22 @@ async fn webhooks_failed_requests_are_retried_in_order(_ctx: Arc<Ctx>) {
     let seqs: Vec<u64> = delivered.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2]);
     assert!(matches!(delivered[1].kind, EventKind::UserOffline { .. }));
+    // Each request's end is a `webhook.delivery` line (issue 23): the two
+    // 500s, the silence (no status), then the 200 on the fourth try.
+    let ended = |attempt: u64| move |l: &Value| l["attempt"] == attempt;
+    let first_try = wait_for_line(&server, "webhook.delivery", ended(1)).await;
+    assert_eq!(
+        (first_try["status"].as_u64(), first_try["ok"].as_bool()),
+        (Some(500), Some(false))
+    );
+    let silent = wait_for_line(&server, "webhook.delivery", ended(3)).await;
+    assert!(silent.get("status").is_none(), "{silent}");
+    let fourth = wait_for_line(&server, "webhook.delivery", ended(4)).await;
+    assert_eq!(
+        (fourth["status"].as_u64(), fourth["ok"].as_bool()),
+        (Some(200), Some(true))
+    );
+    assert_eq!(fourth["events"], 2, "{fourth}");
     crate::support::Restartable::stop(server).await;
 }
 
@@ -847,6 +865,20 @@ async fn webhooks_drops_past_the_cap_show_in_the_view(_ctx: Arc<Ctx>) {
         hooks,
         json!({"pending": 0, "dropped": 2, "lastError": null, "nextAttemptAt": null})
     );
+    // The drops are `webhook.dropped` lines, two events in all (issue 23).
+    let started = Instant::now();
+    loop {
+        let dropped = lines_of(&server, "webhook.dropped", |_| true);
+        let total: u64 = dropped.iter().filter_map(|l| l["events"].as_u64()).sum();
+        if total == 2 {
+            break;
+        }
+        assert!(
+            total < 2 && started.elapsed() < WAIT,
+            "the drops' lines: {dropped:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Restartable::stop(server).await;
 }
 
