@@ -14,6 +14,7 @@
 mod profile;
 mod relay;
 mod report;
+mod scale;
 mod scenarios;
 mod stats;
 mod storm;
@@ -89,7 +90,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick] [--profile-scenario rt|tp|fanout|publish-fanout|health|all] [--only IMPL]... [--scenarios start,rt,tp,fanout,nobody,many,storm,idle,redeploy]"
+                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick] [--profile-scenario rt|tp|fanout|publish-fanout|health|all] [--only IMPL]... [--scenarios start,rt,tp,fanout,nobody,many,storm,idle,redeploy,cost]"
                         .into(),
                 )
             }
@@ -243,7 +244,11 @@ fn main() -> ExitCode {
             )
         })
         .and_then(|()| std::fs::write(args.out.join("latest.md"), &markdown))
-        .and_then(|()| std::fs::write(args.out.join("round-trip.svg"), report::svg(&run)));
+        .and_then(|()| std::fs::write(args.out.join("round-trip.svg"), report::svg(&run)))
+        .and_then(|()| match report::redeploy_svg(&run) {
+            Some(svg) => std::fs::write(args.out.join("redeploy.svg"), svg),
+            None => Ok(()),
+        });
     if let Err(e) = written {
         eprintln!("writing {}: {e}", args.out.display());
         return ExitCode::FAILURE;

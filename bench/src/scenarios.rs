@@ -30,6 +30,8 @@ pub struct Sizes {
     pub idle_fanout_publishes: u64,
     /// Handshakes in flight at once when opening many sockets.
     pub parallel_connects: usize,
+    /// Sequential publishes to 2 acking sockets whose cost is counted.
+    pub cost_publishes: u64,
     /// The redeploy storm: users × sockets each (`BENCH_REDEPLOY_USERS`,
     /// `BENCH_REDEPLOY_SOCKETS`), publishes per second over all users
     /// (`BENCH_REDEPLOY_RATE`), seconds of publishing before the restart
@@ -63,6 +65,7 @@ impl Sizes {
             idle_sockets: 10_000,
             idle_fanout_publishes: 2,
             parallel_connects: 128,
+            cost_publishes: 1_000,
             redeploy_users: 500,
             redeploy_sockets_per_user: 2,
             redeploy_rate: 100,
@@ -91,6 +94,7 @@ impl Sizes {
             idle_sockets: 50,
             idle_fanout_publishes: 1,
             parallel_connects: 8,
+            cost_publishes: 5,
             redeploy_users: 5,
             redeploy_sockets_per_user: 2,
             redeploy_rate: 20,
@@ -181,6 +185,10 @@ pub async fn run_all(
         let outcome = nobody_listening(target, sizes, round).await;
         round.note("nobody listening", outcome);
     }
+    if wanted("cost") && target.which != crate::target::Impl::Floor {
+        let outcome = crate::scale::cost(target, sizes, round).await;
+        round.note("cost per publish", outcome);
+    }
     // After the one-user scenarios, so the objects it leaves behind do not
     // share the runtime with them.
     if wanted("many") {
@@ -243,7 +251,7 @@ pub fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-fn user(scenario: &str) -> String {
+pub fn user(scenario: &str) -> String {
     format!("bench-{scenario}-{}-{}", std::process::id(), unique())
 }
 

@@ -56,9 +56,11 @@ impl Impl {
     /// The scenarios this server runs; `None`: all of them.
     pub fn scenarios(self) -> Option<&'static [&'static str]> {
         match self {
-            Impl::HopeflowHistoryOff => Some(&["rt", "tp", "nobody", "start"]),
+            Impl::HopeflowHistoryOff => Some(&["rt", "tp", "nobody", "start", "cost"]),
             // And the redeploy storm, as the original service (no resume).
-            Impl::ReferenceJsHistoryOff => Some(&["rt", "tp", "nobody", "start", "redeploy"]),
+            Impl::ReferenceJsHistoryOff => {
+                Some(&["rt", "tp", "nobody", "start", "cost", "redeploy"])
+            }
             _ => None,
         }
     }
@@ -210,6 +212,11 @@ impl Target {
         self.process = Some(process);
         self.port = port;
         Ok(())
+    }
+
+    /// Where the server keeps its Durable Object storage.
+    pub fn state_dir(&self) -> &Path {
+        &self._state.0
     }
 
     /// Where clients connect now (changes with [`Target::restart`]).
