@@ -90,7 +90,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick] [--profile-scenario rt|tp|fanout|publish-fanout|health|all] [--only IMPL]... [--scenarios start,rt,tp,fanout,nobody,many,storm,idle,redeploy,cost]"
+                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick] [--profile-scenario rt|tp|fanout|publish-fanout|health|all] [--only IMPL]... [--scenarios start,rt,tp,fanout,nobody,many,storm,idle,redeploy,cost,cap,wide]"
                         .into(),
                 )
             }
@@ -153,6 +153,15 @@ fn main() -> ExitCode {
     }
     if let Some(n) = env_size("BENCH_TP_SECS") {
         sizes.throughput_secs = n as u64;
+    }
+    if let Some(n) = env_size("BENCH_CAP_SOCKETS") {
+        sizes.cap_sockets = n;
+    }
+    if let Some(n) = env_size("BENCH_BROADCAST_USERS") {
+        sizes.broadcast_users = n;
+    }
+    if let Some(n) = env_size("BENCH_BROADCAST_CONCURRENCY") {
+        sizes.broadcast_concurrency = n;
     }
     if let Some(n) = env_size("BENCH_REDEPLOY_USERS") {
         sizes.redeploy_users = n;

@@ -143,3 +143,249 @@ fn rows_written(before: &Value, after: &Value) -> Result<i64, String> {
         .sum();
     Ok(inserted + deleted + others)
 }
+
+/// A socket of the one user at the cap that records when each delivery
+/// arrived (and acks it), opened before the others: the first in the
+/// object's index.
+struct Probe {
+    arrivals: tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Probe {
+    async fn open(url: &str) -> Result<Probe, String> {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .map_err(|e| format!("probe connect: {e}"))?;
+        ws.send(Message::text(r#"{"type":"subscribe","filters":[{}]}"#))
+            .await
+            .map_err(|e| format!("probe subscribe: {e}"))?;
+        let (tx, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    next = ws.next() => match next {
+                        Some(Ok(Message::Text(text))) => {
+                            let frame: Value = serde_json::from_str(&text).unwrap_or_default();
+                            let Some(id) = frame["envelopeId"].as_str() else { continue };
+                            let _ = tx.send(Instant::now());
+                            let ack = serde_json::json!({"type": "ack", "envelopeId": id, "result": {"ok": true}});
+                            if ws.send(Message::text(ack.to_string())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => return,
+                    },
+                    _ = stopped.changed() => {
+                        let _ = ws.close(None).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Probe { arrivals, stop })
+    }
+
+    /// How long after `sent` the next delivery reached the probe.
+    async fn next_after(&mut self, sent: Instant) -> Result<f64, String> {
+        let arrived = tokio::time::timeout(crate::target::STEP_TIMEOUT, self.arrivals.recv())
+            .await
+            .map_err(|_| "the probe socket got no delivery".to_string())?
+            .ok_or("the probe socket closed")?;
+        Ok(ms(arrived.saturating_duration_since(sent)))
+    }
+}
+
+/// One user with `cap_sockets` sockets (issue 24, section 3): the time to
+/// connect them all, the runtime's memory per socket, the fan-out to all
+/// of them, and, after the object was left idle long enough to hibernate,
+/// the time from the publish that wakes it to the first delivery (the
+/// socket index rebuilt from every socket's attachment), against the same
+/// publish warm.
+pub async fn one_user_at_cap(
+    target: &Target,
+    sizes: &Sizes,
+    round: &mut Round,
+) -> Result<(), String> {
+    let user = crate::scenarios::user("cap");
+    let total = sizes.cap_sockets.max(2);
+    let rss_before = target.rss().ok_or("no workerd process found")?;
+    let started = Instant::now();
+    let mut probe = Probe::open(&target.socket_url(&user)).await?;
+    let opened = target.open(&user, total - 1, sizes.parallel_connects).await;
+    let connect_ms = ms(started.elapsed());
+    let reached = opened.sockets.len() + 1;
+    round.set("cap_sockets_reached", reached as f64);
+    if let Some(why) = opened.error {
+        opened.sockets.close().await;
+        let _ = probe.stop.send(true);
+        return Err(format!("opened {reached} of {total}: {why}"));
+    }
+    let rss_after = target.rss().ok_or("no workerd process found")?;
+    let outcome = async {
+        let mut warm = Vec::new();
+        let mut first = Vec::new();
+        let cpu_before = target.cpu_secs();
+        for n in 0..sizes.cap_publishes {
+            let sent = Instant::now();
+            warm.push(ms(target.publish(&user, n, total).await?));
+            first.push(probe.next_after(sent).await?);
+        }
+        let warm_cpu = (target.cpu_secs() - cpu_before) / sizes.cap_publishes.max(1) as f64;
+        // Silent long enough for wrangler dev to hibernate the object
+        // (about 10-15 s of idleness, tests/e2e/delivery.rs).
+        tokio::time::sleep(std::time::Duration::from_secs(sizes.cap_idle_secs)).await;
+        let cpu_before = target.cpu_secs();
+        let sent = Instant::now();
+        let woken = ms(target.publish(&user, 1_000, total).await?);
+        let woken_first = probe.next_after(sent).await?;
+        let woken_cpu = target.cpu_secs() - cpu_before;
+        warm.sort_by(f64::total_cmp);
+        first.sort_by(f64::total_cmp);
+        Ok::<_, String>((warm, first, warm_cpu, woken, woken_first, woken_cpu))
+    }
+    .await;
+    opened.sockets.close().await;
+    let _ = probe.stop.send(true);
+    let (warm, first, warm_cpu, woken, woken_first, woken_cpu) = outcome?;
+    round.set("cap_connect_ms", connect_ms);
+    round.set(
+        "cap_bytes_per_socket",
+        rss_after.saturating_sub(rss_before) as f64 / reached as f64,
+    );
+    round.set("cap_rss_mib", rss_after as f64 / 1_048_576.0);
+    round.set("cap_fanout_p50_ms", percentile(&warm, 50.0));
+    round.set("cap_first_delivery_p50_ms", percentile(&first, 50.0));
+    round.set("cap_fanout_cpu_ms", warm_cpu * 1e3);
+    round.set("cap_woken_fanout_ms", woken);
+    round.set("cap_woken_first_delivery_ms", woken_first);
+    round.set("cap_woken_cpu_ms", woken_cpu * 1e3);
+    Ok(())
+}
+
+/// Wide batches (issue 24, section 4): `/publish/batch` to 100 users with
+/// 2 acking sockets each, against 100 single publishes sent at once; then
+/// a broadcast to `broadcast_users` users (no sockets) as batches of 100,
+/// `broadcast_concurrency` at a time.
+pub async fn wide(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<(), String> {
+    use hopeflow_client::{PublishOptions, Publisher};
+    let users: Vec<String> = (0..100).map(|_| crate::scenarios::user("wide")).collect();
+    let twice: Vec<String> = users.iter().chain(&users).cloned().collect();
+    let opened = target.open_users(&twice, sizes.parallel_connects).await;
+    if let Some(why) = opened.error {
+        opened.sockets.close().await;
+        return Err(why);
+    }
+    let publisher = Publisher::new(
+        &format!("http://127.0.0.1:{}", target.port()),
+        crate::target::token("bench-backend"),
+    );
+    let outcome = async {
+        let batch = |n: u64| {
+            let publisher = &publisher;
+            let users = &users;
+            async move {
+                let started = Instant::now();
+                let answer = publisher
+                    .publish_batch(
+                        users,
+                        Some("bench"),
+                        serde_json::json!({ "n": n }),
+                        PublishOptions::new(),
+                    )
+                    .await
+                    .map_err(|e| format!("batch: {e}"))?;
+                let took = ms(started.elapsed());
+                for user in &answer.users {
+                    match &user.outcome {
+                        Ok(o) if o.client_count == 2 && o.results.len() == 2 => {}
+                        other => return Err(format!("batch user {}: {other:?}", user.user_id)),
+                    }
+                }
+                Ok::<f64, String>(took)
+            }
+        };
+        batch(0).await?;
+        let cpu_before = target.cpu_secs();
+        let mut batches = Vec::new();
+        for n in 0..sizes.wide_rounds {
+            batches.push(batch(n).await?);
+        }
+        let batch_cpu = target.cpu_secs() - cpu_before;
+        let cpu_before = target.cpu_secs();
+        let mut singles = Vec::new();
+        for n in 0..sizes.wide_rounds {
+            let started = Instant::now();
+            let all = users.iter().map(|user| target.publish(user, n, 2));
+            futures::future::try_join_all(all).await?;
+            singles.push(ms(started.elapsed()));
+        }
+        let single_cpu = target.cpu_secs() - cpu_before;
+        Ok::<_, String>((batches, batch_cpu, singles, single_cpu))
+    }
+    .await;
+    opened.sockets.close().await;
+    let (mut batches, batch_cpu, mut singles, single_cpu) = outcome?;
+    let per_user = |cpu: f64| cpu * 1e6 / (sizes.wide_rounds.max(1) * 100) as f64;
+    batches.sort_by(f64::total_cmp);
+    singles.sort_by(f64::total_cmp);
+    round.set("wide_batch_p50_ms", percentile(&batches, 50.0));
+    round.set("wide_batch_p99_ms", percentile(&batches, 99.0));
+    round.set("wide_batch_cpu_us_per_user", per_user(batch_cpu));
+    round.set("wide_singles_p50_ms", percentile(&singles, 50.0));
+    round.set("wide_singles_p99_ms", percentile(&singles, 99.0));
+    round.set("wide_singles_cpu_us_per_user", per_user(single_cpu));
+    broadcast(target, &publisher, sizes, round).await
+}
+
+/// `broadcast_users` users in batches of 100, `broadcast_concurrency` in
+/// flight: the total time, and the runtime CPU per user.
+async fn broadcast(
+    target: &Target,
+    publisher: &hopeflow_client::Publisher,
+    sizes: &Sizes,
+    round: &mut Round,
+) -> Result<(), String> {
+    use futures::StreamExt;
+    let run = crate::scenarios::user("broadcast");
+    let batches = sizes.broadcast_users.div_ceil(100);
+    let cpu_before = target.cpu_secs();
+    let started = Instant::now();
+    let mut sending = futures::stream::iter((0..batches).map(|b| {
+        let ids: Vec<String> = (b * 100..((b + 1) * 100).min(sizes.broadcast_users))
+            .map(|u| format!("{run}-{u}"))
+            .collect();
+        async move {
+            let answer = publisher
+                .publish_batch(
+                    &ids,
+                    Some("bench"),
+                    serde_json::json!({}),
+                    hopeflow_client::PublishOptions::new(),
+                )
+                .await
+                .map_err(|e| format!("broadcast batch {b}: {e}"))?;
+            if let Some((user, error)) = answer.failures().next() {
+                return Err(format!("broadcast to {user}: {error}"));
+            }
+            if answer.users.len() != ids.len() {
+                return Err("broadcast answered fewer users".to_string());
+            }
+            Ok(())
+        }
+    }))
+    .buffer_unordered(sizes.broadcast_concurrency.max(1));
+    while let Some(sent) = sending.next().await {
+        sent?;
+    }
+    round.set("broadcast_total_ms", ms(started.elapsed()));
+    round.set(
+        "broadcast_cpu_us_per_user",
+        (target.cpu_secs() - cpu_before) * 1e6 / sizes.broadcast_users.max(1) as f64,
+    );
+    Ok(())
+}

@@ -30,6 +30,20 @@ pub struct Sizes {
     pub idle_fanout_publishes: u64,
     /// Handshakes in flight at once when opening many sockets.
     pub parallel_connects: usize,
+    /// `--smoke`: also the opt-in scenarios, tiny.
+    pub smoke: bool,
+    /// One user at the cap (`--scenarios cap`, not in the default run):
+    /// its sockets (`BENCH_CAP_SOCKETS`), publishes to all of them, and the
+    /// idle seconds before the publish that wakes the object.
+    pub cap_sockets: usize,
+    pub cap_publishes: u64,
+    pub cap_idle_secs: u64,
+    /// Wide batches: rounds of a 100-user batch and of 100 concurrent
+    /// singles; the broadcast's users and batches in flight
+    /// (`BENCH_BROADCAST_USERS`, `BENCH_BROADCAST_CONCURRENCY`).
+    pub wide_rounds: u64,
+    pub broadcast_users: usize,
+    pub broadcast_concurrency: usize,
     /// Sequential publishes to 2 acking sockets whose cost is counted.
     pub cost_publishes: u64,
     /// The redeploy storm: users × sockets each (`BENCH_REDEPLOY_USERS`,
@@ -65,6 +79,13 @@ impl Sizes {
             idle_sockets: 10_000,
             idle_fanout_publishes: 2,
             parallel_connects: 128,
+            smoke: false,
+            cap_sockets: 19_000,
+            cap_publishes: 3,
+            cap_idle_secs: 25,
+            wide_rounds: 50,
+            broadcast_users: 10_000,
+            broadcast_concurrency: 4,
             cost_publishes: 1_000,
             redeploy_users: 500,
             redeploy_sockets_per_user: 2,
@@ -94,6 +115,13 @@ impl Sizes {
             idle_sockets: 50,
             idle_fanout_publishes: 1,
             parallel_connects: 8,
+            smoke: true,
+            cap_sockets: 40,
+            cap_publishes: 2,
+            cap_idle_secs: 1,
+            wide_rounds: 2,
+            broadcast_users: 300,
+            broadcast_concurrency: 2,
             cost_publishes: 5,
             redeploy_users: 5,
             redeploy_sockets_per_user: 2,
@@ -155,6 +183,12 @@ fn wanted(name: &str) -> bool {
     ONLY.get().is_none_or(|only| only.iter().any(|n| n == name))
 }
 
+/// Named in `--scenarios` (for the scenarios the default run leaves out).
+fn asked_for(name: &str) -> bool {
+    ONLY.get()
+        .is_some_and(|only| only.iter().any(|n| n == name))
+}
+
 /// Runs every scenario (or those of `subset`), in a fixed order, each with
 /// its own user.
 pub async fn run_all(
@@ -204,6 +238,17 @@ pub async fn run_all(
     if sizes.idle_sockets > 0 && wanted("idle") {
         let outcome = idle_sockets(target, sizes, round).await;
         round.note("idle sockets (memory, big fan-out)", outcome);
+    }
+    // Opt-in (minutes, and the sockets this machine allows), but in the smoke.
+    let protocol = target.which != crate::target::Impl::Floor;
+    if (asked_for("cap") || sizes.smoke) && wanted("cap") && protocol {
+        let outcome = crate::scale::one_user_at_cap(target, sizes, round).await;
+        round.note("one user at the cap", outcome);
+    }
+    // Only hopeflow has `/publish/batch`.
+    if wanted("wide") && target.which == crate::target::Impl::Hopeflow {
+        let outcome = crate::scale::wide(target, sizes, round).await;
+        round.note("wide batches", outcome);
     }
     // After everything else: it restarts the runtime.
     if sizes.redeploy_users > 0 && wanted("redeploy") && target.which.redeploy_storm() {

@@ -256,7 +256,7 @@ impl Target {
         self.process().map(DevServer::log).unwrap_or_default()
     }
 
-    fn socket_url(&self, user: &str) -> String {
+    pub fn socket_url(&self, user: &str) -> String {
         let port = self.port;
         if self.which.speaks_protocol() {
             format!("ws://127.0.0.1:{port}/?token={}", token(user))
