@@ -39,6 +39,8 @@ const NOISE: &str = "storm-noise";
 struct Log {
     /// The `n` of every envelope handed to the application.
     received: Mutex<Vec<u64>>,
+    /// The `n`, `seq` and `recovered` of each one, to say what a double was.
+    seqs: Mutex<Vec<(u64, Option<u64>, bool)>>,
     /// Since the drop: the first `subscribed` after it (back).
     back_ms: Mutex<Option<f64>>,
     /// Since the drop: the `resumed` answer, and its `complete`.
@@ -295,6 +297,9 @@ async fn open(
                             if let Ok(mut received) = seen.received.lock() {
                                 received.push(n);
                             }
+                            if let Ok(mut seqs) = seen.seqs.lock() {
+                                seqs.push((n, envelope.seq, envelope.recovered));
+                            }
                         }
                         let _ = client.ack(&envelope.envelope_id, json!({ "ok": true })).await;
                     }
@@ -420,6 +425,8 @@ struct Figures {
     noise: u64,
     attempts: u64,
     never_dropped: usize,
+    /// What each double was.
+    doubles: Vec<String>,
 }
 
 impl Figures {
@@ -442,6 +449,7 @@ impl Figures {
             noise: 0,
             attempts: 0,
             never_dropped: 0,
+            doubles: Vec::new(),
         };
         for (u, log) in logs {
             match *log.back_ms.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -456,6 +464,17 @@ impl Figures {
             let received = log.received.lock().map(|r| r.clone()).unwrap_or_default();
             let distinct: HashSet<u64> = received.iter().copied().collect();
             f.doubled += received.len() - distinct.len();
+            if received.len() > distinct.len() {
+                let seqs = log.seqs.lock().map(|s| s.clone()).unwrap_or_default();
+                let mut seen = HashSet::new();
+                for (n, _, _) in &seqs {
+                    if !seen.insert(*n) {
+                        let copies: Vec<_> = seqs.iter().filter(|(m, _, _)| m == n).collect();
+                        f.doubles
+                            .push(format!("n {n}: (n, seq, recovered) {copies:?}"));
+                    }
+                }
+            }
             f.lost += expected.get(u).map_or(0, |want| {
                 want.iter().filter(|n| !distinct.contains(n)).count()
             });
@@ -489,7 +508,11 @@ impl Figures {
             wrong.push(format!("{} envelopes lost, {} gaps", self.lost, self.gaps));
         }
         if self.doubled > 0 {
-            wrong.push(format!("{} envelopes delivered twice", self.doubled));
+            wrong.push(format!(
+                "{} envelopes delivered twice: {:?}",
+                self.doubled,
+                self.doubles.iter().take(3).collect::<Vec<_>>()
+            ));
         }
         if self.noise > 0 {
             wrong.push(format!("{} envelopes outside the filters", self.noise));
