@@ -784,8 +784,8 @@ pub fn markdown(run: &Run, header: &Value) -> String {
         let _ = writeln!(
             md,
             "Redeploy storm, sockets back and resumed over time: `redeploy.svg`. \
-             hopeflow-history-off and reference-js-history-off run it too when asked; \
-             reference-js-history-off (no history: its clients cannot resume) is in `latest.json`."
+             Its figures for reference-js-history-off (no history: its clients cannot resume) \
+             are in `latest.json`; the table above has hopeflow's."
         );
     }
     md
