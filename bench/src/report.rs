@@ -311,7 +311,7 @@ const METRICS: &[Metric] = &[
     ),
     metric(
         "broadcast_total_ms",
-        "broadcast to 10,000 users (no sockets) as batches of 100: total",
+        "broadcast to many users (no sockets; 1,000 by default) as batches of 100: total",
         "ms",
         Better::Lower,
     ),

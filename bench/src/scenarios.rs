@@ -84,7 +84,7 @@ impl Sizes {
             cap_publishes: 3,
             cap_idle_secs: 25,
             wide_rounds: 50,
-            broadcast_users: 10_000,
+            broadcast_users: 1_000,
             broadcast_concurrency: 4,
             cost_publishes: 1_000,
             redeploy_users: 500,
