@@ -73,38 +73,19 @@ fn backoff(sizes: &Sizes) -> Option<(Duration, Duration)> {
 
 pub async fn redeploy(target: &mut Target, sizes: &Sizes, round: &mut Round) -> Result<(), String> {
     let relay = Relay::start(target.port())?;
-    let url = format!("ws://127.0.0.1:{}", relay.port);
     let run = format!("{}-{}", std::process::id(), crate::scenarios::unique());
     let users: Vec<String> = (0..sizes.redeploy_users)
         .map(|u| format!("bench-redeploy-{run}-{u}"))
         .collect();
     let dropped_at: Arc<OnceLock<Instant>> = Arc::default();
     let stop = watch::channel(false).0;
-
-    // Every socket subscribed before the first publish.
-    let sockets = users
-        .iter()
-        .enumerate()
-        .flat_map(|(u, user)| (0..sizes.redeploy_sockets_per_user).map(move |_| (u, user)));
-    let mut opening = futures::stream::iter(sockets.map(|(u, user)| {
-        let options = options(&url, user, sizes, dropped_at.clone());
-        let stop = stop.subscribe();
-        async move { open(options.0, options.1, stop).await.map(|log| (u, log)) }
-    }))
-    .buffer_unordered(sizes.parallel_connects.max(1));
-    let mut logs: Vec<(usize, Arc<Log>)> = Vec::new();
-    while let Some(opened) = opening.next().await {
-        match opened {
-            Ok(log) => logs.push(log),
-            Err(why) => {
-                drop(opening);
-                let _ = stop.send(true);
-                return Err(format!("opening {} sockets: {why}", logs.len() + 1));
-            }
+    let logs = match open_all(&relay, &users, sizes, &dropped_at, &stop).await {
+        Ok(logs) => logs,
+        Err(why) => {
+            let _ = stop.send(true);
+            return Err(why);
         }
-    }
-    drop(opening);
-
+    };
     let publisher = Publisher::new(
         &format!("http://127.0.0.1:{}", relay.port),
         token("bench-backend"),
@@ -118,7 +99,7 @@ pub async fn redeploy(target: &mut Target, sizes: &Sizes, round: &mut Round) -> 
         users.clone(),
         sizes.redeploy_rate,
         target.which.idempotent(),
-        run.clone(),
+        run,
         published.clone(),
         publishing.clone(),
     ));
@@ -133,19 +114,9 @@ pub async fn redeploy(target: &mut Target, sizes: &Sizes, round: &mut Round) -> 
     relay.point_to(target.port())?;
     let ready_ms = ms(dropped.elapsed());
     let cpu_at_ready = target.cpu_secs();
-
     let resumes = target.which.keeps_history();
-    let done = |log: &Log| {
-        if resumes {
-            log.resumed.lock().is_ok_and(|r| r.is_some())
-        } else {
-            log.back_ms.lock().is_ok_and(|b| b.is_some())
-        }
-    };
-    let deadline = Instant::now() + sizes.redeploy_timeout();
-    while !logs.iter().all(|(_, log)| done(log)) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let back = |(_, log): &(usize, Arc<Log>)| log.is_back(resumes);
+    wait_until(sizes.redeploy_timeout(), || logs.iter().all(back)).await;
     let cpu_storm = target.cpu_secs() - cpu_at_ready;
     tokio::time::sleep(Duration::from_secs(sizes.redeploy_tail_secs)).await;
     publishing.store(false, Ordering::Relaxed);
@@ -157,20 +128,8 @@ pub async fn redeploy(target: &mut Target, sizes: &Sizes, round: &mut Round) -> 
         .lock()
         .map(|m| m.clone())
         .unwrap_or_default();
-    let complete = |(u, log): &(usize, Arc<Log>)| {
-        let got: HashSet<u64> = log
-            .received
-            .lock()
-            .map(|r| r.iter().copied().collect())
-            .unwrap_or_default();
-        expected
-            .get(u)
-            .is_none_or(|want| want.iter().all(|n| got.contains(n)))
-    };
-    let settle = Instant::now() + Duration::from_secs(30);
-    while !logs.iter().all(complete) && Instant::now() < settle {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let complete = |(u, log): &(usize, Arc<Log>)| log.has_all(expected.get(u));
+    wait_until(Duration::from_secs(30), || logs.iter().all(complete)).await;
     let _ = stop.send(true);
 
     let figures = Figures::of(&logs, &expected, &published, resumes);
@@ -187,40 +146,71 @@ pub async fn redeploy(target: &mut Target, sizes: &Sizes, round: &mut Round) -> 
         .map(|e| e.clone())
         .unwrap_or_default();
     figures.check(logs.len(), resumes, &errors)?;
-    round.set("redeploy_sockets", logs.len() as f64);
-    round.set("redeploy_ready_ms", ready_ms);
-    round.set("redeploy_back_p50_ms", percentile(&figures.back, 50.0));
-    round.set("redeploy_back_p99_ms", percentile(&figures.back, 99.0));
-    round.set("redeploy_back_p100_ms", percentile(&figures.back, 100.0));
-    if resumes {
-        round.set(
-            "redeploy_resumed_p50_ms",
-            percentile(&figures.resumed, 50.0),
-        );
-        round.set(
-            "redeploy_resumed_p99_ms",
-            percentile(&figures.resumed, 99.0),
-        );
-        round.set(
-            "redeploy_resumed_p100_ms",
-            percentile(&figures.resumed, 100.0),
-        );
-    }
-    round.set("redeploy_lost", figures.lost as f64);
-    round.set("redeploy_doubled", figures.doubled as f64);
-    round.set("redeploy_publishes", figures.publishes as f64);
-    round.set("redeploy_failed_publishes", figures.failed as f64);
+    figures.record(round, ready_ms, resumes);
     round.set(
         "redeploy_retried_publishes",
         published.retried.load(Ordering::Relaxed) as f64,
     );
-    round.set(
-        "redeploy_attempts_per_socket",
-        figures.attempts as f64 / logs.len().max(1) as f64,
-    );
     round.set("redeploy_storm_cpu_ms", cpu_storm * 1e3);
     round.set("redeploy_boot_cpu_ms", cpu_at_ready * 1e3);
     Ok(())
+}
+
+/// Opens every socket of every user (each subscribed before the first
+/// publish), through the relay.
+async fn open_all(
+    relay: &Relay,
+    users: &[String],
+    sizes: &Sizes,
+    dropped_at: &Arc<OnceLock<Instant>>,
+    stop: &watch::Sender<bool>,
+) -> Result<Vec<(usize, Arc<Log>)>, String> {
+    let url = format!("ws://127.0.0.1:{}", relay.port);
+    let sockets = users
+        .iter()
+        .enumerate()
+        .flat_map(|(u, user)| (0..sizes.redeploy_sockets_per_user).map(move |_| (u, user)));
+    let mut opening = futures::stream::iter(sockets.map(|(u, user)| {
+        let (options, log) = options(&url, user, sizes, dropped_at.clone());
+        let stop = stop.subscribe();
+        async move { open(options, log, stop).await.map(|log| (u, log)) }
+    }))
+    .buffer_unordered(sizes.parallel_connects.max(1));
+    let mut logs = Vec::new();
+    while let Some(opened) = opening.next().await {
+        let log = opened.map_err(|why| format!("opening {} sockets: {why}", logs.len() + 1))?;
+        logs.push(log);
+    }
+    Ok(logs)
+}
+
+/// Polls `done` until it holds or `limit` passed.
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl Log {
+    /// Back after the drop: resumed (with history), or subscribed again.
+    fn is_back(&self, resumes: bool) -> bool {
+        if resumes {
+            self.resumed.lock().is_ok_and(|r| r.is_some())
+        } else {
+            self.back_ms.lock().is_ok_and(|b| b.is_some())
+        }
+    }
+
+    /// Whether it received every publish in `want`.
+    fn has_all(&self, want: Option<&Vec<u64>>) -> bool {
+        let got: HashSet<u64> = self
+            .received
+            .lock()
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default();
+        want.is_none_or(|want| want.iter().all(|n| got.contains(n)))
+    }
 }
 
 /// The client options of one socket of `user`, and its log.
@@ -488,6 +478,27 @@ impl Figures {
         f.back.sort_by(f64::total_cmp);
         f.resumed.sort_by(f64::total_cmp);
         f
+    }
+
+    fn record(&self, round: &mut Round, ready_ms: f64, resumes: bool) {
+        round.set("redeploy_sockets", (self.back.len() + self.not_back) as f64);
+        round.set("redeploy_ready_ms", ready_ms);
+        round.set("redeploy_back_p50_ms", percentile(&self.back, 50.0));
+        round.set("redeploy_back_p99_ms", percentile(&self.back, 99.0));
+        round.set("redeploy_back_p100_ms", percentile(&self.back, 100.0));
+        if resumes {
+            round.set("redeploy_resumed_p50_ms", percentile(&self.resumed, 50.0));
+            round.set("redeploy_resumed_p99_ms", percentile(&self.resumed, 99.0));
+            round.set("redeploy_resumed_p100_ms", percentile(&self.resumed, 100.0));
+        }
+        round.set("redeploy_lost", self.lost as f64);
+        round.set("redeploy_doubled", self.doubled as f64);
+        round.set("redeploy_publishes", self.publishes as f64);
+        round.set("redeploy_failed_publishes", self.failed as f64);
+        round.set(
+            "redeploy_attempts_per_socket",
+            self.attempts as f64 / (self.back.len() + self.not_back).max(1) as f64,
+        );
     }
 
     /// The checks that fail the run. Without history (the reference as
