@@ -73,7 +73,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
                 let name = it.next().unwrap_or_default();
                 let which = Impl::RUN_ORDER.into_iter().find(|i| i.name() == name);
                 args.only.push(which.ok_or(
-                    "--only needs hopeflow, hopeflow-history-off, reference-js, reference-js-history-off or floor",
+                    "--only needs hopeflow, hopeflow-history-off, reference-js, reference-js-history-off, floor or hopeflow-webhooks",
                 )?);
             }
             "--scenarios" => {

@@ -190,6 +190,24 @@ const METRICS: &[Metric] = &[
         Better::Neither,
     ),
     metric(
+        "cost_webhook_requests_per_publish",
+        "cost: webhook requests per publish (received)",
+        "",
+        Better::Lower,
+    ),
+    metric(
+        "cost_webhook_events_per_publish",
+        "cost: webhook events per publish (received)",
+        "",
+        Better::Lower,
+    ),
+    metric(
+        "cost_webhook_events_seen",
+        "cost: webhook events the receiver got in all (user.online...)",
+        "",
+        Better::Neither,
+    ),
+    metric(
         "cost_rows_written_per_publish",
         "cost: SQLite rows written per publish (from the storage file)",
         "",

@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -11,6 +13,73 @@ use serde_json::Value;
 use crate::scenarios::{Round, Sizes};
 use crate::stats::{ms, percentile};
 use crate::target::Target;
+
+/// Requests and events the bench's webhook receiver got so far.
+pub static WEBHOOK_REQUESTS: AtomicU64 = AtomicU64::new(0);
+pub static WEBHOOK_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// The settings of `hopeflow-webhooks`: hopeflow's, with every webhook
+/// event sent to a receiver the bench runs (started on first use, on the
+/// bench's tokio runtime), which answers 200 and counts.
+pub fn webhook_vars() -> &'static [(&'static str, &'static str)] {
+    static VARS: OnceLock<Vec<(&'static str, &'static str)>> = OnceLock::new();
+    VARS.get_or_init(|| {
+        let port = devserver::free_port();
+        tokio::spawn(receive_webhooks(port));
+        let url: &'static str = Box::leak(format!("http://127.0.0.1:{port}/").into_boxed_str());
+        vec![
+            ("MAX_SOCKETS_PER_USER", "32768"),
+            ("WEBHOOK_URL", url),
+            ("WEBHOOK_SECRET", "bench-webhook-secret-0123456789abcdef"),
+        ]
+    })
+}
+
+/// Answers every request with 200, counting requests and their events.
+async fn receive_webhooks(port: u16) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await else {
+        eprintln!("webhook receiver: cannot bind {port}");
+        return;
+    };
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut stream = BufReader::new(stream);
+            loop {
+                let mut length = 0usize;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match stream.read_line(&mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line == "\r\n" => break,
+                        Ok(_) => {
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                }
+                let mut body = vec![0; length];
+                if stream.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                let events = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["events"].as_array().map(Vec::len))
+                    .unwrap_or(0);
+                WEBHOOK_REQUESTS.fetch_add(1, Ordering::Relaxed);
+                WEBHOOK_EVENTS.fetch_add(events as u64, Ordering::Relaxed);
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                if stream.get_mut().write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
 
 /// The Durable Objects' SQLite files under a server's state dir.
 fn sqlite_files(state: &Path) -> BTreeSet<PathBuf> {
@@ -94,6 +163,10 @@ pub async fn cost(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<(
         return Err("found no storage file of the object".into());
     }
     let acks_before = opened.sockets.acks();
+    let hooks_before = (
+        WEBHOOK_REQUESTS.load(Ordering::Relaxed),
+        WEBHOOK_EVENTS.load(Ordering::Relaxed),
+    );
     let requests = sizes.cost_publishes;
     let cpu_before = target.cpu_secs();
     let started = Instant::now();
@@ -104,10 +177,24 @@ pub async fn cost(target: &Target, sizes: &Sizes, round: &mut Round) -> Result<(
     let elapsed = started.elapsed();
     let cpu = target.cpu_secs() - cpu_before;
     let acks = opened.sockets.acks() - acks_before;
+    let hooks = (
+        WEBHOOK_REQUESTS.load(Ordering::Relaxed) - hooks_before.0,
+        WEBHOOK_EVENTS.load(Ordering::Relaxed) - hooks_before.1,
+    );
     opened.sockets.close().await;
     let per = |v: f64| v / requests.max(1) as f64;
     round.set("cost_worker_requests_per_publish", per(requests as f64));
     round.set("cost_ws_in_per_publish", per(acks as f64));
+    if target.which == crate::target::Impl::HopeflowWebhooks {
+        round.set("cost_webhook_requests_per_publish", per(hooks.0 as f64));
+        round.set("cost_webhook_events_per_publish", per(hooks.1 as f64));
+        // The receiver works: the user's `user.online` came before.
+        let seen = WEBHOOK_EVENTS.load(Ordering::Relaxed);
+        round.set("cost_webhook_events_seen", seen as f64);
+        if seen == 0 {
+            return Err("the webhook receiver got no event at all".into());
+        }
+    }
     round.set("cost_cpu_ms_per_publish", per(cpu * 1e3));
     round.set("cost_awake_ms_per_publish", per(busy.iter().sum::<f64>()));
     round.set("cost_wall_ms_per_publish", per(ms(elapsed)));

@@ -26,6 +26,9 @@ pub enum Impl {
     /// The reference keeps the same history (same tables, one insert per
     /// publish), on by default as in hopeflow.
     ReferenceJs,
+    /// hopeflow with webhooks on, sent to the bench's own receiver: what
+    /// they add to a publish (the cost scenario only).
+    HopeflowWebhooks,
     /// The reference with `HISTORY_SIZE=0`, paired with hopeflow's.
     ReferenceJsHistoryOff,
     Floor,
@@ -35,12 +38,13 @@ impl Impl {
     /// The three servers compared on every figure.
     pub const ALL: [Impl; 3] = [Impl::Hopeflow, Impl::ReferenceJs, Impl::Floor];
     /// Every server of a round, in the order they run.
-    pub const RUN_ORDER: [Impl; 5] = [
+    pub const RUN_ORDER: [Impl; 6] = [
         Impl::Hopeflow,
         Impl::HopeflowHistoryOff,
         Impl::ReferenceJs,
         Impl::ReferenceJsHistoryOff,
         Impl::Floor,
+        Impl::HopeflowWebhooks,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +54,7 @@ impl Impl {
             Impl::ReferenceJs => "reference-js",
             Impl::ReferenceJsHistoryOff => "reference-js-history-off",
             Impl::Floor => "floor",
+            Impl::HopeflowWebhooks => "hopeflow-webhooks",
         }
     }
 
@@ -57,6 +62,7 @@ impl Impl {
     pub fn scenarios(self) -> Option<&'static [&'static str]> {
         match self {
             Impl::HopeflowHistoryOff => Some(&["rt", "tp", "nobody", "start", "cost"]),
+            Impl::HopeflowWebhooks => Some(&["cost"]),
             // And the redeploy storm, as the original service (no resume).
             Impl::ReferenceJsHistoryOff => {
                 Some(&["rt", "tp", "nobody", "start", "cost", "redeploy"])
@@ -74,6 +80,7 @@ impl Impl {
             Impl::Hopeflow => &[("MAX_SOCKETS_PER_USER", "32768")],
             Impl::HopeflowHistoryOff => &[("HISTORY_SIZE", "0"), ("MAX_SOCKETS_PER_USER", "32768")],
             Impl::ReferenceJsHistoryOff => &[("HISTORY_SIZE", "0")],
+            Impl::HopeflowWebhooks => crate::scale::webhook_vars(),
             _ => &[],
         }
     }
@@ -81,7 +88,9 @@ impl Impl {
     /// The wrangler config this implementation is served from.
     pub fn config(self, root: &Path) -> PathBuf {
         match self {
-            Impl::Hopeflow | Impl::HopeflowHistoryOff => root.join("build/wrangler.toml"),
+            Impl::Hopeflow | Impl::HopeflowHistoryOff | Impl::HopeflowWebhooks => {
+                root.join("build/wrangler.toml")
+            }
             Impl::ReferenceJs | Impl::ReferenceJsHistoryOff => {
                 root.join("bench/servers/reference-js/wrangler.toml")
             }
@@ -109,7 +118,10 @@ impl Impl {
     /// Whether `/publish` takes an `Idempotency-Key` (the reference does
     /// not), so a publish whose answer was lost can be sent again safely.
     pub fn idempotent(self) -> bool {
-        matches!(self, Impl::Hopeflow | Impl::HopeflowHistoryOff)
+        matches!(
+            self,
+            Impl::Hopeflow | Impl::HopeflowHistoryOff | Impl::HopeflowWebhooks
+        )
     }
 }
 
