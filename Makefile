@@ -171,7 +171,9 @@ test: build | node-tools $(CHROMIUM) contract-tools
 	@# state machine (fake socket) and size, then headless Chromium against the worker.
 	tsc -p clients/js/test/types
 	node --test clients/js/test/ tests/browser/
-	@# Keeps the benchmark from rotting: tiny sizes, fails on any failed check.
+	@# Keeps the benchmark from rotting: tiny sizes, fails on any failed check;
+	@# includes a small redeploy storm (runtime restarted on its storage: nothing
+	@# lost or doubled, every socket resumed) and one user with 40 sockets.
 	cargo run -p hopeflow-bench -- --smoke --out target/bench-smoke
 
 BENCH_ROUNDS ?= 3

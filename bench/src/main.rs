@@ -12,9 +12,12 @@
 //! idle sockets, for trying a change).
 
 mod profile;
+mod relay;
 mod report;
+mod scale;
 mod scenarios;
 mod stats;
+mod storm;
 mod target;
 
 use std::path::{Path, PathBuf};
@@ -70,7 +73,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
                 let name = it.next().unwrap_or_default();
                 let which = Impl::RUN_ORDER.into_iter().find(|i| i.name() == name);
                 args.only.push(which.ok_or(
-                    "--only needs hopeflow, hopeflow-log-error, hopeflow-history-off, reference-js, reference-js-history-off or floor",
+                    "--only needs hopeflow, hopeflow-log-error, hopeflow-history-off, reference-js, reference-js-history-off, floor or hopeflow-webhooks",
                 )?);
             }
             "--scenarios" => {
@@ -87,7 +90,7 @@ fn parse_args(root: &Path) -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick] [--profile-scenario rt|tp|fanout|publish-fanout|health|all] [--only IMPL]... [--scenarios start,rt,tp,fanout,nobody,many,storm,idle]"
+                    "usage: hopeflow-bench [--rounds N] [--smoke] [--out DIR] [--profile IMPL] [--via-proxy] [--quick] [--profile-scenario rt|tp|fanout|publish-fanout|health|all] [--only IMPL]... [--scenarios start,rt,tp,fanout,nobody,many,storm,idle,redeploy,cost,cap,wide]"
                         .into(),
                 )
             }
@@ -106,6 +109,14 @@ fn env_size(name: &str) -> Option<usize> {
 }
 
 fn main() -> ExitCode {
+    // The redeploy storm's relay runs as a process of its own (relay.rs).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--relay") {
+        return relay::main(
+            argv.get(2).map_or("", String::as_str),
+            argv.get(3).map_or("", String::as_str),
+        );
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("bench/ has a parent")
@@ -142,6 +153,30 @@ fn main() -> ExitCode {
     }
     if let Some(n) = env_size("BENCH_TP_SECS") {
         sizes.throughput_secs = n as u64;
+    }
+    if let Some(n) = env_size("BENCH_CAP_SOCKETS") {
+        sizes.cap_sockets = n;
+    }
+    if let Some(n) = env_size("BENCH_BROADCAST_USERS") {
+        sizes.broadcast_users = n;
+    }
+    if let Some(n) = env_size("BENCH_BROADCAST_CONCURRENCY") {
+        sizes.broadcast_concurrency = n;
+    }
+    if let Some(n) = env_size("BENCH_REDEPLOY_USERS") {
+        sizes.redeploy_users = n;
+    }
+    if let Some(n) = env_size("BENCH_REDEPLOY_SOCKETS") {
+        sizes.redeploy_sockets_per_user = n;
+    }
+    if let Some(n) = env_size("BENCH_REDEPLOY_RATE") {
+        sizes.redeploy_rate = n as u64;
+    }
+    if let Ok(pair) = std::env::var("BENCH_STORM_BACKOFF_MS") {
+        let parsed = pair
+            .split_once(',')
+            .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+        sizes.redeploy_backoff_ms = parsed;
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -186,9 +221,9 @@ fn main() -> ExitCode {
                 inspector: false,
             };
             match Target::start(which, &root, serve) {
-                Ok(target) => {
+                Ok(mut target) => {
                     runtime.block_on(scenarios::run_all(
-                        &target,
+                        &mut target,
                         &sizes,
                         which.scenarios(),
                         &mut round,
@@ -218,7 +253,11 @@ fn main() -> ExitCode {
             )
         })
         .and_then(|()| std::fs::write(args.out.join("latest.md"), &markdown))
-        .and_then(|()| std::fs::write(args.out.join("round-trip.svg"), report::svg(&run)));
+        .and_then(|()| std::fs::write(args.out.join("round-trip.svg"), report::svg(&run)))
+        .and_then(|()| match report::redeploy_svg(&run) {
+            Some(svg) => std::fs::write(args.out.join("redeploy.svg"), svg),
+            None => Ok(()),
+        });
     if let Err(e) = written {
         eprintln!("writing {}: {e}", args.out.display());
         return ExitCode::FAILURE;

@@ -178,6 +178,264 @@ const METRICS: &[Metric] = &[
         Better::Lower,
     ),
     metric(
+        "cost_worker_requests_per_publish",
+        "cost: worker requests per publish (counted)",
+        "",
+        Better::Neither,
+    ),
+    metric(
+        "cost_ws_in_per_publish",
+        "cost: incoming WebSocket messages per publish (acks counted)",
+        "",
+        Better::Neither,
+    ),
+    metric(
+        "cost_webhook_requests_per_publish",
+        "cost: webhook requests per publish (received)",
+        "",
+        Better::Lower,
+    ),
+    metric(
+        "cost_webhook_events_per_publish",
+        "cost: webhook events per publish (received)",
+        "",
+        Better::Lower,
+    ),
+    metric(
+        "cost_webhook_events_seen",
+        "cost: webhook events the receiver got in all (user.online...)",
+        "",
+        Better::Neither,
+    ),
+    metric(
+        "cost_rows_written_per_publish",
+        "cost: SQLite rows written per publish (from the storage file)",
+        "",
+        Better::Lower,
+    ),
+    metric(
+        "cost_cpu_ms_per_publish",
+        "cost: runtime CPU per publish (this machine)",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "cost_awake_ms_per_publish",
+        "cost: object busy per publish (request to answer, mean)",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "cost_publish_p50_ms",
+        "cost: publish to 2 acking sockets, p50",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "cap_sockets_reached",
+        "one user at the cap: sockets",
+        "",
+        Better::Higher,
+    ),
+    metric(
+        "cap_connect_ms",
+        "one user at the cap: time to connect them all",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "cap_bytes_per_socket",
+        "one user at the cap: runtime memory per socket",
+        "B",
+        Better::Lower,
+    ),
+    metric(
+        "cap_rss_mib",
+        "one user at the cap: runtime RSS",
+        "MiB",
+        Better::Neither,
+    ),
+    metric(
+        "cap_fanout_p50_ms",
+        "one user at the cap: fan-out to all, every ack in, p50",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "cap_first_delivery_p50_ms",
+        "one user at the cap: publish to the first socket's delivery, p50",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "cap_fanout_cpu_ms",
+        "one user at the cap: runtime CPU per fan-out",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "cap_woken_first_delivery_ms",
+        "one user at the cap: after hibernation, publish to the first delivery",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "cap_woken_fanout_ms",
+        "one user at the cap: after hibernation, fan-out to all",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "cap_woken_cpu_ms",
+        "one user at the cap: after hibernation, runtime CPU of that publish",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "wide_batch_p50_ms",
+        "wide: /publish/batch to 100 users × 2 acking sockets, p50",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "wide_batch_p99_ms",
+        "wide: that batch, p99",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "wide_batch_cpu_us_per_user",
+        "wide: that batch, runtime CPU per user",
+        "µs",
+        Better::Lower,
+    ),
+    metric(
+        "wide_singles_p50_ms",
+        "wide: 100 single publishes at once, all answered, p50",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "wide_singles_p99_ms",
+        "wide: 100 singles at once, p99",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "wide_singles_cpu_us_per_user",
+        "wide: 100 singles at once, runtime CPU per user",
+        "µs",
+        Better::Lower,
+    ),
+    metric(
+        "broadcast_total_ms",
+        "broadcast to many users (no sockets; 1,000 by default) as batches of 100: total",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "broadcast_cpu_us_per_user",
+        "broadcast: runtime CPU per user",
+        "µs",
+        Better::Lower,
+    ),
+    metric(
+        "redeploy_sockets",
+        "redeploy storm: sockets",
+        "",
+        Better::Neither,
+    ),
+    metric(
+        "redeploy_ready_ms",
+        "redeploy storm: drop to the restarted runtime's /health 200",
+        "ms",
+        Better::Neither,
+    ),
+    metric(
+        "redeploy_back_p50_ms",
+        "redeploy storm: 50 % of sockets back (drop to subscribed)",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "redeploy_back_p99_ms",
+        "redeploy storm: 99 % back",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "redeploy_back_p100_ms",
+        "redeploy storm: 100 % back",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "redeploy_resumed_p50_ms",
+        "redeploy storm: 50 % resumed complete",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "redeploy_resumed_p99_ms",
+        "redeploy storm: 99 % resumed complete",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "redeploy_resumed_p100_ms",
+        "redeploy storm: 100 % resumed complete",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "redeploy_publishes",
+        "redeploy storm: publishes answered 200 (matching the filters)",
+        "",
+        Better::Neither,
+    ),
+    metric(
+        "redeploy_lost",
+        "redeploy storm: envelopes lost (a socket never got one answered 200)",
+        "",
+        Better::Lower,
+    ),
+    metric(
+        "redeploy_doubled",
+        "redeploy storm: envelopes delivered twice",
+        "",
+        Better::Lower,
+    ),
+    metric(
+        "redeploy_failed_publishes",
+        "redeploy storm: publishes failed for good",
+        "",
+        Better::Lower,
+    ),
+    metric(
+        "redeploy_retried_publishes",
+        "redeploy storm: publish requests sent again (same idempotency key)",
+        "",
+        Better::Neither,
+    ),
+    metric(
+        "redeploy_attempts_per_socket",
+        "redeploy storm: connection attempts per socket",
+        "",
+        Better::Lower,
+    ),
+    metric(
+        "redeploy_storm_cpu_ms",
+        "redeploy storm: runtime CPU, ready to 100 % back",
+        "ms",
+        Better::Lower,
+    ),
+    metric(
+        "redeploy_boot_cpu_ms",
+        "redeploy storm: runtime CPU, start to ready",
+        "ms",
+        Better::Neither,
+    ),
+    metric(
         "ready_ms",
         "start: spawn to first /health 200",
         "ms",
@@ -319,12 +577,17 @@ pub fn json(run: &Run, header: Value) -> Value {
             .of(which)
             .flat_map(|r| r.round_trips_ms.clone())
             .collect();
+        let timelines: Vec<Value> = run
+            .of(which)
+            .flat_map(|r| r.redeploy.iter().map(|t| json!(t)))
+            .collect();
         results.insert(
             which.name().into(),
             json!({
                 "median": medians[&which],
                 "rounds": rounds,
                 "round_trip_samples_ms": round_trips,
+                "redeploy_timelines": timelines,
             }),
         );
     }
@@ -558,6 +821,14 @@ pub fn markdown(run: &Run, header: &Value) -> String {
         let _ = writeln!(md, "- {p}");
     }
     let _ = writeln!(md, "\nRound-trip latency distribution: `round-trip.svg`.");
+    if run.rounds.iter().any(|(_, r)| !r.redeploy.is_empty()) {
+        let _ = writeln!(
+            md,
+            "Redeploy storm, sockets back and resumed over time: `redeploy.svg`. \
+             Its figures for reference-js-history-off (no history: its clients cannot resume) \
+             are in `latest.json`; the table above has hopeflow's."
+        );
+    }
     md
 }
 
@@ -656,6 +927,116 @@ pub fn svg(run: &Run) -> String {
     );
     let _ = writeln!(out, "</svg>");
     out
+}
+
+/// The redeploy storm of the first round of each server: the share of
+/// sockets back (subscribed again) and resumed complete over the time
+/// since the drop, with the moment the restarted runtime was ready.
+pub fn redeploy_svg(run: &Run) -> Option<String> {
+    let timelines: Vec<&crate::scenarios::Timeline> = Impl::RUN_ORDER
+        .iter()
+        .filter_map(|&which| run.of(which).find_map(|r| r.redeploy.first()))
+        .collect();
+    if timelines.is_empty() {
+        return None;
+    }
+    let (w, h, left, right, top, bottom) = (760.0, 440.0, 70.0, 20.0, 40.0, 50.0);
+    let x_max = timelines
+        .iter()
+        .flat_map(|t| t.back_ms.iter().chain(&t.resumed_ms).chain([&t.ready_ms]))
+        .fold(1.0_f64, |a, b| a.max(*b))
+        * 1.05;
+    let px = |x: f64| left + (x.min(x_max) / x_max) * (w - left - right);
+    let py = |y: f64| top + (1.0 - y) * (h - top - bottom);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">Redeploy storm: sockets back and resumed since the drop (first round)</text>"#,
+        w / 2.0
+    );
+    for i in 0..=5 {
+        let x = x_max * f64::from(i) / 5.0;
+        let _ = writeln!(
+            out,
+            "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#ddd\"/><text x=\"{0:.1}\" y=\"{3}\" text-anchor=\"middle\">{4:.1} s</text>",
+            px(x),
+            top,
+            h - bottom,
+            h - bottom + 18.0,
+            x / 1e3
+        );
+        let y = f64::from(i) / 5.0;
+        let _ = writeln!(
+            out,
+            "<line x1=\"{0}\" y1=\"{1:.1}\" x2=\"{2}\" y2=\"{1:.1}\" stroke=\"#ddd\"/><text x=\"{3}\" y=\"{4:.1}\" text-anchor=\"end\">{5:.0} %</text>",
+            left,
+            py(y),
+            w - right,
+            left - 6.0,
+            py(y) + 4.0,
+            y * 100.0
+        );
+    }
+    let colors = ["#d9480f", "#1971c2", "#5c940d", "#862e9c", "#e67700"];
+    let mut legend = 0;
+    for (i, t) in timelines.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let _ = writeln!(
+            out,
+            r#"<line x1="{0:.1}" y1="{1}" x2="{0:.1}" y2="{2}" stroke="{color}" stroke-dasharray="2,4"/>"#,
+            px(t.ready_ms),
+            top,
+            h - bottom
+        );
+        let n = t.sockets.max(1) as f64;
+        for (series, dash, label) in [
+            (&t.back_ms, "", "back"),
+            (&t.resumed_ms, "6,3", "resumed complete"),
+        ] {
+            if series.is_empty() {
+                continue;
+            }
+            let points: Vec<String> = std::iter::once(format!("{:.1},{:.1}", px(0.0), py(0.0)))
+                .chain(
+                    series
+                        .iter()
+                        .enumerate()
+                        .map(|(k, x)| format!("{:.1},{:.1}", px(*x), py((k + 1) as f64 / n))),
+                )
+                .collect();
+            let _ = writeln!(
+                out,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}" points="{}"/>"#,
+                points.join(" ")
+            );
+            let ly = top + 20.0 + 18.0 * f64::from(legend);
+            legend += 1;
+            let _ = writeln!(
+                out,
+                r#"<line x1="{0}" y1="{1:.1}" x2="{2}" y2="{1:.1}" stroke="{color}" stroke-width="3" stroke-dasharray="{dash}"/><text x="{3}" y="{4:.1}">{5} {label} ({6} sockets)</text>"#,
+                w - right - 330.0,
+                ly,
+                w - right - 305.0,
+                w - right - 298.0,
+                ly + 4.0,
+                t.which,
+                t.sockets
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="middle">seconds since the runtime was stopped; dotted: the restarted runtime answers /health</text>"#,
+        (left + w - right) / 2.0,
+        h - 10.0
+    );
+    let _ = writeln!(out, "</svg>");
+    Some(out)
 }
 
 #[cfg(test)]

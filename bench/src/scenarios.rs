@@ -30,6 +30,34 @@ pub struct Sizes {
     pub idle_fanout_publishes: u64,
     /// Handshakes in flight at once when opening many sockets.
     pub parallel_connects: usize,
+    /// `--smoke`: also the opt-in scenarios, tiny.
+    pub smoke: bool,
+    /// One user at the cap (`--scenarios cap`, not in the default run):
+    /// its sockets (`BENCH_CAP_SOCKETS`), publishes to all of them, and the
+    /// idle seconds before the publish that wakes the object.
+    pub cap_sockets: usize,
+    pub cap_publishes: u64,
+    pub cap_idle_secs: u64,
+    /// Wide batches: rounds of a 100-user batch and of 100 concurrent
+    /// singles; the broadcast's users and batches in flight
+    /// (`BENCH_BROADCAST_USERS`, `BENCH_BROADCAST_CONCURRENCY`).
+    pub wide_rounds: u64,
+    pub broadcast_users: usize,
+    pub broadcast_concurrency: usize,
+    /// Sequential publishes to 2 acking sockets whose cost is counted.
+    pub cost_publishes: u64,
+    /// The redeploy storm: users × sockets each (`BENCH_REDEPLOY_USERS`,
+    /// `BENCH_REDEPLOY_SOCKETS`), publishes per second over all users
+    /// (`BENCH_REDEPLOY_RATE`), seconds of publishing before the restart
+    /// and after every socket is back; 0 users skips it.
+    pub redeploy_users: usize,
+    pub redeploy_sockets_per_user: usize,
+    pub redeploy_rate: u64,
+    pub redeploy_lead_secs: u64,
+    pub redeploy_tail_secs: u64,
+    /// The clients' reconnect backoff (initial, max) in ms, when not the
+    /// client's default (`BENCH_STORM_BACKOFF_MS=initial,max`).
+    pub redeploy_backoff_ms: Option<(u64, u64)>,
 }
 
 impl Sizes {
@@ -51,6 +79,20 @@ impl Sizes {
             idle_sockets: 10_000,
             idle_fanout_publishes: 2,
             parallel_connects: 128,
+            smoke: false,
+            cap_sockets: 19_000,
+            cap_publishes: 3,
+            cap_idle_secs: 25,
+            wide_rounds: 50,
+            broadcast_users: 1_000,
+            broadcast_concurrency: 4,
+            cost_publishes: 1_000,
+            redeploy_users: 500,
+            redeploy_sockets_per_user: 2,
+            redeploy_rate: 100,
+            redeploy_lead_secs: 3,
+            redeploy_tail_secs: 2,
+            redeploy_backoff_ms: None,
         }
     }
 
@@ -73,7 +115,26 @@ impl Sizes {
             idle_sockets: 50,
             idle_fanout_publishes: 1,
             parallel_connects: 8,
+            smoke: true,
+            cap_sockets: 40,
+            cap_publishes: 2,
+            cap_idle_secs: 1,
+            wide_rounds: 2,
+            broadcast_users: 300,
+            broadcast_concurrency: 2,
+            cost_publishes: 5,
+            redeploy_users: 5,
+            redeploy_sockets_per_user: 2,
+            redeploy_rate: 20,
+            redeploy_lead_secs: 1,
+            redeploy_tail_secs: 1,
+            redeploy_backoff_ms: None,
         }
+    }
+
+    /// How long every socket may take to come back after the restart.
+    pub fn redeploy_timeout(&self) -> Duration {
+        Duration::from_secs(120)
     }
 }
 
@@ -85,10 +146,25 @@ pub struct Round {
     pub round_trips_ms: Vec<f64>,
     /// Failed checks and limits hit, with the scenario that hit them.
     pub problems: Vec<String>,
+    /// The redeploy storm's sockets over time (for `redeploy.svg`).
+    pub redeploy: Vec<Timeline>,
+}
+
+/// When each socket of a redeploy storm was back and resumed.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Timeline {
+    pub which: &'static str,
+    /// ms from the drop to each socket's first `subscribed` after it, sorted.
+    pub back_ms: Vec<f64>,
+    /// ms from the drop to each socket's `resumed` with `complete`, sorted.
+    pub resumed_ms: Vec<f64>,
+    /// ms from the drop until the restarted runtime answered `/health`.
+    pub ready_ms: f64,
+    pub sockets: usize,
 }
 
 impl Round {
-    fn set(&mut self, key: &'static str, value: f64) {
+    pub fn set(&mut self, key: &'static str, value: f64) {
         self.metrics.insert(key, value);
     }
 
@@ -107,9 +183,20 @@ fn wanted(name: &str) -> bool {
     ONLY.get().is_none_or(|only| only.iter().any(|n| n == name))
 }
 
+/// Named in `--scenarios` (for the scenarios the default run leaves out).
+fn asked_for(name: &str) -> bool {
+    ONLY.get()
+        .is_some_and(|only| only.iter().any(|n| n == name))
+}
+
 /// Runs every scenario (or those of `subset`), in a fixed order, each with
 /// its own user.
-pub async fn run_all(target: &Target, sizes: &Sizes, subset: Option<&[&str]>, round: &mut Round) {
+pub async fn run_all(
+    target: &mut Target,
+    sizes: &Sizes,
+    subset: Option<&[&str]>,
+    round: &mut Round,
+) {
     let wanted = |name: &str| wanted(name) && subset.is_none_or(|s| s.contains(&name));
     round.set("ready_ms", ms(target.ready_after));
     if wanted("start") {
@@ -132,6 +219,10 @@ pub async fn run_all(target: &Target, sizes: &Sizes, subset: Option<&[&str]>, ro
         let outcome = nobody_listening(target, sizes, round).await;
         round.note("nobody listening", outcome);
     }
+    if wanted("cost") && target.which != crate::target::Impl::Floor {
+        let outcome = crate::scale::cost(target, sizes, round).await;
+        round.note("cost per publish", outcome);
+    }
     // After the one-user scenarios, so the objects it leaves behind do not
     // share the runtime with them.
     if wanted("many") {
@@ -147,6 +238,22 @@ pub async fn run_all(target: &Target, sizes: &Sizes, subset: Option<&[&str]>, ro
     if sizes.idle_sockets > 0 && wanted("idle") {
         let outcome = idle_sockets(target, sizes, round).await;
         round.note("idle sockets (memory, big fan-out)", outcome);
+    }
+    // Opt-in (minutes, and the sockets this machine allows), but in the smoke.
+    let protocol = target.which != crate::target::Impl::Floor;
+    if (asked_for("cap") || sizes.smoke) && wanted("cap") && protocol {
+        let outcome = crate::scale::one_user_at_cap(target, sizes, round).await;
+        round.note("one user at the cap", outcome);
+    }
+    // Only hopeflow has `/publish/batch`.
+    if wanted("wide") && target.which == crate::target::Impl::Hopeflow {
+        let outcome = crate::scale::wide(target, sizes, round).await;
+        round.note("wide batches", outcome);
+    }
+    // After everything else: it restarts the runtime.
+    if sizes.redeploy_users > 0 && wanted("redeploy") && target.which.redeploy_storm() {
+        let outcome = crate::storm::redeploy(target, sizes, round).await;
+        round.note("redeploy storm", outcome);
     }
 }
 
@@ -183,13 +290,14 @@ pub async fn profile_workload(target: &Target, sizes: &Sizes, which: &str, round
     }
 }
 
-fn user(scenario: &str) -> String {
+/// A number not handed out before in this process.
+pub fn unique() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "bench-{scenario}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn user(scenario: &str) -> String {
+    format!("bench-{scenario}-{}-{}", std::process::id(), unique())
 }
 
 /// The first publish after start-up: creates the first Durable Object and,

@@ -29,6 +29,9 @@ pub enum Impl {
     /// The reference keeps the same history (same tables, one insert per
     /// publish), on by default as in hopeflow.
     ReferenceJs,
+    /// hopeflow with webhooks on, sent to the bench's own receiver: what
+    /// they add to a publish (the cost scenario only).
+    HopeflowWebhooks,
     /// The reference with `HISTORY_SIZE=0`, paired with hopeflow's.
     ReferenceJsHistoryOff,
     Floor,
@@ -38,13 +41,14 @@ impl Impl {
     /// The three servers compared on every figure.
     pub const ALL: [Impl; 3] = [Impl::Hopeflow, Impl::ReferenceJs, Impl::Floor];
     /// Every server of a round, in the order they run.
-    pub const RUN_ORDER: [Impl; 6] = [
+    pub const RUN_ORDER: [Impl; 7] = [
         Impl::Hopeflow,
         Impl::HopeflowLogError,
         Impl::HopeflowHistoryOff,
         Impl::ReferenceJs,
         Impl::ReferenceJsHistoryOff,
         Impl::Floor,
+        Impl::HopeflowWebhooks,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,25 +59,38 @@ impl Impl {
             Impl::ReferenceJs => "reference-js",
             Impl::ReferenceJsHistoryOff => "reference-js-history-off",
             Impl::Floor => "floor",
+            Impl::HopeflowWebhooks => "hopeflow-webhooks",
         }
     }
 
     /// The scenarios this server runs; `None`: all of them.
     pub fn scenarios(self) -> Option<&'static [&'static str]> {
         match self {
-            Impl::HopeflowHistoryOff | Impl::ReferenceJsHistoryOff => {
-                Some(&["rt", "tp", "nobody", "start"])
+            Impl::HopeflowHistoryOff => Some(&["rt", "tp", "nobody", "start", "cost"]),
+            Impl::HopeflowWebhooks => Some(&["cost"]),
+            // And the redeploy storm, as the original service (no resume).
+            Impl::ReferenceJsHistoryOff => {
+                Some(&["rt", "tp", "nobody", "start", "cost", "redeploy"])
             }
             Impl::HopeflowLogError => Some(&["rt", "tp", "nobody"]),
             _ => None,
         }
     }
 
-    /// Settings beyond the secret.
+    /// Settings beyond the secret. Hopeflow's socket cap
+    /// (`MAX_SOCKETS_PER_USER`, default 1000) is raised to the platform's
+    /// 32,768, since the fan-out, connect storm, idle sockets and one user
+    /// at the cap open more than 1,000 sockets for one user.
     fn vars(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Impl::HopeflowHistoryOff | Impl::ReferenceJsHistoryOff => &[("HISTORY_SIZE", "0")],
-            Impl::HopeflowLogError => &[("WORKER_LOG_LEVEL", "error")],
+            Impl::Hopeflow => &[("MAX_SOCKETS_PER_USER", "32768")],
+            Impl::HopeflowHistoryOff => &[("HISTORY_SIZE", "0"), ("MAX_SOCKETS_PER_USER", "32768")],
+            Impl::ReferenceJsHistoryOff => &[("HISTORY_SIZE", "0")],
+            Impl::HopeflowLogError => &[
+                ("WORKER_LOG_LEVEL", "error"),
+                ("MAX_SOCKETS_PER_USER", "32768"),
+            ],
+            Impl::HopeflowWebhooks => crate::scale::webhook_vars(),
             _ => &[],
         }
     }
@@ -81,9 +98,10 @@ impl Impl {
     /// The wrangler config this implementation is served from.
     pub fn config(self, root: &Path) -> PathBuf {
         match self {
-            Impl::Hopeflow | Impl::HopeflowHistoryOff | Impl::HopeflowLogError => {
-                root.join("build/wrangler.toml")
-            }
+            Impl::Hopeflow
+            | Impl::HopeflowHistoryOff
+            | Impl::HopeflowLogError
+            | Impl::HopeflowWebhooks => root.join("build/wrangler.toml"),
             Impl::ReferenceJs | Impl::ReferenceJsHistoryOff => {
                 root.join("bench/servers/reference-js/wrangler.toml")
             }
@@ -99,6 +117,25 @@ impl Impl {
     /// Whether it records history (the protocol servers as deployed).
     pub fn keeps_history(self) -> bool {
         self.speaks_protocol() && !self.vars().contains(&("HISTORY_SIZE", "0"))
+    }
+
+    /// Who runs the redeploy storm: hopeflow as deployed, and the
+    /// reference without history, whose clients cannot resume (the
+    /// original service): its lost count is what resume removes.
+    pub fn redeploy_storm(self) -> bool {
+        matches!(self, Impl::Hopeflow | Impl::ReferenceJsHistoryOff)
+    }
+
+    /// Whether `/publish` takes an `Idempotency-Key` (the reference does
+    /// not), so a publish whose answer was lost can be sent again safely.
+    pub fn idempotent(self) -> bool {
+        matches!(
+            self,
+            Impl::Hopeflow
+                | Impl::HopeflowLogError
+                | Impl::HopeflowHistoryOff
+                | Impl::HopeflowWebhooks
+        )
     }
 }
 
@@ -154,7 +191,11 @@ impl Drop for StateDir {
 /// One running server of one implementation.
 pub struct Target {
     pub which: Impl,
-    process: DevServer,
+    /// `None` only between the stop and the start of [`Target::restart`].
+    process: Option<DevServer>,
+    /// How it was started, for [`Target::restart`].
+    root: PathBuf,
+    serve: Serve,
     /// Declared after `process`, so it is removed once the server stopped.
     _state: StateDir,
     http: reqwest::Client,
@@ -168,35 +209,8 @@ pub struct Target {
 impl Target {
     /// Starts a fresh server (fresh state dir) and waits until it is ready.
     pub fn start(which: Impl, root: &Path, serve: Serve) -> Result<Target, String> {
-        let config = which.config(root);
-        if !config.exists() {
-            return Err(format!("{} is missing: run `make build`", config.display()));
-        }
-        let mut vars = vec![("JWT_SECRET", SECRET)];
-        vars.extend_from_slice(which.vars());
         let state = StateDir::new(which.name())?;
-        let mut process = DevServer::spawn(&Launch {
-            root,
-            config: &config,
-            vars: &vars,
-            name: which.name(),
-            port: devserver::free_port(),
-            // The same for all three, and quiet: the bench measures the
-            // service, not wrangler's terminal output.
-            log_level: "warn",
-            inspector: serve.inspector,
-            https: None,
-            state: Some(&state.0),
-        })
-        .map_err(|e| format!("spawn wrangler dev: {e}"))?;
-        let ready_after = process.wait_ready(Duration::from_secs(120))?;
-        let port = if serve.via_proxy {
-            process.port()
-        } else {
-            process
-                .runtime_port()
-                .ok_or("found no port where the runtime answers /health")?
-        };
+        let (process, port, ready_after) = launch(which, root, serve, &state.0)?;
         let http = reqwest::Client::builder()
             .timeout(STEP_TIMEOUT)
             .pool_max_idle_per_host(256)
@@ -204,7 +218,9 @@ impl Target {
             .map_err(|e| format!("http client: {e}"))?;
         Ok(Target {
             which,
-            process,
+            process: Some(process),
+            root: root.to_path_buf(),
+            serve,
             _state: state,
             http,
             publisher_token: token("bench-backend"),
@@ -213,31 +229,60 @@ impl Target {
         })
     }
 
+    /// Stops the server and starts it again on the same storage, as a
+    /// deploy does to every socket: returns when the new one answers
+    /// `/health`. Blocks (call it from `block_in_place`).
+    pub fn restart(&mut self) -> Result<(), String> {
+        drop(self.process.take());
+        let (process, port, _) = launch(self.which, &self.root, self.serve, &self._state.0)?;
+        self.process = Some(process);
+        self.port = port;
+        Ok(())
+    }
+
+    /// Where the server keeps its Durable Object storage.
+    pub fn state_dir(&self) -> &Path {
+        &self._state.0
+    }
+
+    /// Where clients connect now (changes with [`Target::restart`]).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn process(&self) -> Option<&DevServer> {
+        self.process.as_ref()
+    }
+
     pub fn inspector_port(&self) -> Option<u16> {
-        self.process.inspector_port()
+        self.process()?.inspector_port()
     }
 
     /// CPU seconds the runtime has used so far (0 when unknown, which the
     /// figures then show as 0).
     pub fn cpu_secs(&self) -> f64 {
-        self.process.runtime_cpu_secs().unwrap_or(0.0)
+        self.process()
+            .and_then(DevServer::runtime_cpu_secs)
+            .unwrap_or(0.0)
     }
 
     /// The part of [`Target::cpu_secs`] used by the runtime's helper
     /// threads (V8's background compiling and garbage collection).
     pub fn helper_cpu_secs(&self) -> f64 {
-        self.process.runtime_helper_cpu_secs().unwrap_or(0.0)
+        self.process()
+            .and_then(DevServer::runtime_helper_cpu_secs)
+            .unwrap_or(0.0)
     }
 
     pub fn rss(&self) -> Option<u64> {
-        self.process.runtime_rss()
+        self.process()?.runtime_rss()
     }
 
     pub fn log(&self) -> String {
-        self.process.log()
+        self.process().map(DevServer::log).unwrap_or_default()
     }
 
-    fn socket_url(&self, user: &str) -> String {
+    pub fn socket_url(&self, user: &str) -> String {
         let port = self.port;
         if self.which.speaks_protocol() {
             format!("ws://127.0.0.1:{port}/?token={}", token(user))
@@ -408,6 +453,45 @@ impl Target {
     }
 }
 
+/// Starts `which` on the storage in `state`; returns the server, the port
+/// clients use and the time from spawn to ready.
+fn launch(
+    which: Impl,
+    root: &Path,
+    serve: Serve,
+    state: &Path,
+) -> Result<(DevServer, u16, Duration), String> {
+    let config = which.config(root);
+    if !config.exists() {
+        return Err(format!("{} is missing: run `make build`", config.display()));
+    }
+    let mut vars = vec![("JWT_SECRET", SECRET)];
+    vars.extend_from_slice(which.vars());
+    let mut process = DevServer::spawn(&Launch {
+        root,
+        config: &config,
+        vars: &vars,
+        name: which.name(),
+        port: devserver::free_port(),
+        // The same for all three, and quiet: the bench measures the
+        // service, not wrangler's terminal output.
+        log_level: "warn",
+        inspector: serve.inspector,
+        https: None,
+        state: Some(state),
+    })
+    .map_err(|e| format!("spawn wrangler dev: {e}"))?;
+    let ready_after = process.wait_ready(Duration::from_secs(120))?;
+    let port = if serve.via_proxy {
+        process.port()
+    } else {
+        process
+            .runtime_port()
+            .ok_or("found no port where the runtime answers /health")?
+    };
+    Ok((process, port, ready_after))
+}
+
 /// The outcome of [`Target::open`].
 pub struct Opened {
     pub sockets: Sockets,
@@ -532,7 +616,7 @@ fn reply_to(text: &str, protocol: bool) -> Option<String> {
 }
 
 /// A token for `user`, valid for an hour.
-fn token(user: &str) -> String {
+pub fn token(user: &str) -> String {
     hopeflow_client::token::mint(
         SECRET,
         user,

@@ -175,22 +175,20 @@ pub enum Decision {
     Conflict,
 }
 
-/// Decides from what is stored (unexpired) and what is in flight.
+/// Decides from what is in flight and what is stored (unexpired). A
+/// publish in flight has stored a provisional answer already (what it
+/// sent, no acks: the answer if the object restarts before its acks), so
+/// a repeat waits for the first while it is there.
 pub fn decide(stored: Option<Stored>, in_flight: Option<&str>, fingerprint: &str) -> Decision {
-    if let Some(stored) = stored {
-        return if stored.fingerprint == fingerprint {
-            Decision::Replay {
-                envelope_id: stored.envelope_id,
-                answer: stored.answer,
-            }
-        } else {
-            Decision::Conflict
-        };
-    }
-    match in_flight {
-        Some(first) if first == fingerprint => Decision::Wait,
-        Some(_) => Decision::Conflict,
-        None => Decision::Deliver,
+    match (in_flight, stored) {
+        (Some(first), _) if first == fingerprint => Decision::Wait,
+        (Some(_), _) => Decision::Conflict,
+        (None, Some(stored)) if stored.fingerprint == fingerprint => Decision::Replay {
+            envelope_id: stored.envelope_id,
+            answer: stored.answer,
+        },
+        (None, Some(_)) => Decision::Conflict,
+        (None, None) => Decision::Deliver,
     }
 }
 
@@ -342,6 +340,12 @@ mod tests {
         assert_eq!(decide(Some(stored("g")), None, "f"), Decision::Conflict);
         assert_eq!(decide(None, Some("f"), "f"), Decision::Wait);
         assert_eq!(decide(None, Some("g"), "f"), Decision::Conflict);
+        // The first's provisional answer is stored while it is in flight.
+        assert_eq!(decide(Some(stored("f")), Some("f"), "f"), Decision::Wait);
+        assert_eq!(
+            decide(Some(stored("f")), Some("f"), "g"),
+            Decision::Conflict
+        );
         assert_eq!(expires_at(1_000.0, 600), 601_000);
     }
 

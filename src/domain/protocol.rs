@@ -796,6 +796,21 @@ pub enum DeliveryStatus {
 }
 
 impl PublishOutcome {
+    /// The answer of a publish sent to `client_count` sockets, before any
+    /// ack: what a keyed publish stores as it is sent.
+    pub fn unacked(client_count: usize) -> PublishOutcome {
+        PublishOutcome {
+            client_count,
+            results: Vec::new(),
+            deliveries: None,
+            truncated: false,
+            acked: None,
+            timed_out: None,
+            closed: None,
+            ms: None,
+        }
+    }
+
     /// The `/publish` answer's JSON text.
     #[inline(never)]
     pub fn to_text(&self) -> Option<String> {

@@ -30,6 +30,7 @@ pub fn tests() -> Vec<Test> {
         idempotent_batch_replays,
         idempotent_retry_after_hibernation,
         idempotent_retry_after_a_restart,
+        idempotent_retry_of_a_publish_a_restart_cut,
         idempotency_keys_expire,
         detail_says_what_became_of_each_socket,
         results_past_the_cap_are_null_and_flagged,
@@ -624,6 +625,48 @@ async fn idempotent_retry_after_a_restart(ctx: Arc<Ctx>) {
     let changed = json!({"userId": user, "payload": "after"});
     let conflict = post(&server, "/publish", &token, &headers, changed).await;
     assert_eq!(conflict.status, 409, "{}", conflict.body);
+    // Nothing was delivered again: the next frame is the ping's answer.
+    socket.ping().await;
+    Restartable::stop(server).await;
+}
+
+async fn idempotent_retry_of_a_publish_a_restart_cut(ctx: Arc<Ctx>) {
+    // A deploy stops the runtime while a keyed publish waits for its acks:
+    // the socket has the envelope, the publisher no answer. Its retry
+    // after the restart must not deliver the envelope a second time (the
+    // redeploy storm of bench/README.md found it did).
+    let runtime = Restartable::new("idem-cut", ctx.server.secret.clone().expect("secret"));
+    let server = runtime.start().await;
+    let user = unique_user("idem-cut");
+    let token = server.token("backend");
+    let key = unique_user("cut-key");
+    let headers = [("Idempotency-Key", key.as_str())];
+    let body = json!({"userId": user, "payload": "once"});
+    let mut socket = Client::for_user(&server, &user).await;
+    socket.subscribe(json!([{}])).await;
+    // Waits for an ack that never comes; its connection breaks in the crash.
+    let first = http()
+        .post(format!("{}/publish", server.http()))
+        .bearer_auth(&token)
+        .header("Idempotency-Key", key.as_str())
+        .json(&body)
+        .send();
+    let first = tokio::spawn(first);
+    // Delivered, so written: the output gate let the frame out.
+    let envelope = socket.recv_envelope().await;
+    assert_eq!(envelope["seq"], 1, "{envelope}");
+    runtime.crash(server).await;
+    first.abort();
+
+    let server = runtime.start().await;
+    let mut socket = Client::for_user(&server, &user).await;
+    let confirmation = socket.subscribe(json!([{}])).await;
+    assert_eq!(confirmation["seq"], 1, "{confirmation}");
+    let again = post(&server, "/publish", &token, &headers, body).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    // What the first had done when it was cut: sent to 1 socket, no ack.
+    assert_eq!(again.body, json!({"clientCount": 1, "results": []}));
     // Nothing was delivered again: the next frame is the ping's answer.
     socket.ping().await;
     Restartable::stop(server).await;

@@ -224,11 +224,21 @@ impl Publishes {
             context: sent.context,
         };
         if let Some(keyed) = &waiter.keyed {
-            self.shared.borrow_mut().keys.start(
+            let mut shared = self.shared.borrow_mut();
+            shared.keys.start(
                 keyed.key.clone(),
                 keyed.fingerprint.clone(),
                 sent.envelope_id.clone(),
             );
+            if !sent.delivered.is_empty() {
+                provisional(
+                    &mut shared,
+                    keyed,
+                    &sent.envelope_id,
+                    sent.delivered.len(),
+                    now_ms,
+                );
+            }
         }
         // A keyed publish that reached nobody still stores its answer.
         if sent.delivered.is_empty() {
@@ -264,6 +274,30 @@ impl InFlight {
             self.store = KeyStore::open(&self.state, self.ttl_secs);
         }
         self.store.as_ref()
+    }
+}
+
+/// Stores a keyed publish's answer as it stands when sent (its sockets, no
+/// acks yet), in the same turn as its history row and before its frames
+/// leave (the output gate holds them until both are written). Should the
+/// runtime stop before the acks (a deploy), a repeat after the restart
+/// replays this instead of delivering the envelope a second time; the
+/// sockets get the first one by resuming. The full answer replaces it.
+fn provisional(
+    in_flight: &mut InFlight,
+    keyed: &KeyedRequest,
+    envelope_id: &str,
+    sent_to: usize,
+    now_ms: f64,
+) {
+    let Some(text) = PublishOutcome::unacked(sent_to).to_text() else {
+        return;
+    };
+    let expiry = in_flight
+        .store()
+        .map(|store| store.save(keyed, envelope_id, &text, now_ms));
+    if let Some(at) = expiry {
+        in_flight.alarm.wake_by(at);
     }
 }
 
