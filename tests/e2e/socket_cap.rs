@@ -14,7 +14,9 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::support::{refused_upgrade, sockets_of, unique_user, Client, Server, WAIT};
+use crate::support::{
+    refused_upgrade, sockets_of, unique_user, wait_for_line, Client, Server, WAIT,
+};
 use crate::{tests, Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -93,19 +95,6 @@ async fn wait_for_count(server: &Server, user: &str, count: usize) {
     }
 }
 
-/// Waits until the server's log (written as it comes) has `line`.
-async fn wait_for_log(server: &Server, line: &str) {
-    let deadline = Instant::now() + WAIT;
-    while !server.log().contains(line) {
-        assert!(
-            Instant::now() < deadline,
-            "the log does not say {line:?}:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn socket_cap_refuses_past_it_and_admits_after_a_close(_ctx: Arc<Ctx>) {
     let server = capped("cap").await;
     let user = unique_user("capped");
@@ -167,7 +156,7 @@ async fn socket_cap_holds_after_hibernation(_ctx: Arc<Ctx>) {
     // The refusal came from a new instance, which counted the sockets in
     // the index it rebuilt from both attachments (the first instance built
     // it at the first connect, from none, and says nothing then).
-    wait_for_log(&server, r#"{"event":"object.woke","sockets":2}"#).await;
+    wait_for_line(&server, "object.woke", |l| l["sockets"] == 2).await;
     // The rebuilt count goes down with a close, as before.
     second.close().await;
     wait_for_count(&server, &user, CAP - 1).await;
@@ -192,7 +181,9 @@ async fn socket_cap_out_of_range_is_a_configuration_error(_ctx: Arc<Ctx>) {
         let named = format!(
             "MAX_SOCKETS_PER_USER must be a whole number in its documented range, got {value}"
         );
-        wait_for_log(server, &named).await;
+        // The reason is an `error` line naming the setting (issue 23).
+        let line = wait_for_line(server, "error", |l| l["where"] == "configuration").await;
+        assert_eq!(line["message"], named.as_str(), "{line}");
     }
     stop(none).await;
     stop(too_many).await;
