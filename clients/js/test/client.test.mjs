@@ -502,7 +502,9 @@ test("past the user's socket cap (429, the probe says the token is fine) a fixed
   // A socket of the user closed: the next upgrade is accepted.
   await reopen();
   assert.equal(client.state, "open");
-  assert.ok(sockets.every((s) => s.url == "ws://realtime.test/?token=fixed"));
+  // Every attempt offered the same token, outside the URL.
+  assert.ok(sockets.every((s) => s.url == "ws://realtime.test/"));
+  assert.ok(sockets.every((s) => s.protocols?.includes("hopeflow.token.fixed")));
   assert.ok(!states.includes("closed"));
 });
 
