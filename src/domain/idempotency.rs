@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::domain::digest::sha256_hex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// The request header.
 pub const HEADER: &str = "Idempotency-Key";
@@ -66,8 +66,7 @@ impl IdempotencyKey {
 /// canonical JSON (`serde_json` keeps object keys sorted), so whitespace
 /// and key order do not matter but every value does.
 pub fn fingerprint(request: &Value) -> String {
-    let digest = Sha256::digest(request.to_string().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(request.to_string().as_bytes())
 }
 
 /// The fingerprint of a `/publish` body.

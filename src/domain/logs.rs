@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::fmt;
 
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
+
+use crate::domain::digest::hex;
 
 /// `WORKER_LOG_LEVEL`: which lines are written. Ordered: a level includes
 /// every level before it.
@@ -298,7 +300,7 @@ impl Logs {
             UserIdMode::Hash => self.mac.as_ref().map(|mac| {
                 let mut mac = mac.clone();
                 mac.update(user_id.as_bytes());
-                hex16(&mac.finalize().into_bytes())
+                hex(&mac.finalize().into_bytes()[..8])
             }),
         }
     }
@@ -407,17 +409,6 @@ impl Logs {
             None => line,
         }
     }
-}
-
-/// The first 8 bytes of a digest as 16 hex digits.
-pub fn hex16(digest: &[u8]) -> String {
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// An unkeyed SHA-256 prefix (16 hex digits), for keys too long for a
-/// field that has a size limit.
-pub fn digest16(text: &str) -> String {
-    hex16(&Sha256::digest(text.as_bytes()))
 }
 
 /// One JSON object, written field by field: cheaper than building a

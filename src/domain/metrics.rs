@@ -4,7 +4,8 @@
 //! dashboard queries there read it. The runtime only writes them
 //! (`writeDataPoint`, not awaited) or, with `METRICS_LOG=true`, logs them.
 
-use crate::domain::logs::{digest16, push_json_str, ClosedBy, Line, PublishFacts};
+use crate::domain::digest::sha256_hex;
+use crate::domain::logs::{push_json_str, ClosedBy, Line, PublishFacts};
 
 /// The index's size limit (bytes).
 pub const MAX_INDEX_BYTES: usize = 96;
@@ -25,7 +26,7 @@ pub fn user_key(shown: Option<&str>) -> String {
     match shown {
         None => String::new(),
         Some(id) if id.len() <= MAX_INDEX_BYTES => id.to_owned(),
-        Some(id) => format!("#{}", digest16(id)),
+        Some(id) => format!("#{}", &sha256_hex(id.as_bytes())[..16]),
     }
 }
 

@@ -17,6 +17,7 @@
 //!   envelope text, the resume plan, the SQL.
 //! * [`idempotency`]: `Idempotency-Key`: valid keys, fingerprints, the
 //!   object's stored answers (SQL) and the repeats waiting for the first.
+//! * [`digest`]: hex and SHA-256 hex, spelled once.
 //! * [`error`]: the closed set of HTTP errors, their statuses and codes.
 //! * [`config`]: every setting, parsed and bounded in one place.
 //! * [`limits`]: the per-user socket cap; per-socket rate limit and
@@ -32,6 +33,7 @@
 pub mod acks;
 pub mod auth;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod filter;
 pub mod history;

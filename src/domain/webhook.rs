@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::Sha256;
 
+use crate::domain::digest::hex;
+
 /// The header carrying `t=<unix seconds>,v1=<hex HMAC-SHA256>`.
 pub const SIGNATURE_HEADER: &str = "HopeFlow-Signature";
 /// How far a signature's time may be from the receiver's clock.
@@ -152,10 +154,6 @@ fn mac(secret: &[u8], t: u64, body: &str) -> Vec<u8> {
     mac.update(b".");
     mac.update(body.as_bytes());
     mac.finalize().into_bytes().to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Why a webhook request was refused.
