@@ -97,23 +97,15 @@ impl Telemetry {
         }
     }
 
-    /// An event a stranger can cause: at most one line per second per
-    /// event and code in this isolate, counting the ones folded in.
-    pub fn folded<'a>(
-        &self,
-        name: &'static str,
-        code: &str,
-        level: Level,
-        now_ms: f64,
-        event: impl FnOnce(u64) -> Event<'a>,
-    ) {
+    /// An event a stranger can cause, at `level`: `Some(count)` when its
+    /// line goes out now (at most one per second per event and code in
+    /// this isolate, standing for `count` of them); `None` when its level
+    /// is off or it is folded, and the caller builds nothing.
+    pub fn admit(&self, name: &'static str, code: &str, level: Level, now_ms: f64) -> Option<u64> {
         if !self.enabled(level) {
-            return;
+            return None;
         }
-        let count = FOLD.with(|fold| fold.borrow_mut().admit(name, code, now_ms));
-        if let Some(count) = count {
-            self.log(&event(count));
-        }
+        FOLD.with(|fold| fold.borrow_mut().admit(name, code, now_ms))
     }
 
     /// An answered publish: writes its data point; its line, for the

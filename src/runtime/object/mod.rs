@@ -621,22 +621,24 @@ impl HopeFlowRealtime {
     }
 
     /// A frame answered with an error frame or a close: a `frame.rejected`
-    /// line, folded (at most one per second per code in this isolate).
+    /// line, folded (at most one per second per code in this isolate). The
+    /// fold decides first: a flood's folded frames cost no lookup.
     #[inline(never)]
     fn frame_rejected(&self, socket_id: &str, code: &str, now_ms: f64) {
-        let (Some(telemetry), Some(socket)) =
-            (self.telemetry(), self.sockets.attachment(socket_id))
-        else {
+        let Some(telemetry) = self.telemetry() else {
             return;
         };
-        telemetry.folded("frame.rejected", code, Level::Warn, now_ms, |count| {
-            Event::FrameRejected {
-                user_id: &socket.user_id,
+        let Some(count) = telemetry.admit("frame.rejected", code, Level::Warn, now_ms) else {
+            return;
+        };
+        if let Some(user_id) = self.sockets.user_of(socket_id) {
+            telemetry.log(&Event::FrameRejected {
+                user_id: &user_id,
                 socket_id,
                 code,
                 count,
-            }
-        });
+            });
+        }
     }
 
     /// `debug`: one line per frame received, its type and size.
@@ -647,8 +649,7 @@ impl HopeFlowRealtime {
         frame: &Result<ClientFrame, ServerFrame>,
         bytes: usize,
     ) {
-        let (Some(telemetry), Some(socket)) =
-            (self.telemetry(), self.sockets.attachment(socket_id))
+        let (Some(telemetry), Some(user_id)) = (self.telemetry(), self.sockets.user_of(socket_id))
         else {
             return;
         };
@@ -657,7 +658,7 @@ impl HopeFlowRealtime {
             Err(_) => "invalid",
         };
         telemetry.log(&Event::Frame {
-            user_id: &socket.user_id,
+            user_id: &user_id,
             socket_id,
             frame_type,
             bytes,

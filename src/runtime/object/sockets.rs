@@ -224,6 +224,11 @@ impl Sockets {
         })
     }
 
+    /// The socket's user.
+    pub fn user_of(&self, socket_id: &str) -> Option<String> {
+        self.with(|sockets| sockets.get(socket_id).map(|s| s.attachment.user_id.clone()))
+    }
+
     /// A copy of the socket's attachment.
     pub fn attachment(&self, socket_id: &str) -> Option<SocketAttachment> {
         self.with(|sockets| sockets.get(socket_id).map(|s| s.attachment.clone()))

@@ -41,16 +41,15 @@ fn auth_refused(route: &'static str, err: &ApiError) {
     };
     let (status, code) = (err.status(), err.code());
     let now_ms = worker::js_sys::Date::now();
-    settings
-        .telemetry
-        .folded("auth.refused", code, Level::Info, now_ms, |count| {
-            Event::AuthRefused {
-                route,
-                status,
-                code,
-                count,
-            }
+    let telemetry = &settings.telemetry;
+    if let Some(count) = telemetry.admit("auth.refused", code, Level::Info, now_ms) {
+        telemetry.log(&Event::AuthRefused {
+            route,
+            status,
+            code,
+            count,
         });
+    }
 }
 
 /// Every route but `/publish` is `#[inline(never)]`, here and in
