@@ -644,6 +644,11 @@ fn number(value: f64, unit: &str) -> String {
     }
 }
 
+/// A figure, or `–` when the server has none.
+fn number_cell(value: Option<f64>, unit: &str) -> String {
+    value.map_or("–".to_string(), |v| number(v, unit))
+}
+
 /// A ratio, marked when it is worse for hopeflow.
 fn ratio_cell(r: Option<f64>, better: Better) -> String {
     match r {
@@ -694,11 +699,7 @@ pub fn markdown(run: &Run, header: &Value) -> String {
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for m in METRICS {
-        let cell = |which: Impl| {
-            medians[&which]
-                .get(m.key)
-                .map_or("–".to_string(), |v| number(*v, m.unit))
-        };
+        let cell = |which: Impl| number_cell(medians[&which].get(m.key).copied(), m.unit);
         let h = medians[&Impl::Hopeflow].get(m.key).copied();
         let _ = writeln!(
             md,
@@ -732,7 +733,7 @@ pub fn markdown(run: &Run, header: &Value) -> String {
     for m in METRICS.iter().filter(|m| HISTORY_METRICS.contains(&m.key)) {
         let ours = medians[&Impl::HopeflowHistoryOff].get(m.key).copied();
         let theirs = medians[&Impl::ReferenceJsHistoryOff].get(m.key).copied();
-        let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| number(v, m.unit));
+        let cell = |v: Option<f64>| number_cell(v, m.unit);
         let paired =
             run.paired_ratio_of(Impl::HopeflowHistoryOff, Impl::ReferenceJsHistoryOff, m.key);
         let _ = writeln!(
@@ -756,11 +757,7 @@ pub fn markdown(run: &Run, header: &Value) -> String {
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     for m in METRICS.iter().filter(|m| HISTORY_METRICS.contains(&m.key)) {
-        let cell = |which: Impl| {
-            medians[&which]
-                .get(m.key)
-                .map_or("–".to_string(), |v| number(*v, m.unit))
-        };
+        let cell = |which: Impl| number_cell(medians[&which].get(m.key).copied(), m.unit);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} |",
@@ -784,11 +781,7 @@ pub fn markdown(run: &Run, header: &Value) -> String {
     let _ = writeln!(md, "| figure | info | error | info ÷ error, paired |");
     let _ = writeln!(md, "|---|---:|---:|---:|");
     for m in METRICS.iter().filter(|m| HISTORY_METRICS.contains(&m.key)) {
-        let cell = |which: Impl| {
-            medians[&which]
-                .get(m.key)
-                .map_or("–".to_string(), |v| number(*v, m.unit))
-        };
+        let cell = |which: Impl| number_cell(medians[&which].get(m.key).copied(), m.unit);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} |",
