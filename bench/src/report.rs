@@ -825,9 +825,60 @@ pub fn markdown(run: &Run, header: &Value) -> String {
     md
 }
 
+/// Every chart's size and margins: width, height, left, right, top, bottom.
+const CHART: [f64; 6] = [760.0, 440.0, 70.0, 20.0, 40.0, 50.0];
+
+/// A chart's start: the SVG element, its background, the title and a grid
+/// of five steps on each axis, x labelled in `unit` (x ÷ its scale), y in
+/// percent; `px` and `py` place a value.
+fn chart_frame(
+    title: &str,
+    x_max: f64,
+    (unit, scale): (&str, f64),
+    px: &dyn Fn(f64) -> f64,
+    py: &dyn Fn(f64) -> f64,
+) -> String {
+    let [w, h, left, right, top, bottom] = CHART;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{title}</text>"#,
+        w / 2.0
+    );
+    for i in 0..=5 {
+        let x = x_max * f64::from(i) / 5.0;
+        let _ = writeln!(
+            out,
+            "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#ddd\"/><text x=\"{0:.1}\" y=\"{3}\" text-anchor=\"middle\">{4:.1} {unit}</text>",
+            px(x),
+            top,
+            h - bottom,
+            h - bottom + 18.0,
+            x / scale
+        );
+        let y = f64::from(i) / 5.0;
+        let _ = writeln!(
+            out,
+            "<line x1=\"{0}\" y1=\"{1:.1}\" x2=\"{2}\" y2=\"{1:.1}\" stroke=\"#ddd\"/><text x=\"{3}\" y=\"{4:.1}\" text-anchor=\"end\">{5:.0} %</text>",
+            left,
+            py(y),
+            w - right,
+            left - 6.0,
+            py(y) + 4.0,
+            y * 100.0
+        );
+    }
+    out
+}
+
 /// Cumulative distribution of round-trip latency, one line per server.
 pub fn svg(run: &Run) -> String {
-    let (w, h, left, right, top, bottom) = (760.0, 440.0, 70.0, 20.0, 40.0, 50.0);
+    let [w, h, left, right, top, bottom] = CHART;
     let series: Vec<(Impl, Vec<f64>)> = Impl::ALL
         .iter()
         .map(|&which| {
@@ -849,40 +900,13 @@ pub fn svg(run: &Run) -> String {
     let px = |x: f64| left + (x.min(x_max) / x_max) * (w - left - right);
     let py = |y: f64| top + (1.0 - y) * (h - top - bottom);
     let colors = ["#d9480f", "#1971c2", "#5c940d"];
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    let mut out = chart_frame(
+        "Round-trip latency, cumulative (all rounds)",
+        x_max,
+        ("ms", 1.0),
+        &px,
+        &py,
     );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">Round-trip latency, cumulative (all rounds)</text>"#,
-        w / 2.0
-    );
-    for i in 0..=5 {
-        let x = x_max * f64::from(i) / 5.0;
-        let _ = writeln!(
-            out,
-            "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#ddd\"/><text x=\"{0:.1}\" y=\"{3}\" text-anchor=\"middle\">{4:.1} ms</text>",
-            px(x),
-            top,
-            h - bottom,
-            h - bottom + 18.0,
-            x
-        );
-        let y = f64::from(i) / 5.0;
-        let _ = writeln!(
-            out,
-            "<line x1=\"{0}\" y1=\"{1:.1}\" x2=\"{2}\" y2=\"{1:.1}\" stroke=\"#ddd\"/><text x=\"{3}\" y=\"{4:.1}\" text-anchor=\"end\">{5:.0} %</text>",
-            left,
-            py(y),
-            w - right,
-            left - 6.0,
-            py(y) + 4.0,
-            y * 100.0
-        );
-    }
     for (i, (which, samples)) in series.iter().enumerate() {
         if samples.is_empty() {
             continue;
@@ -933,7 +957,7 @@ pub fn redeploy_svg(run: &Run) -> Option<String> {
     if timelines.is_empty() {
         return None;
     }
-    let (w, h, left, right, top, bottom) = (760.0, 440.0, 70.0, 20.0, 40.0, 50.0);
+    let [w, h, left, right, top, bottom] = CHART;
     let x_max = timelines
         .iter()
         .flat_map(|t| t.back_ms.iter().chain(&t.resumed_ms).chain([&t.ready_ms]))
@@ -941,40 +965,13 @@ pub fn redeploy_svg(run: &Run) -> Option<String> {
         * 1.05;
     let px = |x: f64| left + (x.min(x_max) / x_max) * (w - left - right);
     let py = |y: f64| top + (1.0 - y) * (h - top - bottom);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    let mut out = chart_frame(
+        "Redeploy storm: sockets back and resumed since the drop (first round)",
+        x_max,
+        ("s", 1e3),
+        &px,
+        &py,
     );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">Redeploy storm: sockets back and resumed since the drop (first round)</text>"#,
-        w / 2.0
-    );
-    for i in 0..=5 {
-        let x = x_max * f64::from(i) / 5.0;
-        let _ = writeln!(
-            out,
-            "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#ddd\"/><text x=\"{0:.1}\" y=\"{3}\" text-anchor=\"middle\">{4:.1} s</text>",
-            px(x),
-            top,
-            h - bottom,
-            h - bottom + 18.0,
-            x / 1e3
-        );
-        let y = f64::from(i) / 5.0;
-        let _ = writeln!(
-            out,
-            "<line x1=\"{0}\" y1=\"{1:.1}\" x2=\"{2}\" y2=\"{1:.1}\" stroke=\"#ddd\"/><text x=\"{3}\" y=\"{4:.1}\" text-anchor=\"end\">{5:.0} %</text>",
-            left,
-            py(y),
-            w - right,
-            left - 6.0,
-            py(y) + 4.0,
-            y * 100.0
-        );
-    }
     let colors = ["#d9480f", "#1971c2", "#5c940d", "#862e9c", "#e67700"];
     let mut legend = 0;
     for (i, t) in timelines.iter().enumerate() {
